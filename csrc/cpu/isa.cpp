@@ -1,0 +1,82 @@
+#include "cpu/isa.h"
+
+#include <atomic>
+
+#include "attnkit/tensor.h"
+#include "cpu/kernels.h"
+
+namespace attnkit { namespace cpu {
+namespace {
+
+bool cpu_has(Isa isa) {
+  __builtin_cpu_init();
+  switch (isa) {
+    case Isa::generic: return true;
+    // __builtin_cpu_supports also checks (xgetbv) that the OS saves the wider registers.
+    case Isa::avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::avx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+             __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }
+  return false;
+}
+
+Isa best_isa() {
+  if (cpu_has(Isa::avx512)) return Isa::avx512;
+  if (cpu_has(Isa::avx2)) return Isa::avx2;
+  return Isa::generic;
+}
+
+std::atomic<int> g_isa{-1};
+
+}  // namespace
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::generic: return "generic";
+    case Isa::avx2: return "avx2";
+    case Isa::avx512: return "avx512";
+  }
+  return "?";
+}
+
+std::vector<Isa> compiled_isas() { return {Isa::generic, Isa::avx2, Isa::avx512}; }
+
+std::vector<Isa> usable_isas() {
+  std::vector<Isa> out;
+  for (Isa i : compiled_isas())
+    if (cpu_has(i)) out.push_back(i);
+  return out;
+}
+
+Isa current_isa() {
+  int v = g_isa.load(std::memory_order_relaxed);
+  if (v < 0) {
+    v = static_cast<int>(best_isa());
+    g_isa.store(v, std::memory_order_relaxed);
+  }
+  return static_cast<Isa>(v);
+}
+
+void set_isa(Isa isa) {
+  if (!cpu_has(isa))
+    throw ValueError(std::string("set_isa: this CPU cannot run the '") + isa_name(isa) + "' path");
+  g_isa.store(static_cast<int>(isa), std::memory_order_relaxed);
+}
+
+Isa parse_isa(const std::string& name) {
+  for (Isa i : compiled_isas())
+    if (name == isa_name(i)) return i;
+  throw ValueError("isa: expected one of 'generic', 'avx2', 'avx512', got '" + name + "'");
+}
+
+const Kernels& active_kernels() {
+  switch (current_isa()) {
+    case Isa::avx512: return avx512::kernels();
+    case Isa::avx2: return avx2::kernels();
+    default: return generic::kernels();
+  }
+}
+
+}}  // namespace attnkit::cpu

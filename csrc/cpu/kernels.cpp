@@ -1,0 +1,722 @@
+// The CPU kernels, written once and compiled once per instruction set (cmake/isa.cmake):
+// generic (x86-64 baseline, SSE2), avx2 (AVX2 + FMA) and avx512 (AVX-512 F/DQ/BW/VL).
+//
+// SIMD comes from GCC/Clang vector extensions sized to the ISA's register width, so the same
+// source becomes SSE2, AVX2 or AVX-512 code. Everything here has internal linkage except the
+// kernel table; only C headers and plain functions are used, so no inline function compiled
+// with AVX-512 flags can be merged by the linker into code that runs on other CPUs.
+//
+// Kernels assume valid arguments (csrc/ops checks them) and never throw.
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "cpu/kernels.h"
+#include "cpu/thread_pool.h"
+
+#ifndef ATTNKIT_ISA_NAMESPACE
+#error "kernels.cpp is compiled once per ISA with -DATTNKIT_ISA_NAMESPACE=<isa> (see cmake/isa.cmake)"
+#endif
+
+namespace attnkit { namespace cpu { namespace ATTNKIT_ISA_NAMESPACE {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Vectors
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+constexpr int kMR = 8;  // rows of a micro-tile: 8 x 2 zmm accumulators
+#elif defined(__AVX2__)
+constexpr int kVecBytes = 32;
+constexpr int kMR = 6;  // 6 x 2 ymm accumulators + 2 B vectors + 1 broadcast = 15 of 16 registers
+#else
+constexpr int kVecBytes = 16;
+constexpr int kMR = 6;
+#endif
+constexpr int kNV = 2;  // vectors per micro-tile row
+
+typedef float vf __attribute__((vector_size(kVecBytes)));
+typedef double vd __attribute__((vector_size(kVecBytes)));
+typedef int32_t vi32 __attribute__((vector_size(kVecBytes)));
+
+template <class T> struct Simd;
+template <> struct Simd<float> { typedef vf V; static constexpr int W = kVecBytes / 4; };
+template <> struct Simd<double> { typedef vd V; static constexpr int W = kVecBytes / 8; };
+
+template <class T> inline typename Simd<T>::V vload(const T* p) {
+  typename Simd<T>::V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class T> inline void vstore(T* p, typename Simd<T>::V v) { std::memcpy(p, &v, sizeof v); }
+template <class T> inline typename Simd<T>::V vset(T x) { return typename Simd<T>::V{} + x; }
+
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+constexpr double kLog2e = 1.4426950408889634;
+constexpr double kLn2 = 0.6931471805599453;
+
+// 2^x for a float vector: 2^n * p(f), n = round(x), f in [-1/2, 1/2], p the degree-7 Taylor
+// polynomial of 2^f (relative error below 1e-8). x < -126 (and -inf) gives 0; NaN stays NaN.
+inline vf exp2v(vf x) {
+  const vf lo = vset(-126.0f), hi = vset(128.0f);
+  vf xc = x < lo ? lo : x;
+  xc = xc > hi ? hi : xc;
+  const vf magic = vset(12582912.0f);  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+  vf n = (xc + magic) - magic;
+  vf f = xc - n;
+  vf p = vset(1.52527338040598e-05f);
+  p = p * f + 1.54035303933816e-04f;
+  p = p * f + 1.33335581464284e-03f;
+  p = p * f + 9.61812910762848e-03f;
+  p = p * f + 5.55041086648216e-02f;
+  p = p * f + 2.40226506959101e-01f;
+  p = p * f + 6.93147180559945e-01f;
+  p = p * f + 1.0f;
+  vi32 e = (__builtin_convertvector(n, vi32) + 127) << 23;
+  vf r = p * (vf)e;
+  return x < lo ? vf{} : r;
+}
+
+inline float hmax(vf v) {
+  float m = v[0];
+  for (int i = 1; i < Simd<float>::W; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+inline float hsum(vf v) {
+  float s = 0.0f;
+  for (int i = 0; i < Simd<float>::W; ++i) s += v[i];
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Micro-kernel: C[kMR x NR] (+)= A[kMR x K] * B[K x NR], NR = kNV * W.
+// A is packed (element (r, k) at a[k*kMR + r]) or row-major (a[r*lda + k]);
+// B rows are NR contiguous elements, ldb apart.
+template <class T, bool APACKED, bool ACC>
+inline void micro(int64_t K, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc) {
+  typedef typename Simd<T>::V V;
+  constexpr int W = Simd<T>::W;
+  V acc[kMR][kNV];
+#pragma GCC unroll 16
+  for (int r = 0; r < kMR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v) acc[r][v] = ACC ? vload(c + r * ldc + v * W) : V{};
+  for (int64_t k = 0; k < K; ++k) {
+    V b0 = vload(b + k * ldb), b1 = vload(b + k * ldb + W);
+#pragma GCC unroll 16
+    for (int r = 0; r < kMR; ++r) {
+      V ar = vset(APACKED ? a[k * kMR + r] : a[r * lda + k]);
+      acc[r][0] += ar * b0;
+      acc[r][1] += ar * b1;
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < kMR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v) vstore(c + r * ldc + v * W, acc[r][v]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise math
+// erfc(z) for z >= 0 by the Chebyshev-fitted formula of Numerical Recipes (erfcc), relative
+// error below 1.2e-7 everywhere; exp through exp2v.
+inline vf erfc_nonneg(vf z) {
+  vf t = 1.0f / (1.0f + 0.5f * z);
+  vf poly = vset(0.17087277f);
+  poly = poly * t - 0.82215223f;
+  poly = poly * t + 1.48851587f;
+  poly = poly * t - 1.13520398f;
+  poly = poly * t + 0.27886807f;
+  poly = poly * t - 0.18628806f;
+  poly = poly * t + 0.09678418f;
+  poly = poly * t + 0.37409196f;
+  poly = poly * t + 1.00002368f;
+  poly = poly * t - 1.26551223f;
+  return t * exp2v((poly - z * z) * static_cast<float>(kLog2e));
+}
+
+inline vf act_vec(vf x, int act) {
+  switch (act) {
+    case 1: return x > 0.0f ? x : vf{};
+    case 2: {  // x * Phi(x) = x * erfc(-x / sqrt 2) / 2
+      vf ax = x < 0.0f ? -x : x;
+      vf half_erfc = 0.5f * erfc_nonneg(ax * 0.70710678118654752f);
+      return x * (x < 0.0f ? half_erfc : 1.0f - half_erfc);
+    }
+    case 3: {  // 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3)
+      vf u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+      return x / (1.0f + exp2v(-2.0f * static_cast<float>(kLog2e) * u));
+    }
+    default: return x;
+  }
+}
+inline float act_scalar(float x, int act) {
+  vf v = vset(x);
+  return act_vec(v, act)[0];
+}
+inline double act_scalar(double x, int act) {
+  switch (act) {
+    case 1: return x > 0.0 ? x : 0.0;
+    case 2: return 0.5 * x * ::erfc(-x * 0.70710678118654752);
+    case 3: return 0.5 * x * (1.0 + ::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+    default: return x;
+  }
+}
+
+void activation_f32(const float* x, float* y, int64_t n, int act) {
+  constexpr int W = Simd<float>::W;
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vstore(y + i, act_vec(vload(x + i), act));
+  for (; i < n; ++i) y[i] = act_scalar(x[i], act);
+}
+void activation_f64(const double* x, double* y, int64_t n, int act) {
+  for (int64_t i = 0; i < n; ++i) y[i] = act_scalar(x[i], act);
+}
+
+void softmax_row_f32(float* x, int64_t n) {
+  constexpr int W = Simd<float>::W;
+  const float ninf = -INFINITY;
+  vf mv = vset(ninf);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    vf v = vload(x + i);
+    mv = v > mv ? v : mv;
+    mv = v != v ? v : mv;  // keep NaN
+  }
+  float m = hmax(mv);
+  for (int64_t j = 0; j < W; ++j) if (mv[j] != mv[j]) m = mv[j];
+  for (; i < n; ++i) m = (x[i] > m || x[i] != x[i]) ? x[i] : m;
+  if (m == ninf) {
+    for (int64_t j = 0; j < n; ++j) x[j] = 0.0f;
+    return;
+  }
+  const float l2e = static_cast<float>(kLog2e);
+  vf sv = vf{};
+  for (i = 0; i + W <= n; i += W) {
+    vf p = exp2v((vload(x + i) - m) * l2e);
+    vstore(x + i, p);
+    sv += p;
+  }
+  float s = hsum(sv);
+  for (; i < n; ++i) {
+    float p = exp2v(vset((x[i] - m) * l2e))[0];
+    x[i] = p;
+    s += p;
+  }
+  float inv = 1.0f / s;
+  for (i = 0; i + W <= n; i += W) vstore(x + i, vload(x + i) * inv);
+  for (; i < n; ++i) x[i] *= inv;
+}
+void softmax_row_f64(double* x, int64_t n) {
+  double m = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) m = (x[i] > m || x[i] != x[i]) ? x[i] : m;
+  if (m == -INFINITY) {
+    for (int64_t i = 0; i < n; ++i) x[i] = 0.0;
+    return;
+  }
+  double s = 0.0;
+  for (int64_t i = 0; i < n; ++i) s += (x[i] = ::exp(x[i] - m));
+  double inv = 1.0 / s;
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+template <class T>
+void layer_norm_row(const T* x, int64_t n, const T* w, const T* b, double eps, T* y) {
+  typedef typename Simd<T>::V V;
+  constexpr int W = Simd<T>::W;
+  V sv = V{};
+  int64_t i = 0;
+  for (; i + W <= n; i += W) sv += vload(x + i);
+  T s = 0;
+  for (int j = 0; j < W; ++j) s += sv[j];
+  for (; i < n; ++i) s += x[i];
+  const T mean = s / static_cast<T>(n);
+  V qv = V{};
+  for (i = 0; i + W <= n; i += W) {
+    V d = vload(x + i) - mean;
+    qv += d * d;
+  }
+  T q = 0;
+  for (int j = 0; j < W; ++j) q += qv[j];
+  for (; i < n; ++i) q += (x[i] - mean) * (x[i] - mean);
+  const T rstd = static_cast<T>(1.0 / std::sqrt(static_cast<double>(q) / static_cast<double>(n) + eps));
+  for (i = 0; i + W <= n; i += W) {
+    V v = (vload(x + i) - mean) * rstd;
+    if (w) v *= vload(w + i);
+    if (b) v += vload(b + i);
+    vstore(y + i, v);
+  }
+  for (; i < n; ++i) {
+    T v = (x[i] - mean) * rstd;
+    if (w) v *= w[i];
+    if (b) v += b[i];
+    y[i] = v;
+  }
+}
+void layer_norm_row_f32(const float* x, int64_t n, const float* w, const float* b, double eps, float* y) {
+  layer_norm_row<float>(x, n, w, b, eps, y);
+}
+void layer_norm_row_f64(const double* x, int64_t n, const double* w, const double* b, double eps, double* y) {
+  layer_norm_row<double>(x, n, w, b, eps, y);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-thread workspaces: one block of `elems` elements per thread, 64-byte aligned.
+struct Workspace {
+  char* base = nullptr;
+  size_t stride = 0;  // bytes per thread
+  bool alloc(int nthreads, size_t bytes) {
+    stride = (bytes + 63) / 64 * 64 + 64;
+    base = static_cast<char*>(std::aligned_alloc(64, stride * static_cast<size_t>(nthreads)));
+    return base != nullptr;
+  }
+  template <class T> T* get(int tid) const { return reinterpret_cast<T*>(base + stride * static_cast<size_t>(tid)); }
+  ~Workspace() { std::free(base); }
+};
+
+// ---------------------------------------------------------------------------------------------
+// GEMM (float32): out(M, N) = act(A(M, K) @ W(N, K)^T + bias). Blocked as in GotoBLAS: a
+// KC x NR panel of W stays in L1 while an MC x KC block of A streams from L2; both packed.
+constexpr int64_t kGemmMC = 192, kGemmKC = 256, kGemmNC = 256;
+
+struct GemmRun {
+  const GemmProblem* p;
+  int64_t nmb, nnb;
+  Workspace ws;
+};
+
+inline int64_t gemm_row_offset(const GemmProblem& p, int64_t m) {
+  int64_t off = 0;
+  for (int d = p.nrow_dims - 1; d >= 0; --d) {
+    int64_t s = p.row_shape[d];
+    off += (m % s) * p.row_strides[d];
+    m /= s;
+  }
+  return off;
+}
+
+void gemm_epilogue(const GemmProblem& p, float* c, int64_t rows, int64_t cols, int64_t n0) {
+  constexpr int W = Simd<float>::W;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = c + r * p.N;
+    int64_t j = 0;
+    if (p.bias_s == 1 || !p.bias) {
+      for (; j + W <= cols; j += W) {
+        vf v = vload(row + j);
+        if (p.bias) v += vload(p.bias + n0 + j);
+        vstore(row + j, act_vec(v, p.act));
+      }
+    }
+    for (; j < cols; ++j) {
+      float v = row[j] + (p.bias ? p.bias[(n0 + j) * p.bias_s] : 0.0f);
+      row[j] = act_scalar(v, p.act);
+    }
+  }
+}
+
+void gemm_task(void* ctx, int64_t begin, int64_t end, int tid) {
+  GemmRun& run = *static_cast<GemmRun*>(ctx);
+  const GemmProblem& p = *run.p;
+  constexpr int NR = kNV * Simd<float>::W;
+  float* Ap = run.ws.get<float>(tid);
+  float* Bp = Ap + kGemmMC * kGemmKC;
+  float* tile = Bp + kGemmKC * kGemmNC;
+  for (int64_t it = begin; it < end; ++it) {
+    const int64_t mb = it / run.nnb, nb = it % run.nnb;
+    const int64_t m0 = mb * kGemmMC, mlen = imin(kGemmMC, p.M - m0);
+    const int64_t n0 = nb * kGemmNC, nlen = imin(kGemmNC, p.N - n0);
+    const int64_t nip = ceil_div(mlen, kMR), npan = ceil_div(nlen, NR);
+    for (int64_t k0 = 0; k0 < p.K || k0 == 0; k0 += kGemmKC) {
+      const int64_t klen = imin(kGemmKC, p.K - k0);
+      const bool first = k0 == 0, last = k0 + kGemmKC >= p.K;
+      for (int64_t pn = 0; pn < npan; ++pn) {  // pack W^T panels: Bp[pn][k][NR]
+        float* dst = Bp + pn * klen * NR;
+        for (int jj = 0; jj < NR; ++jj) {
+          const int64_t n = n0 + pn * NR + jj;
+          if (n < n0 + nlen) {
+            const float* wr = p.w + n * p.w_n + k0 * p.w_k;
+            for (int64_t kk = 0; kk < klen; ++kk) dst[kk * NR + jj] = wr[kk * p.w_k];
+          } else {
+            for (int64_t kk = 0; kk < klen; ++kk) dst[kk * NR + jj] = 0.0f;
+          }
+        }
+      }
+      for (int64_t ip = 0; ip < nip; ++ip) {  // pack A panels: Ap[ip][k][kMR]
+        float* dst = Ap + ip * klen * kMR;
+        for (int r = 0; r < kMR; ++r) {
+          const int64_t m = m0 + ip * kMR + r;
+          if (m < m0 + mlen) {
+            const float* ar = p.a + gemm_row_offset(p, m) + k0 * p.a_k;
+            for (int64_t kk = 0; kk < klen; ++kk) dst[kk * kMR + r] = ar[kk * p.a_k];
+          } else {
+            for (int64_t kk = 0; kk < klen; ++kk) dst[kk * kMR + r] = 0.0f;
+          }
+        }
+      }
+      for (int64_t pn = 0; pn < npan; ++pn) {
+        const int64_t cols = imin(NR, nlen - pn * NR);
+        for (int64_t ip = 0; ip < nip; ++ip) {
+          const int64_t rows = imin(kMR, mlen - ip * kMR);
+          float* c = p.out + (m0 + ip * kMR) * p.N + n0 + pn * NR;
+          const float* a = Ap + ip * klen * kMR;
+          const float* b = Bp + pn * klen * NR;
+          if (rows == kMR && cols == NR) {
+            if (first) micro<float, true, false>(klen, a, 0, b, NR, c, p.N);
+            else micro<float, true, true>(klen, a, 0, b, NR, c, p.N);
+          } else {
+            if (!first)
+              for (int64_t r = 0; r < rows; ++r) std::memcpy(tile + r * NR, c + r * p.N, cols * sizeof(float));
+            if (first) micro<float, true, false>(klen, a, 0, b, NR, tile, NR);
+            else micro<float, true, true>(klen, a, 0, b, NR, tile, NR);
+            for (int64_t r = 0; r < rows; ++r) std::memcpy(c + r * p.N, tile + r * NR, cols * sizeof(float));
+          }
+          if (last) gemm_epilogue(p, c, rows, cols, n0 + pn * NR);
+        }
+      }
+      if (p.K == 0) break;
+    }
+  }
+}
+
+int gemm_f32(const GemmProblem& p) {
+  if (p.M == 0 || p.N == 0) return 0;
+  GemmRun run;
+  run.p = &p;
+  run.nmb = ceil_div(p.M, kGemmMC);
+  run.nnb = ceil_div(p.N, kGemmNC);
+  const int nt = num_threads();
+  constexpr int NR = kNV * Simd<float>::W;
+  if (!run.ws.alloc(nt, sizeof(float) * (kGemmMC * kGemmKC + kGemmKC * kGemmNC + kMR * NR))) return 1;
+  parallel_for(run.nmb * run.nnb, 1, gemm_task, &run);
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention: FlashAttention-2 loop order. A work item is (batch b, KV head hk, block of query
+// rows, key range). Its rows are query rows of the G = Hq/Hk query heads that share KV head hk
+// (row r = g*Lq + i), so K and V are read once per group. For each tile of kBC keys:
+//   S = (Q * scale * log2 e) K^T      packed micro-kernel, K^T packed per tile
+//   mask S (causal bound, kv_lengths, attn_mask) only where the tile needs it
+//   online softmax in base 2: m' = max(m, rowmax S); P = 2^(S - m'); l = l 2^(m - m') + sum P
+//   O = O 2^(m - m') + P V            micro-kernel, V read in place when its rows are contiguous
+// and at the end out = O / l, lse = (m + log2 l) ln 2. Tiles past every row's causal bound are
+// never visited. For few rows (decode), the keys are split over threads and the partial
+// results merged by their log-sum-exp (flash-decoding).
+constexpr int64_t kBR = 64;   // query rows per block
+constexpr int64_t kBC = 128;  // keys per tile
+
+template <class T>
+struct AttnRun {
+  const AttnProblem* p;
+  int64_t G, nib, hpb, nblk, nsplit, split_keys, EvP, items;
+  bool v_direct;
+  Workspace ws;
+  T* part = nullptr;    // nsplit > 1: per item kBR x (EvP + 2)
+  size_t part_stride = 0;
+  ~AttnRun() { std::free(part); }
+};
+
+struct BatchOffsets { int64_t q, k, v, o, l, m; };
+inline BatchOffsets batch_offsets(const AttnProblem& p, int64_t b) {
+  BatchOffsets r{0, 0, 0, 0, 0, 0};
+  for (int d = p.nbatch - 1; d >= 0; --d) {
+    const int64_t s = p.batch_shape[d], i = b % s;
+    b /= s;
+    r.q += i * p.q_b[d]; r.k += i * p.k_b[d]; r.v += i * p.v_b[d];
+    r.o += i * p.o_b[d]; r.l += i * p.l_b[d]; r.m += i * p.m_b[d];
+  }
+  return r;
+}
+
+struct Block { int64_t b, hk, r0, n, s; };
+template <class T>
+inline Block decode_item(const AttnRun<T>& run, int64_t it) {
+  const AttnProblem& p = *run.p;
+  Block blk;
+  blk.s = it % run.nsplit;
+  int64_t t = it / run.nsplit;
+  blk.hk = t % p.Hk; t /= p.Hk;
+  blk.b = t % p.B;
+  const int64_t bi = t / p.B;
+  if (p.Lq >= kBR) {  // blocks within one head; the last query blocks (most keys if causal) first
+    const int64_t g = bi % run.G, ib = run.nib - 1 - bi / run.G;
+    blk.r0 = g * p.Lq + ib * kBR;
+    blk.n = imin(kBR, p.Lq - ib * kBR);
+  } else {            // short queries: a block holds hpb whole heads
+    blk.r0 = bi * run.hpb * p.Lq;
+    blk.n = imin(run.hpb * p.Lq, run.G * p.Lq - blk.r0);
+  }
+  return blk;
+}
+
+template <class T>
+void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
+  typedef typename Simd<T>::V V;
+  constexpr int W = Simd<T>::W;
+  constexpr int NR = kNV * W;
+  constexpr int64_t BRp = (kBR + kMR - 1) / kMR * kMR;
+  AttnRun<T>& run = *static_cast<AttnRun<T>*>(ctx);
+  const AttnProblem& p = *run.p;
+  const int64_t E = p.E, Ev = p.Ev, EvP = run.EvP;
+  const T ninf = -INFINITY;
+
+  T* Qp = run.ws.template get<T>(tid);
+  T* Kt = Qp + BRp * E;
+  T* Vp = Kt + E * kBC;
+  T* S = Vp + (run.v_direct ? 0 : kBC * EvP);
+  T* O = S + BRp * kBC;
+  T* mrow = O + BRp * EvP;
+  T* lrow = mrow + BRp;
+
+  const T* q = static_cast<const T*>(p.q);
+  const T* k = static_cast<const T*>(p.k);
+  const T* v = static_cast<const T*>(p.v);
+  T* out = static_cast<T*>(p.out);
+  T* lse = static_cast<T*>(p.lse);
+  const size_t mask_elem = p.mask_bool ? 1 : sizeof(T);
+  const T qscale = static_cast<T>(p.scale * kLog2e);
+  const T mscale = static_cast<T>(kLog2e);
+
+  int64_t lim[kBR];
+  const char* mrows[kBR];
+
+  for (int64_t it = begin; it < end; ++it) {
+    const Block blk = decode_item(run, it);
+    const BatchOffsets off = batch_offsets(p, blk.b);
+    const int64_t len = p.kv_len ? p.kv_len[blk.b] : p.Lk;
+    const T* kb = k + off.k + blk.hk * p.k_h;
+    const T* vb = v + off.v + blk.hk * p.v_h;
+    const int64_t n = blk.n, npr = ceil_div(n, kMR);
+
+    // rows: pack Q (scaled into base-2 units), causal bounds, mask rows
+    int64_t lim_max = 0, lim_min = len;
+    for (int64_t rr = 0; rr < npr * kMR; ++rr) {
+      T* dst = Qp + (rr / kMR) * E * kMR + rr % kMR;
+      if (rr >= n) {
+        for (int64_t d = 0; d < E; ++d) dst[d * kMR] = 0;
+        continue;
+      }
+      const int64_t r = blk.r0 + rr, g = r / p.Lq, i = r % p.Lq, h = blk.hk * run.G + g;
+      const T* qr = q + off.q + h * p.q_h + i * p.q_i;
+      for (int64_t d = 0; d < E; ++d) dst[d * kMR] = qr[d * p.q_e] * qscale;
+      int64_t l = len;
+      if (p.causal == 1) l = i + 1;
+      else if (p.causal == 2) l = i + 1 + len - p.Lq;
+      l = imax(0, imin(l, len));
+      lim[rr] = l;
+      lim_max = imax(lim_max, l);
+      lim_min = imin(lim_min, l);
+      if (p.mask)
+        mrows[rr] = static_cast<const char*>(p.mask) + (off.m + h * p.m_h + i * p.m_i) * static_cast<int64_t>(mask_elem);
+    }
+    for (int64_t rr = 0; rr < npr * kMR; ++rr) { mrow[rr] = ninf; lrow[rr] = 0; }
+    std::memset(O, 0, sizeof(T) * npr * kMR * EvP);
+
+    const int64_t kbeg = blk.s * run.split_keys;
+    const int64_t kend = imin(lim_max, kbeg + run.split_keys);
+    for (int64_t j0 = kbeg; j0 < kend; j0 += kBC) {
+      const int64_t j1 = imin(j0 + kBC, kend), nk = j1 - j0, npan = ceil_div(nk, NR), ncol = npan * NR;
+      // 1) S = Q K^T
+      for (int64_t pn = 0; pn < npan; ++pn) {
+        T* dst = Kt + pn * E * NR;
+        for (int jj = 0; jj < NR; ++jj) {
+          const int64_t j = j0 + pn * NR + jj;
+          if (j < j1) {
+            const T* kr = kb + j * p.k_j;
+            for (int64_t d = 0; d < E; ++d) dst[d * NR + jj] = kr[d * p.k_e];
+          } else {
+            for (int64_t d = 0; d < E; ++d) dst[d * NR + jj] = 0;
+          }
+        }
+      }
+      for (int64_t ip = 0; ip < npr; ++ip)
+        for (int64_t pn = 0; pn < npan; ++pn)
+          micro<T, true, false>(E, Qp + ip * E * kMR, 0, Kt + pn * E * NR, NR, S + ip * kMR * kBC + pn * NR, kBC);
+      // 2) mask and online softmax, row by row
+      const bool bounded = j1 > lim_min || ncol > nk;
+      for (int64_t rr = 0; rr < n; ++rr) {
+        T* s = S + rr * kBC;
+        const int64_t c = imax(0, imin(nk, lim[rr] - j0));
+        if (bounded)
+          for (int64_t jj = c; jj < ncol; ++jj) s[jj] = ninf;
+        if (p.mask) {
+          const char* mr = mrows[rr];
+          if (p.mask_bool) {
+            for (int64_t jj = 0; jj < c; ++jj)
+              if (!mr[(j0 + jj) * p.m_j]) s[jj] = ninf;
+          } else {
+            const T* mf = reinterpret_cast<const T*>(mr);
+            for (int64_t jj = 0; jj < c; ++jj) s[jj] += mf[(j0 + jj) * p.m_j] * mscale;
+          }
+        }
+        V mv = vset<T>(ninf);
+        for (int64_t jj = 0; jj < ncol; jj += W) {
+          V x = vload(s + jj);
+          mv = x > mv ? x : mv;
+        }
+        T mx = mrow[rr];
+        for (int j = 0; j < W; ++j) mx = mv[j] > mx ? mv[j] : mx;
+        const T base = mx == ninf ? T(0) : mx;
+        T sum = 0;
+        if constexpr (sizeof(T) == 4) {
+          V sv = V{};
+          for (int64_t jj = 0; jj < ncol; jj += W) {
+            V e = exp2v(vload(s + jj) - base);
+            vstore(s + jj, e);
+            sv += e;
+          }
+          sum = hsum(sv);
+        } else {
+          for (int64_t jj = 0; jj < ncol; ++jj) sum += (s[jj] = ::exp2(s[jj] - base));
+        }
+        const T alpha = mrow[rr] == ninf ? T(0) : static_cast<T>(::exp2(static_cast<double>(mrow[rr] - base)));
+        if (alpha != T(1)) {
+          T* o = O + rr * EvP;
+          for (int64_t e = 0; e < EvP; e += W) vstore(o + e, vload(o + e) * alpha);
+        }
+        lrow[rr] = lrow[rr] * alpha + sum;
+        mrow[rr] = mx;
+      }
+      // 3) O += P V
+      if (run.v_direct) {
+        for (int64_t pn = 0; pn * NR < EvP; ++pn)
+          for (int64_t ip = 0; ip < npr; ++ip)
+            micro<T, false, true>(nk, S + ip * kMR * kBC, kBC, vb + j0 * p.v_j + pn * NR, p.v_j,
+                                  O + ip * kMR * EvP + pn * NR, EvP);
+      } else {
+        for (int64_t jj = 0; jj < nk; ++jj) {
+          const T* vr = vb + (j0 + jj) * p.v_j;
+          for (int64_t e = 0; e < EvP; ++e)
+            Vp[(e / NR) * kBC * NR + jj * NR + e % NR] = e < Ev ? vr[e * p.v_e] : T(0);
+        }
+        for (int64_t pn = 0; pn * NR < EvP; ++pn)
+          for (int64_t ip = 0; ip < npr; ++ip)
+            micro<T, false, true>(nk, S + ip * kMR * kBC, kBC, Vp + pn * kBC * NR, NR,
+                                  O + ip * kMR * EvP + pn * NR, EvP);
+      }
+    }
+
+    // 4) results: final (normalised) or partial (for the log-sum-exp merge)
+    if (run.nsplit == 1) {
+      for (int64_t rr = 0; rr < n; ++rr) {
+        const int64_t r = blk.r0 + rr, g = r / p.Lq, i = r % p.Lq, h = blk.hk * run.G + g;
+        const T l = lrow[rr];
+        const T inv = l > 0 ? T(1) / l : T(0);
+        T* orow = out + off.o + h * p.o_h + i * p.o_i;
+        const T* o = O + rr * EvP;
+        for (int64_t e = 0; e < Ev; ++e) orow[e * p.o_e] = o[e] * inv;
+        if (lse)
+          lse[off.l + h * p.l_h + i * p.l_i] =
+              l > 0 ? static_cast<T>(static_cast<double>(mrow[rr]) * kLn2 + std::log(static_cast<double>(l))) : ninf;
+      }
+    } else {
+      T* dst = run.part + static_cast<size_t>(it) * run.part_stride;
+      for (int64_t rr = 0; rr < n; ++rr) {
+        std::memcpy(dst + rr * (EvP + 2), O + rr * EvP, sizeof(T) * Ev);
+        dst[rr * (EvP + 2) + EvP] = mrow[rr];
+        dst[rr * (EvP + 2) + EvP + 1] = lrow[rr];
+      }
+    }
+  }
+}
+
+// Merge the nsplit partial results of each block: weights 2^(m_s - M) / L.
+template <class T>
+void attn_merge_task(void* ctx, int64_t begin, int64_t end, int) {
+  AttnRun<T>& run = *static_cast<AttnRun<T>*>(ctx);
+  const AttnProblem& p = *run.p;
+  const int64_t EvP = run.EvP, ns = run.nsplit;
+  T* out = static_cast<T*>(p.out);
+  T* lse = static_cast<T*>(p.lse);
+  for (int64_t blk_id = begin; blk_id < end; ++blk_id) {
+    const Block blk = decode_item(run, blk_id * ns);
+    const BatchOffsets off = batch_offsets(p, blk.b);
+    for (int64_t rr = 0; rr < blk.n; ++rr) {
+      const int64_t r = blk.r0 + rr, g = r / p.Lq, i = r % p.Lq, h = blk.hk * run.G + g;
+      double M = -INFINITY;
+      for (int64_t s = 0; s < ns; ++s) {
+        const T* part = run.part + static_cast<size_t>(blk_id * ns + s) * run.part_stride + rr * (EvP + 2);
+        if (part[EvP + 1] > 0 && part[EvP] > M) M = part[EvP];
+      }
+      T* orow = out + off.o + h * p.o_h + i * p.o_i;
+      double L = 0;
+      for (int64_t e = 0; e < p.Ev; ++e) orow[e * p.o_e] = 0;
+      if (M != -INFINITY) {
+        for (int64_t s = 0; s < ns; ++s) {
+          const T* part = run.part + static_cast<size_t>(blk_id * ns + s) * run.part_stride + rr * (EvP + 2);
+          if (!(part[EvP + 1] > 0)) continue;
+          const T w = static_cast<T>(::exp2(static_cast<double>(part[EvP]) - M));
+          L += static_cast<double>(part[EvP + 1]) * w;
+          for (int64_t e = 0; e < p.Ev; ++e) orow[e * p.o_e] += part[e] * w;
+        }
+        const T inv = static_cast<T>(1.0 / L);
+        for (int64_t e = 0; e < p.Ev; ++e) orow[e * p.o_e] *= inv;
+      }
+      if (lse) lse[off.l + h * p.l_h + i * p.l_i] = L > 0 ? static_cast<T>(M * kLn2 + std::log(L)) : T(-INFINITY);
+    }
+  }
+}
+
+template <class T>
+int attention_impl(const AttnProblem& p) {
+  constexpr int NR = kNV * Simd<T>::W;
+  constexpr int64_t BRp = (kBR + kMR - 1) / kMR * kMR;
+  if (p.B == 0 || p.Hq == 0 || p.Lq == 0) return 0;
+  AttnRun<T> run;
+  run.p = &p;
+  run.G = p.Hq / p.Hk;
+  run.nib = ceil_div(p.Lq, kBR);
+  run.hpb = p.Lq >= kBR ? 1 : imax(1, kBR / p.Lq);
+  run.nblk = p.Lq >= kBR ? run.G * run.nib : ceil_div(run.G, run.hpb);
+  run.EvP = ceil_div(p.Ev, NR) * NR;
+  run.v_direct = p.v_e == 1 && p.Ev % NR == 0;
+  const int nt = num_threads();
+  const int64_t blocks = p.B * p.Hk * run.nblk;
+  run.nsplit = 1;
+  run.split_keys = imax(p.Lk, 1);
+  if (blocks < 2 * nt && p.Lk >= 4 * kBC) {  // too few blocks to feed the threads: split the keys
+    const int64_t want = ceil_div(4 * nt, blocks);
+    const int64_t chunks = ceil_div(ceil_div(p.Lk, want), kBC);
+    run.split_keys = chunks * kBC;
+    run.nsplit = ceil_div(p.Lk, run.split_keys);
+  }
+  run.items = blocks * run.nsplit;
+  const size_t ws = sizeof(T) * static_cast<size_t>(BRp * p.E + p.E * kBC + (run.v_direct ? 0 : kBC * run.EvP) +
+                                                     BRp * kBC + BRp * run.EvP + 2 * BRp);
+  if (!run.ws.alloc(nt, ws)) return 1;
+  if (run.nsplit > 1) {
+    run.part_stride = static_cast<size_t>(kBR * (run.EvP + 2));
+    run.part = static_cast<T*>(std::malloc(sizeof(T) * run.part_stride * static_cast<size_t>(run.items)));
+    if (!run.part) return 1;
+  }
+  parallel_for(run.items, 1, attn_task<T>, &run);
+  if (run.nsplit > 1) parallel_for(blocks, 1, attn_merge_task<T>, &run);
+  return 0;
+}
+
+int attention(const AttnProblem& p) { return p.f64 ? attention_impl<double>(p) : attention_impl<float>(p); }
+
+const Kernels kTable = {
+#define ATTNKIT_STR2(x) #x
+#define ATTNKIT_STR(x) ATTNKIT_STR2(x)
+    ATTNKIT_STR(ATTNKIT_ISA_NAMESPACE),
+    attention,
+    gemm_f32,
+    softmax_row_f32,
+    softmax_row_f64,
+    layer_norm_row_f32,
+    layer_norm_row_f64,
+    activation_f32,
+    activation_f64,
+    kVecBytes,
+};
+
+}  // namespace
+
+const Kernels& kernels() { return kTable; }
+
+}}}  // namespace attnkit::cpu::ATTNKIT_ISA_NAMESPACE

@@ -1,0 +1,85 @@
+"""attnkit: fast, trustworthy attention kernels for NumPy on the CPU.
+
+Self, cross and causal scaled dot-product attention, multi-head attention, softmax, linear,
+layer_norm and activations, as multithreaded SIMD kernels (AVX-512, AVX2+FMA or portable,
+chosen at import). NumPy arrays in, NumPy arrays out.
+"""
+import os as _os
+import warnings as _warnings
+
+from . import _core
+from .functional import (
+    gelu,
+    layer_norm,
+    linear,
+    multi_head_attention,
+    relu,
+    scaled_dot_product_attention,
+    softmax,
+)
+from . import reference
+
+__version__ = _core.__version__
+
+__all__ = [
+    "scaled_dot_product_attention",
+    "multi_head_attention",
+    "softmax",
+    "linear",
+    "layer_norm",
+    "gelu",
+    "relu",
+    "set_num_threads",
+    "get_num_threads",
+    "set_isa",
+    "get_config",
+    "reference",
+    "__version__",
+]
+
+
+def set_num_threads(n: int) -> None:
+    """Set the size of attnkit's thread pool (the caller's thread counts as one)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """The number of threads attnkit's kernels use."""
+    return _core.get_num_threads()
+
+
+def set_isa(name: str) -> None:
+    """Run the kernels on the instruction-set path `name` ('avx512', 'avx2' or 'generic').
+
+    Raises ValueError if this CPU cannot run it. The default is the fastest usable path;
+    the environment variable ATTNKIT_ISA chooses another one at import.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"set_isa: name must be a str, got {type(name).__name__}")
+    _core.set_isa(name)
+
+
+def get_config() -> dict:
+    """Version, the instruction set in use, the usable and compiled ones, and the thread count."""
+    return {
+        "version": __version__,
+        "isa": _core.get_isa(),
+        "usable_isas": list(_core.usable_isas()),
+        "compiled_isas": list(_core.compiled_isas()),
+        "num_threads": _core.get_num_threads(),
+    }
+
+
+def _isa_from_env() -> None:
+    name = _os.environ.get("ATTNKIT_ISA")
+    if not name:
+        return
+    try:
+        _core.set_isa(name.strip().lower())
+    except ValueError as exc:
+        _warnings.warn(f"ATTNKIT_ISA={name!r} ignored: {exc}; using {_core.get_isa()!r}", RuntimeWarning, stacklevel=2)
+
+
+_isa_from_env()

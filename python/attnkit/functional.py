@@ -1,0 +1,243 @@
+"""NumPy-facing wrappers of the compiled kernels. Argument names follow PyTorch where they
+share a meaning; every check happens in the compiled entry points, which raise TypeError or
+ValueError naming the argument."""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _core
+
+__all__ = [
+    "scaled_dot_product_attention",
+    "multi_head_attention",
+    "softmax",
+    "linear",
+    "layer_norm",
+    "gelu",
+    "relu",
+]
+
+_ALIGNMENTS = ("top_left", "bottom_right")
+
+
+def _check_bool(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def _int64_lengths(kv_lengths) -> np.ndarray:
+    arr = np.asarray(kv_lengths)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"kv_lengths: expected an integer array, got dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError("kv_lengths: values exceed the int64 range")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _check_out_disjoint(out: np.ndarray, **inputs) -> None:
+    for name, arr in inputs.items():
+        if isinstance(arr, np.ndarray) and np.may_share_memory(out, arr):
+            raise ValueError(f"out: must not share memory with {name}")
+
+
+def scaled_dot_product_attention(
+    query: np.ndarray,
+    key: np.ndarray,
+    value: np.ndarray,
+    attn_mask: Optional[np.ndarray] = None,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    enable_gqa: bool = False,
+    *,
+    causal_alignment: str = "top_left",
+    kv_lengths=None,
+    return_lse: bool = False,
+    out: Optional[np.ndarray] = None,
+) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+    """softmax(query @ key^T * scale + mask) @ value, per head, without forming the score matrix.
+
+    Shapes: query (..., Hq, Lq, E), key (..., Hk, Lk, E), value (..., Hk, Lk, Ev) -> (..., Hq, Lq, Ev),
+    with 0 to 4 leading batch dims shared by all three. float32 or float64 (all the same dtype);
+    the output has that dtype. Arrays of any strides are read in place (no copies).
+
+    attn_mask: bool (True where a query may attend) or float of the query dtype (added to the
+        scaled scores), broadcastable to (..., Hq, Lq, Lk).
+    is_causal: query i sees key j only if j <= i (causal_alignment="top_left", PyTorch's), or
+        j <= i + Lk - Lq ("bottom_right": the last query sees every key, as incremental
+        decoding with a KV cache needs; Lk is the sequence's kv_lengths entry when given).
+        May be combined with attn_mask and kv_lengths.
+    scale: default 1/sqrt(E); must be finite and > 0.
+    enable_gqa: Hq may be a multiple of Hk; query head h reads KV head h // (Hq // Hk).
+    kv_lengths: integers of the batch shape (...): keys j >= kv_lengths[b] are ignored (padding).
+    return_lse: also return the log-sum-exp of each query row's scaled, masked scores (..., Hq, Lq).
+    out: optional array (..., Hq, Lq, Ev) of the query dtype to write the result into.
+
+    A query row that may attend to no key gives zeros (and log-sum-exp -inf), never NaN.
+    """
+    is_causal = _check_bool(is_causal, "is_causal")
+    enable_gqa = _check_bool(enable_gqa, "enable_gqa")
+    return_lse = _check_bool(return_lse, "return_lse")
+    if causal_alignment not in _ALIGNMENTS:
+        raise ValueError(f"causal_alignment: expected 'top_left' or 'bottom_right', got {causal_alignment!r}")
+    if kv_lengths is not None:
+        kv_lengths = _int64_lengths(kv_lengths)
+    if isinstance(scale, (bool, np.bool_)):
+        raise TypeError("scale: expected a float, got bool")
+    if out is not None:
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out: expected a numpy.ndarray, got {type(out).__name__}")
+        _check_out_disjoint(out, query=query, key=key, value=value, attn_mask=attn_mask)
+    return _core.sdpa(
+        query,
+        key,
+        value,
+        attn_mask,
+        causal_alignment if is_causal else "none",
+        scale,
+        enable_gqa,
+        kv_lengths,
+        return_lse,
+        out,
+    )
+
+
+def softmax(x: np.ndarray, axis: int = -1, mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """Numerically stable softmax of x along `axis`. mask: bool broadcastable to x, True = keep;
+    masked entries get 0 and a row with every entry masked gives zeros."""
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"axis: expected an int, got {type(axis).__name__}")
+    return _core.softmax(x, int(axis), mask)
+
+
+def linear(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None, *, activation: Optional[str] = None) -> np.ndarray:
+    """x @ weight.T + bias, PyTorch's weight layout (out_features, in_features); x (..., in_features).
+    activation: None, 'relu', 'gelu' (erf) or 'gelu_tanh', applied in the GEMM's epilogue."""
+    return _core.linear(x, weight, bias, "none" if activation is None else activation)
+
+
+def layer_norm(
+    x: np.ndarray,
+    normalized_shape: Union[int, Sequence[int]],
+    weight: Optional[np.ndarray] = None,
+    bias: Optional[np.ndarray] = None,
+    eps: float = 1e-5,
+    *,
+    residual: Optional[np.ndarray] = None,
+    return_sum: bool = False,
+):
+    """PyTorch's layer_norm over the last dim: (x - mean) / sqrt(var + eps) * weight + bias.
+
+    residual: normalise x + residual instead (the add is fused); with return_sum=True the
+    result is (layer_norm(x + residual), x + residual), as a pre-LN block needs.
+    """
+    shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
+    last = x.shape[-1:] if isinstance(x, np.ndarray) else None
+    if last is not None and shape != tuple(last):
+        raise ValueError(f"normalized_shape: only the last dim can be normalised: expected ({last[0] if last else ''},), got {shape}")
+    return_sum = _check_bool(return_sum, "return_sum")
+    return _core.layer_norm(x, residual, weight, bias, float(eps), return_sum)
+
+
+def gelu(x: np.ndarray, approximate: str = "none") -> np.ndarray:
+    """GELU: x * Phi(x) (approximate='none', erf) or its tanh approximation ('tanh')."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
+    return _core.activation(x, "gelu" if approximate == "none" else "gelu_tanh")
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    """max(x, 0)."""
+    return _core.activation(x, "relu")
+
+
+def multi_head_attention(
+    query: np.ndarray,
+    key: np.ndarray,
+    value: np.ndarray,
+    num_heads: int,
+    in_proj_weight: np.ndarray,
+    in_proj_bias: Optional[np.ndarray] = None,
+    out_proj_weight: Optional[np.ndarray] = None,
+    out_proj_bias: Optional[np.ndarray] = None,
+    *,
+    num_kv_heads: Optional[int] = None,
+    attn_mask: Optional[np.ndarray] = None,
+    is_causal: bool = False,
+    causal_alignment: str = "top_left",
+    kv_lengths=None,
+    scale: Optional[float] = None,
+) -> np.ndarray:
+    """Multi-head attention, batch first: project, split into heads, attend, merge, project back.
+
+    query (B, Lq, E); key and value (B, Lk, E). in_proj_weight ((num_heads + 2*num_kv_heads) * Dh, E)
+    is [W_q; W_k; W_v] stacked as PyTorch's nn.MultiheadAttention.in_proj_weight, in_proj_bias
+    likewise; out_proj_weight (E_out, num_heads * Dh). Self attention: pass the same array as
+    query, key and value and the three projections run as one GEMM. Cross attention: key and
+    value come from another sequence (another length). num_kv_heads < num_heads gives
+    grouped-query attention. attn_mask, is_causal, kv_lengths, scale: as in
+    scaled_dot_product_attention. Returns (B, Lq, E_out) (or (B, Lq, num_heads*Dh) without
+    out_proj_weight).
+    """
+    for name, arr in (("query", query), ("key", key), ("value", value), ("in_proj_weight", in_proj_weight)):
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(arr).__name__}")
+    for name, arr in (("query", query), ("key", key), ("value", value)):
+        if arr.ndim != 3:
+            raise ValueError(f"{name}: expected shape (B, L, E), got {arr.shape}")
+    if key.shape[:2] != value.shape[:2]:
+        raise ValueError(f"value: expected (B, Lk) = {key.shape[:2]} as in key, got shape {value.shape}")
+    if query.shape[0] != key.shape[0]:
+        raise ValueError(f"key: expected batch size {query.shape[0]} as in query, got shape {key.shape}")
+    if isinstance(num_heads, bool) or not isinstance(num_heads, (int, np.integer)) or num_heads < 1:
+        raise ValueError(f"num_heads: expected a positive int, got {num_heads!r}")
+    hq = int(num_heads)
+    hk = hq if num_kv_heads is None else num_kv_heads
+    if isinstance(hk, bool) or not isinstance(hk, (int, np.integer)) or hk < 1 or hq % hk:
+        raise ValueError(f"num_kv_heads: expected a positive divisor of num_heads={hq}, got {num_kv_heads!r}")
+    hk = int(hk)
+    if in_proj_weight.ndim != 2 or in_proj_weight.shape[0] % (hq + 2 * hk):
+        raise ValueError(
+            f"in_proj_weight: expected shape ((num_heads + 2*num_kv_heads) * head_dim, E) with "
+            f"num_heads + 2*num_kv_heads = {hq + 2 * hk}, got {in_proj_weight.shape}"
+        )
+    dh = in_proj_weight.shape[0] // (hq + 2 * hk)
+    if dh == 0:
+        raise ValueError(f"in_proj_weight: head_dim would be 0 for shape {in_proj_weight.shape}")
+    if in_proj_bias is not None and (not isinstance(in_proj_bias, np.ndarray) or in_proj_bias.shape != (in_proj_weight.shape[0],)):
+        raise ValueError(f"in_proj_bias: expected shape ({in_proj_weight.shape[0]},), got {getattr(in_proj_bias, 'shape', in_proj_bias)}")
+    B, Lq, Lk = query.shape[0], query.shape[1], key.shape[1]
+    nq, nk = hq * dh, hk * dh
+
+    def rows(lo, hi):
+        return in_proj_weight[lo:hi], (None if in_proj_bias is None else in_proj_bias[lo:hi])
+
+    # 1) project: one packed GEMM for self attention, q and kv apart for cross attention
+    if key is query and value is query:
+        qkv = linear(query, in_proj_weight, in_proj_bias)                 # (B, L, nq + 2 nk)
+        q, k, v = qkv[..., :nq], qkv[..., nq:nq + nk], qkv[..., nq + nk:]
+    else:
+        q = linear(query, *rows(0, nq))                                   # (B, Lq, nq)
+        if key is value:
+            kv = linear(key, *rows(nq, nq + 2 * nk))                      # (B, Lk, 2 nk)
+            k, v = kv[..., :nk], kv[..., nk:]
+        else:
+            k = linear(key, *rows(nq, nq + nk))                           # (B, Lk, nk)
+            v = linear(value, *rows(nq + nk, nq + 2 * nk))                # (B, Lk, nk)
+    # 2) split into heads: views, no copies
+    q = q.reshape(B, Lq, hq, dh).transpose(0, 2, 1, 3)                   # (B, Hq, Lq, Dh)
+    k = k.reshape(B, Lk, hk, dh).transpose(0, 2, 1, 3)                   # (B, Hk, Lk, Dh)
+    v = v.reshape(B, Lk, hk, dh).transpose(0, 2, 1, 3)                   # (B, Hk, Lk, Dh)
+    # 3) attend, writing each head straight into its slot of the merged layout
+    merged = np.empty((B, Lq, hq, dh), dtype=q.dtype)                    # (B, Lq, Hq, Dh)
+    scaled_dot_product_attention(
+        q, k, v, attn_mask, is_causal, scale, hk != hq,
+        causal_alignment=causal_alignment, kv_lengths=kv_lengths, out=merged.transpose(0, 2, 1, 3),
+    )
+    merged = merged.reshape(B, Lq, nq)                                   # (B, Lq, Hq*Dh)
+    # 4) project back
+    if out_proj_weight is None:
+        return merged
+    return linear(merged, out_proj_weight, out_proj_bias)
