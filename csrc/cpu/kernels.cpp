@@ -50,7 +50,8 @@ template <class T> inline typename Simd<T>::V vload(const T* p) {
   return v;
 }
 template <class T> inline void vstore(T* p, typename Simd<T>::V v) { std::memcpy(p, &v, sizeof v); }
-template <class T> inline typename Simd<T>::V vset(T x) { return typename Simd<T>::V{} + x; }
+// x - 0 (not 0 + x, which is not an identity for -0.0) lets the compiler emit a plain broadcast.
+template <class T> inline typename Simd<T>::V vset(T x) { return x - typename Simd<T>::V{}; }
 
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -93,31 +94,44 @@ inline float hsum(vf v) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Micro-kernel: C[kMR x NR] (+)= A[kMR x K] * B[K x NR], NR = kNV * W.
-// A is packed (element (r, k) at a[k*kMR + r]) or row-major (a[r*lda + k]);
-// B rows are NR contiguous elements, ldb apart.
-template <class T, bool APACKED, bool ACC>
+// Micro-kernel: C[MR x NR] (+)= A[MR x K] * B[K x NR], NR = kNV * W, MR <= kMR.
+// A is column-major (element (r, k) at a[k*lda + r]: packed panels, P^T tiles) or row-major
+// (a[r*lda + k]: K rows read in place); B rows are NR contiguous elements, ldb apart.
+template <class T, int MR, bool ACOL, bool ACC>
 inline void micro(int64_t K, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc) {
   typedef typename Simd<T>::V V;
   constexpr int W = Simd<T>::W;
-  V acc[kMR][kNV];
+  V acc[MR][kNV];
 #pragma GCC unroll 16
-  for (int r = 0; r < kMR; ++r)
+  for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < kNV; ++v) acc[r][v] = ACC ? vload(c + r * ldc + v * W) : V{};
   for (int64_t k = 0; k < K; ++k) {
     V b0 = vload(b + k * ldb), b1 = vload(b + k * ldb + W);
 #pragma GCC unroll 16
-    for (int r = 0; r < kMR; ++r) {
-      V ar = vset(APACKED ? a[k * kMR + r] : a[r * lda + k]);
+    for (int r = 0; r < MR; ++r) {
+      V ar = vset(ACOL ? a[k * lda + r] : a[r * lda + k]);
       acc[r][0] += ar * b0;
       acc[r][1] += ar * b1;
     }
   }
 #pragma GCC unroll 16
-  for (int r = 0; r < kMR; ++r)
+  for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < kNV; ++v) vstore(c + r * ldc + v * W, acc[r][v]);
+}
+
+// The same for a run-time row count 1..kMR.
+template <class T, bool ACOL, bool ACC>
+inline void micro_rows(int rows, int64_t K, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc) {
+  switch (rows) {
+#define ATTNKIT_MICRO_CASE(n) \
+    case n: if constexpr (n <= kMR) micro<T, n, ACOL, ACC>(K, a, lda, b, ldb, c, ldc); break;
+    ATTNKIT_MICRO_CASE(1) ATTNKIT_MICRO_CASE(2) ATTNKIT_MICRO_CASE(3) ATTNKIT_MICRO_CASE(4)
+    ATTNKIT_MICRO_CASE(5) ATTNKIT_MICRO_CASE(6) ATTNKIT_MICRO_CASE(7) ATTNKIT_MICRO_CASE(8)
+#undef ATTNKIT_MICRO_CASE
+    default: break;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -365,13 +379,13 @@ void gemm_task(void* ctx, int64_t begin, int64_t end, int tid) {
           const float* a = Ap + ip * klen * kMR;
           const float* b = Bp + pn * klen * NR;
           if (rows == kMR && cols == NR) {
-            if (first) micro<float, true, false>(klen, a, 0, b, NR, c, p.N);
-            else micro<float, true, true>(klen, a, 0, b, NR, c, p.N);
+            if (first) micro<float, kMR, true, false>(klen, a, kMR, b, NR, c, p.N);
+            else micro<float, kMR, true, true>(klen, a, kMR, b, NR, c, p.N);
           } else {
             if (!first)
               for (int64_t r = 0; r < rows; ++r) std::memcpy(tile + r * NR, c + r * p.N, cols * sizeof(float));
-            if (first) micro<float, true, false>(klen, a, 0, b, NR, tile, NR);
-            else micro<float, true, true>(klen, a, 0, b, NR, tile, NR);
+            if (first) micro<float, kMR, true, false>(klen, a, kMR, b, NR, tile, NR);
+            else micro<float, kMR, true, true>(klen, a, kMR, b, NR, tile, NR);
             for (int64_t r = 0; r < rows; ++r) std::memcpy(c + r * p.N, tile + r * NR, cols * sizeof(float));
           }
           if (last) gemm_epilogue(p, c, rows, cols, n0 + pn * NR);
@@ -398,22 +412,25 @@ int gemm_f32(const GemmProblem& p) {
 // ---------------------------------------------------------------------------------------------
 // Attention: FlashAttention-2 loop order. A work item is (batch b, KV head hk, block of query
 // rows, key range). Its rows are query rows of the G = Hq/Hk query heads that share KV head hk
-// (row r = g*Lq + i), so K and V are read once per group. For each tile of kBC keys:
-//   S = (Q * scale * log2 e) K^T      packed micro-kernel, K^T packed per tile
-//   mask S (causal bound, kv_lengths, attn_mask) only where the tile needs it
-//   online softmax in base 2: m' = max(m, rowmax S); P = 2^(S - m'); l = l 2^(m - m') + sum P
-//   O = O 2^(m - m') + P V            micro-kernel, V read in place when its rows are contiguous
+// (row r = g*Lq + i), so K and V are read once per group. Scores are kept transposed, one row
+// per key and one column per query, so K is read in place and every softmax step is a plain
+// vector operation across queries. For each tile of kBC keys:
+//   S^T = K (Q * scale * log2 e)^T     micro-kernel: K rows in place, Q^T packed once per block
+//   mask S^T (causal bound, kv_lengths, attn_mask), only on tiles that need it
+//   online softmax in base 2, per query column: m' = max(m, max_j S); P = 2^(S - m');
+//   l = l 2^(m - m') + sum_j P
+//   O = O 2^(m - m') + P V             micro-kernel, V read in place when its rows are contiguous
 // and at the end out = O / l, lse = (m + log2 l) ln 2. Tiles past every row's causal bound are
 // never visited. For few rows (decode), the keys are split over threads and the partial
 // results merged by their log-sum-exp (flash-decoding).
-constexpr int64_t kBR = 64;   // query rows per block
+constexpr int64_t kBR = 64;   // query rows per block (a multiple of every NR)
 constexpr int64_t kBC = 128;  // keys per tile
 
 template <class T>
 struct AttnRun {
   const AttnProblem* p;
   int64_t G, nib, hpb, nblk, nsplit, split_keys, EvP, items;
-  bool v_direct;
+  bool v_direct, k_direct;
   Workspace ws;
   T* part = nullptr;    // nsplit > 1: per item kBR x (EvP + 2)
   size_t part_stride = 0;
@@ -458,30 +475,27 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
   typedef typename Simd<T>::V V;
   constexpr int W = Simd<T>::W;
   constexpr int NR = kNV * W;
-  constexpr int64_t BRp = (kBR + kMR - 1) / kMR * kMR;
+  constexpr int NQV = kBR / W;  // query vectors per block
   AttnRun<T>& run = *static_cast<AttnRun<T>*>(ctx);
   const AttnProblem& p = *run.p;
   const int64_t E = p.E, Ev = p.Ev, EvP = run.EvP;
   const T ninf = -INFINITY;
 
-  T* Qp = run.ws.template get<T>(tid);
-  T* Kt = Qp + BRp * E;
-  T* Vp = Kt + E * kBC;
-  T* S = Vp + (run.v_direct ? 0 : kBC * EvP);
-  T* O = S + BRp * kBC;
-  T* mrow = O + BRp * EvP;
-  T* lrow = mrow + BRp;
+  T* QT = run.ws.template get<T>(tid);         // [kBR / NR][E][NR]
+  T* S = QT + kBR * E;                         // [kBC][kBR]: S^T, then P^T
+  T* O = S + kBC * kBR;                        // [kBR][EvP]
+  T* Vp = O + kBR * EvP;                       // [EvP / NR][kBC][NR] when V is not read in place
+  T* Kp = Vp + (run.v_direct ? 0 : kBC * EvP); // [kBC][E] when K is not read in place
+  alignas(64) T mrow[kBR], lrow[kBR], limr[kBR], alpha[kBR];
 
   const T* q = static_cast<const T*>(p.q);
   const T* k = static_cast<const T*>(p.k);
   const T* v = static_cast<const T*>(p.v);
   T* out = static_cast<T*>(p.out);
   T* lse = static_cast<T*>(p.lse);
-  const size_t mask_elem = p.mask_bool ? 1 : sizeof(T);
+  const int64_t mask_elem = p.mask_bool ? 1 : static_cast<int64_t>(sizeof(T));
   const T qscale = static_cast<T>(p.scale * kLog2e);
   const T mscale = static_cast<T>(kLog2e);
-
-  int64_t lim[kBR];
   const char* mrows[kBR];
 
   for (int64_t it = begin; it < end; ++it) {
@@ -490,117 +504,137 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
     const int64_t len = p.kv_len ? p.kv_len[blk.b] : p.Lk;
     const T* kb = k + off.k + blk.hk * p.k_h;
     const T* vb = v + off.v + blk.hk * p.v_h;
-    const int64_t n = blk.n, npr = ceil_div(n, kMR);
+    const int64_t n = blk.n, nqp = ceil_div(n, NR), ncols = nqp * NR, nqv = ncols / W;
 
-    // rows: pack Q (scaled into base-2 units), causal bounds, mask rows
+    // rows: pack Q^T (scaled into base-2 units), causal bounds, mask rows
     int64_t lim_max = 0, lim_min = len;
-    for (int64_t rr = 0; rr < npr * kMR; ++rr) {
-      T* dst = Qp + (rr / kMR) * E * kMR + rr % kMR;
+    for (int64_t rr = 0; rr < ncols; ++rr) {
+      T* dst = QT + (rr / NR) * E * NR + rr % NR;
+      mrow[rr] = ninf;
+      lrow[rr] = 0;
       if (rr >= n) {
-        for (int64_t d = 0; d < E; ++d) dst[d * kMR] = 0;
+        for (int64_t d = 0; d < E; ++d) dst[d * NR] = 0;
+        limr[rr] = 0;
+        lim_min = 0;
         continue;
       }
       const int64_t r = blk.r0 + rr, g = r / p.Lq, i = r % p.Lq, h = blk.hk * run.G + g;
       const T* qr = q + off.q + h * p.q_h + i * p.q_i;
-      for (int64_t d = 0; d < E; ++d) dst[d * kMR] = qr[d * p.q_e] * qscale;
+      for (int64_t d = 0; d < E; ++d) dst[d * NR] = qr[d * p.q_e] * qscale;
       int64_t l = len;
       if (p.causal == 1) l = i + 1;
       else if (p.causal == 2) l = i + 1 + len - p.Lq;
       l = imax(0, imin(l, len));
-      lim[rr] = l;
+      limr[rr] = static_cast<T>(l);
       lim_max = imax(lim_max, l);
       lim_min = imin(lim_min, l);
-      if (p.mask)
-        mrows[rr] = static_cast<const char*>(p.mask) + (off.m + h * p.m_h + i * p.m_i) * static_cast<int64_t>(mask_elem);
+      if (p.mask) mrows[rr] = static_cast<const char*>(p.mask) + (off.m + h * p.m_h + i * p.m_i) * mask_elem;
     }
-    for (int64_t rr = 0; rr < npr * kMR; ++rr) { mrow[rr] = ninf; lrow[rr] = 0; }
-    std::memset(O, 0, sizeof(T) * npr * kMR * EvP);
+    std::memset(O, 0, sizeof(T) * static_cast<size_t>(n * EvP));
 
     const int64_t kbeg = blk.s * run.split_keys;
     const int64_t kend = imin(lim_max, kbeg + run.split_keys);
     for (int64_t j0 = kbeg; j0 < kend; j0 += kBC) {
-      const int64_t j1 = imin(j0 + kBC, kend), nk = j1 - j0, npan = ceil_div(nk, NR), ncol = npan * NR;
-      // 1) S = Q K^T
-      for (int64_t pn = 0; pn < npan; ++pn) {
-        T* dst = Kt + pn * E * NR;
-        for (int jj = 0; jj < NR; ++jj) {
-          const int64_t j = j0 + pn * NR + jj;
-          if (j < j1) {
-            const T* kr = kb + j * p.k_j;
-            for (int64_t d = 0; d < E; ++d) dst[d * NR + jj] = kr[d * p.k_e];
-          } else {
-            for (int64_t d = 0; d < E; ++d) dst[d * NR + jj] = 0;
+      const int64_t nk = imin(kBC, kend - j0);
+      // 1) S^T = K Q^T
+      const T* ka = kb + j0 * p.k_j;
+      int64_t lda = p.k_j;
+      if (!run.k_direct) {
+        for (int64_t jj = 0; jj < nk; ++jj)
+          for (int64_t d = 0; d < E; ++d) Kp[jj * E + d] = ka[jj * p.k_j + d * p.k_e];
+        ka = Kp;
+        lda = E;
+      }
+      for (int64_t j = 0; j < nk; j += kMR)
+        for (int64_t pn = 0; pn < nqp; ++pn)
+          micro_rows<T, false, false>(static_cast<int>(imin(kMR, nk - j)), E, ka + j * lda, lda,
+                                      QT + pn * E * NR, NR, S + j * kBR + pn * NR, kBR);
+      // 2) mask
+      if (j0 + nk > lim_min) {
+        for (int64_t jj = 0; jj < nk; ++jj) {
+          const V jv = vset(static_cast<T>(j0 + jj));
+          T* srow = S + jj * kBR;
+          for (int64_t qv = 0; qv < nqv; ++qv) {
+            V x = vload(srow + qv * W);
+            vstore(srow + qv * W, jv < vload(limr + qv * W) ? x : vset(ninf));
           }
         }
       }
-      for (int64_t ip = 0; ip < npr; ++ip)
-        for (int64_t pn = 0; pn < npan; ++pn)
-          micro<T, true, false>(E, Qp + ip * E * kMR, 0, Kt + pn * E * NR, NR, S + ip * kMR * kBC + pn * NR, kBC);
-      // 2) mask and online softmax, row by row
-      const bool bounded = j1 > lim_min || ncol > nk;
-      for (int64_t rr = 0; rr < n; ++rr) {
-        T* s = S + rr * kBC;
-        const int64_t c = imax(0, imin(nk, lim[rr] - j0));
-        if (bounded)
-          for (int64_t jj = c; jj < ncol; ++jj) s[jj] = ninf;
-        if (p.mask) {
+      if (p.mask) {
+        for (int64_t rr = 0; rr < n; ++rr) {
           const char* mr = mrows[rr];
+          const int64_t c = imin(nk, static_cast<int64_t>(limr[rr]) - j0);
           if (p.mask_bool) {
             for (int64_t jj = 0; jj < c; ++jj)
-              if (!mr[(j0 + jj) * p.m_j]) s[jj] = ninf;
+              if (!mr[(j0 + jj) * p.m_j]) S[jj * kBR + rr] = ninf;
           } else {
             const T* mf = reinterpret_cast<const T*>(mr);
-            for (int64_t jj = 0; jj < c; ++jj) s[jj] += mf[(j0 + jj) * p.m_j] * mscale;
+            for (int64_t jj = 0; jj < c; ++jj) S[jj * kBR + rr] += mf[(j0 + jj) * p.m_j] * mscale;
           }
         }
-        V mv = vset<T>(ninf);
-        for (int64_t jj = 0; jj < ncol; jj += W) {
-          V x = vload(s + jj);
-          mv = x > mv ? x : mv;
-        }
-        T mx = mrow[rr];
-        for (int j = 0; j < W; ++j) mx = mv[j] > mx ? mv[j] : mx;
-        const T base = mx == ninf ? T(0) : mx;
-        T sum = 0;
-        if constexpr (sizeof(T) == 4) {
-          V sv = V{};
-          for (int64_t jj = 0; jj < ncol; jj += W) {
-            V e = exp2v(vload(s + jj) - base);
-            vstore(s + jj, e);
-            sv += e;
-          }
-          sum = hsum(sv);
-        } else {
-          for (int64_t jj = 0; jj < ncol; ++jj) sum += (s[jj] = ::exp2(s[jj] - base));
-        }
-        const T alpha = mrow[rr] == ninf ? T(0) : static_cast<T>(::exp2(static_cast<double>(mrow[rr] - base)));
-        if (alpha != T(1)) {
-          T* o = O + rr * EvP;
-          for (int64_t e = 0; e < EvP; e += W) vstore(o + e, vload(o + e) * alpha);
-        }
-        lrow[rr] = lrow[rr] * alpha + sum;
-        mrow[rr] = mx;
       }
-      // 3) O += P V
-      if (run.v_direct) {
-        for (int64_t pn = 0; pn * NR < EvP; ++pn)
-          for (int64_t ip = 0; ip < npr; ++ip)
-            micro<T, false, true>(nk, S + ip * kMR * kBC, kBC, vb + j0 * p.v_j + pn * NR, p.v_j,
-                                  O + ip * kMR * EvP + pn * NR, EvP);
-      } else {
+      // 3) online softmax down each query column
+      V mv[NQV], sv[NQV], base[NQV];
+      for (int64_t qv = 0; qv < nqv; ++qv) { mv[qv] = vload(mrow + qv * W); sv[qv] = V{}; }
+      for (int64_t jj = 0; jj < nk; ++jj) {
+        const T* srow = S + jj * kBR;
+        for (int64_t qv = 0; qv < nqv; ++qv) {
+          V x = vload(srow + qv * W);
+          mv[qv] = x > mv[qv] ? x : mv[qv];
+        }
+      }
+      for (int64_t qv = 0; qv < nqv; ++qv) base[qv] = mv[qv] == vset(ninf) ? V{} : mv[qv];
+      for (int64_t jj = 0; jj < nk; ++jj) {
+        T* srow = S + jj * kBR;
+        for (int64_t qv = 0; qv < nqv; ++qv) {
+          V e;
+          if constexpr (sizeof(T) == 4) {
+            e = exp2v(vload(srow + qv * W) - base[qv]);
+          } else {
+            V x = vload(srow + qv * W) - base[qv];
+            for (int t = 0; t < W; ++t) e[t] = ::exp2(x[t]);
+          }
+          vstore(srow + qv * W, e);
+          sv[qv] += e;
+        }
+      }
+      for (int64_t qv = 0; qv < nqv; ++qv) {
+        V a;
+        V mo = vload(mrow + qv * W) - base[qv];
+        if constexpr (sizeof(T) == 4) {
+          a = exp2v(mo);
+        } else {
+          for (int t = 0; t < W; ++t) a[t] = ::exp2(mo[t]);
+        }
+        vstore(alpha + qv * W, a);
+        vstore(lrow + qv * W, vload(lrow + qv * W) * a + sv[qv]);
+        vstore(mrow + qv * W, mv[qv]);
+      }
+      for (int64_t rr = 0; rr < n; ++rr) {
+        if (alpha[rr] == T(1)) continue;
+        T* o = O + rr * EvP;
+        for (int64_t e = 0; e < EvP; e += W) vstore(o + e, vload(o + e) * alpha[rr]);
+      }
+      // 4) O += P V
+      const T* vsrc = vb + j0 * p.v_j;
+      int64_t ldv = p.v_j;
+      if (!run.v_direct) {
         for (int64_t jj = 0; jj < nk; ++jj) {
           const T* vr = vb + (j0 + jj) * p.v_j;
           for (int64_t e = 0; e < EvP; ++e)
             Vp[(e / NR) * kBC * NR + jj * NR + e % NR] = e < Ev ? vr[e * p.v_e] : T(0);
         }
-        for (int64_t pn = 0; pn * NR < EvP; ++pn)
-          for (int64_t ip = 0; ip < npr; ++ip)
-            micro<T, false, true>(nk, S + ip * kMR * kBC, kBC, Vp + pn * kBC * NR, NR,
-                                  O + ip * kMR * EvP + pn * NR, EvP);
+      }
+      for (int64_t pn = 0; pn * NR < EvP; ++pn) {
+        const T* bsrc = run.v_direct ? vsrc + pn * NR : Vp + pn * kBC * NR;
+        const int64_t ldb = run.v_direct ? ldv : NR;
+        for (int64_t rr = 0; rr < n; rr += kMR)
+          micro_rows<T, true, true>(static_cast<int>(imin(kMR, n - rr)), nk, S + rr, kBR, bsrc, ldb,
+                                    O + rr * EvP + pn * NR, EvP);
       }
     }
 
-    // 4) results: final (normalised) or partial (for the log-sum-exp merge)
+    // 5) results: final (normalised) or partial (for the log-sum-exp merge)
     if (run.nsplit == 1) {
       for (int64_t rr = 0; rr < n; ++rr) {
         const int64_t r = blk.r0 + rr, g = r / p.Lq, i = r % p.Lq, h = blk.hk * run.G + g;
@@ -664,7 +698,6 @@ void attn_merge_task(void* ctx, int64_t begin, int64_t end, int) {
 template <class T>
 int attention_impl(const AttnProblem& p) {
   constexpr int NR = kNV * Simd<T>::W;
-  constexpr int64_t BRp = (kBR + kMR - 1) / kMR * kMR;
   if (p.B == 0 || p.Hq == 0 || p.Lq == 0) return 0;
   AttnRun<T> run;
   run.p = &p;
@@ -685,8 +718,9 @@ int attention_impl(const AttnProblem& p) {
     run.nsplit = ceil_div(p.Lk, run.split_keys);
   }
   run.items = blocks * run.nsplit;
-  const size_t ws = sizeof(T) * static_cast<size_t>(BRp * p.E + p.E * kBC + (run.v_direct ? 0 : kBC * run.EvP) +
-                                                     BRp * kBC + BRp * run.EvP + 2 * BRp);
+  run.k_direct = p.k_e == 1;
+  const size_t ws = sizeof(T) * static_cast<size_t>(kBR * p.E + kBC * kBR + kBR * run.EvP +
+                                                     (run.v_direct ? 0 : kBC * run.EvP) + (run.k_direct ? 0 : kBC * p.E));
   if (!run.ws.alloc(nt, ws)) return 1;
   if (run.nsplit > 1) {
     run.part_stride = static_cast<size_t>(kBR * (run.EvP + 2));
