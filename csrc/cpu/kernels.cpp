@@ -293,14 +293,20 @@ struct Workspace {
 };
 
 // ---------------------------------------------------------------------------------------------
-// GEMM (float32): out(M, N) = act(A(M, K) @ W(N, K)^T + bias). Blocked as in GotoBLAS: a
-// KC x NR panel of W stays in L1 while an MC x KC block of A streams from L2; both packed.
-constexpr int64_t kGemmMC = 192, kGemmKC = 256, kGemmNC = 256;
+// GEMM (float32): out(M, N) = act(A(M, K) @ W(N, K)^T + bias). Blocked as in GotoBLAS:
+// W^T is packed once per call into KC x NR panels (shared by all threads); each work item packs
+// an MC x KC block of A and sweeps its panels, a KC x NR panel of W^T staying in L1 while the
+// A block streams from L2. For a handful of rows (M <= kGemvRows) the product is a set of dot
+// products that read W once, in place.
+constexpr int64_t kGemmMC = 192, kGemmKC = 256;
+constexpr int64_t kGemvRows = 4;
 
 struct GemmRun {
   const GemmProblem* p;
-  int64_t nmb, nnb;
+  int64_t nmb, nnb, npan, pan_per_nb, nkc;
+  float* bpack;  // [nkc][npan][klen][NR]
   Workspace ws;
+  ~GemmRun() { std::free(bpack); }
 };
 
 inline int64_t gemm_row_offset(const GemmProblem& p, int64_t m) {
@@ -332,33 +338,40 @@ void gemm_epilogue(const GemmProblem& p, float* c, int64_t rows, int64_t cols, i
   }
 }
 
+void gemm_pack_task(void* ctx, int64_t begin, int64_t end, int) {
+  GemmRun& run = *static_cast<GemmRun*>(ctx);
+  const GemmProblem& p = *run.p;
+  constexpr int NR = kNV * Simd<float>::W;
+  for (int64_t it = begin; it < end; ++it) {
+    const int64_t kc = it / run.npan, pn = it % run.npan;
+    const int64_t k0 = kc * kGemmKC, klen = imin(kGemmKC, p.K - k0);
+    float* dst = run.bpack + kc * kGemmKC * run.npan * NR + pn * klen * NR;
+    for (int jj = 0; jj < NR; ++jj) {
+      const int64_t n = pn * NR + jj;
+      if (n < p.N) {
+        const float* wr = p.w + n * p.w_n + k0 * p.w_k;
+        for (int64_t kk = 0; kk < klen; ++kk) dst[kk * NR + jj] = wr[kk * p.w_k];
+      } else {
+        for (int64_t kk = 0; kk < klen; ++kk) dst[kk * NR + jj] = 0.0f;
+      }
+    }
+  }
+}
+
 void gemm_task(void* ctx, int64_t begin, int64_t end, int tid) {
   GemmRun& run = *static_cast<GemmRun*>(ctx);
   const GemmProblem& p = *run.p;
   constexpr int NR = kNV * Simd<float>::W;
   float* Ap = run.ws.get<float>(tid);
-  float* Bp = Ap + kGemmMC * kGemmKC;
-  float* tile = Bp + kGemmKC * kGemmNC;
+  float* tile = Ap + kGemmMC * kGemmKC;
   for (int64_t it = begin; it < end; ++it) {
     const int64_t mb = it / run.nnb, nb = it % run.nnb;
     const int64_t m0 = mb * kGemmMC, mlen = imin(kGemmMC, p.M - m0);
-    const int64_t n0 = nb * kGemmNC, nlen = imin(kGemmNC, p.N - n0);
-    const int64_t nip = ceil_div(mlen, kMR), npan = ceil_div(nlen, NR);
-    for (int64_t k0 = 0; k0 < p.K || k0 == 0; k0 += kGemmKC) {
-      const int64_t klen = imin(kGemmKC, p.K - k0);
-      const bool first = k0 == 0, last = k0 + kGemmKC >= p.K;
-      for (int64_t pn = 0; pn < npan; ++pn) {  // pack W^T panels: Bp[pn][k][NR]
-        float* dst = Bp + pn * klen * NR;
-        for (int jj = 0; jj < NR; ++jj) {
-          const int64_t n = n0 + pn * NR + jj;
-          if (n < n0 + nlen) {
-            const float* wr = p.w + n * p.w_n + k0 * p.w_k;
-            for (int64_t kk = 0; kk < klen; ++kk) dst[kk * NR + jj] = wr[kk * p.w_k];
-          } else {
-            for (int64_t kk = 0; kk < klen; ++kk) dst[kk * NR + jj] = 0.0f;
-          }
-        }
-      }
+    const int64_t pn0 = nb * run.pan_per_nb, pn1 = imin(run.npan, pn0 + run.pan_per_nb);
+    const int64_t nip = ceil_div(mlen, kMR);
+    for (int64_t kc = 0; kc < run.nkc; ++kc) {
+      const int64_t k0 = kc * kGemmKC, klen = imin(kGemmKC, p.K - k0);
+      const bool first = kc == 0, last = kc == run.nkc - 1;
       for (int64_t ip = 0; ip < nip; ++ip) {  // pack A panels: Ap[ip][k][kMR]
         float* dst = Ap + ip * klen * kMR;
         for (int r = 0; r < kMR; ++r) {
@@ -371,13 +384,14 @@ void gemm_task(void* ctx, int64_t begin, int64_t end, int tid) {
           }
         }
       }
-      for (int64_t pn = 0; pn < npan; ++pn) {
-        const int64_t cols = imin(NR, nlen - pn * NR);
+      const float* bk = run.bpack + kc * kGemmKC * run.npan * NR;
+      for (int64_t pn = pn0; pn < pn1; ++pn) {
+        const int64_t cols = imin(NR, p.N - pn * NR);
+        const float* b = bk + pn * klen * NR;
         for (int64_t ip = 0; ip < nip; ++ip) {
           const int64_t rows = imin(kMR, mlen - ip * kMR);
-          float* c = p.out + (m0 + ip * kMR) * p.N + n0 + pn * NR;
+          float* c = p.out + (m0 + ip * kMR) * p.N + pn * NR;
           const float* a = Ap + ip * klen * kMR;
-          const float* b = Bp + pn * klen * NR;
           if (rows == kMR && cols == NR) {
             if (first) micro<float, kMR, true, false>(klen, a, kMR, b, NR, c, p.N);
             else micro<float, kMR, true, true>(klen, a, kMR, b, NR, c, p.N);
@@ -388,23 +402,58 @@ void gemm_task(void* ctx, int64_t begin, int64_t end, int tid) {
             else micro<float, kMR, true, true>(klen, a, kMR, b, NR, tile, NR);
             for (int64_t r = 0; r < rows; ++r) std::memcpy(c + r * p.N, tile + r * NR, cols * sizeof(float));
           }
-          if (last) gemm_epilogue(p, c, rows, cols, n0 + pn * NR);
+          if (last) gemm_epilogue(p, c, rows, cols, pn * NR);
         }
       }
-      if (p.K == 0) break;
+    }
+  }
+}
+
+// Few rows: out[m][n] = dot(a_m, w_n), W read once and in place (rows of W contiguous).
+void gemv_task(void* ctx, int64_t begin, int64_t end, int) {
+  const GemmProblem& p = *static_cast<const GemmRun*>(ctx)->p;
+  constexpr int W = Simd<float>::W;
+  const float* rows[kGemvRows];
+  for (int64_t m = 0; m < p.M; ++m) rows[m] = p.a + gemm_row_offset(p, m);
+  for (int64_t n = begin; n < end; ++n) {
+    const float* wr = p.w + n * p.w_n;
+    vf acc[kGemvRows];
+    for (int64_t m = 0; m < p.M; ++m) acc[m] = vf{};
+    int64_t kk = 0;
+    for (; kk + W <= p.K; kk += W) {
+      const vf wv = vload(wr + kk);
+      for (int64_t m = 0; m < p.M; ++m) acc[m] += vload(rows[m] + kk) * wv;
+    }
+    for (int64_t m = 0; m < p.M; ++m) {
+      float s = hsum(acc[m]);
+      for (int64_t t = kk; t < p.K; ++t) s += rows[m][t] * wr[t];
+      if (p.bias) s += p.bias[n * p.bias_s];
+      p.out[m * p.N + n] = act_scalar(s, p.act);
     }
   }
 }
 
 int gemm_f32(const GemmProblem& p) {
   if (p.M == 0 || p.N == 0) return 0;
+  constexpr int NR = kNV * Simd<float>::W;
   GemmRun run;
   run.p = &p;
-  run.nmb = ceil_div(p.M, kGemmMC);
-  run.nnb = ceil_div(p.N, kGemmNC);
+  run.bpack = nullptr;
+  if (p.M <= kGemvRows && p.a_k == 1 && p.w_k == 1) {
+    parallel_for(p.N, 64, gemv_task, &run);
+    return 0;
+  }
   const int nt = num_threads();
-  constexpr int NR = kNV * Simd<float>::W;
-  if (!run.ws.alloc(nt, sizeof(float) * (kGemmMC * kGemmKC + kGemmKC * kGemmNC + kMR * NR))) return 1;
+  run.nkc = imax(1, ceil_div(p.K, kGemmKC));
+  run.npan = ceil_div(p.N, NR);
+  run.nmb = ceil_div(p.M, kGemmMC);
+  run.nnb = imin(run.npan, imax(1, ceil_div(2 * nt, run.nmb)));  // split N only when M is short
+  run.pan_per_nb = ceil_div(run.npan, run.nnb);
+  run.nnb = ceil_div(run.npan, run.pan_per_nb);
+  run.bpack = static_cast<float*>(std::malloc(sizeof(float) * static_cast<size_t>(run.nkc * kGemmKC * run.npan * NR)));
+  if (!run.bpack) return 1;
+  if (!run.ws.alloc(nt, sizeof(float) * (kGemmMC * kGemmKC + kMR * NR))) return 1;
+  parallel_for(run.nkc * run.npan, 4, gemm_pack_task, &run);
   parallel_for(run.nmb * run.nnb, 1, gemm_task, &run);
   return 0;
 }
@@ -423,8 +472,15 @@ int gemm_f32(const GemmProblem& p) {
 // and at the end out = O / l, lse = (m + log2 l) ln 2. Tiles past every row's causal bound are
 // never visited. For few rows (decode), the keys are split over threads and the partial
 // results merged by their log-sum-exp (flash-decoding).
-constexpr int64_t kBR = 64;   // query rows per block (a multiple of every NR)
-constexpr int64_t kBC = 128;  // keys per tile
+#ifndef ATTNKIT_BR
+#define ATTNKIT_BR 64
+#endif
+#ifndef ATTNKIT_BC
+#define ATTNKIT_BC 128
+#endif
+constexpr int64_t kBR = ATTNKIT_BR;  // query rows per block (a multiple of every NR)
+constexpr int64_t kBC = ATTNKIT_BC;  // keys per tile
+constexpr int64_t kFewRows = 4;     // up to this many query rows, P V streams V row by row
 
 template <class T>
 struct AttnRun {
@@ -536,6 +592,12 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
     const int64_t kend = imin(lim_max, kbeg + run.split_keys);
     for (int64_t j0 = kbeg; j0 < kend; j0 += kBC) {
       const int64_t nk = imin(kBC, kend - j0);
+      for (int64_t jj = j0 + kBC; jj < imin(j0 + 2 * kBC, kend); ++jj) {  // the next tile, into cache
+        const char* kr = reinterpret_cast<const char*>(kb + jj * p.k_j);
+        const char* vr = reinterpret_cast<const char*>(vb + jj * p.v_j);
+        for (int64_t b = 0; b < E * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(kr + b, 0, 2);
+        for (int64_t b = 0; b < Ev * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(vr + b, 0, 2);
+      }
       // 1) S^T = K Q^T
       const T* ka = kb + j0 * p.k_j;
       int64_t lda = p.k_j;
@@ -624,6 +686,17 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
           for (int64_t e = 0; e < EvP; ++e)
             Vp[(e / NR) * kBC * NR + jj * NR + e % NR] = e < Ev ? vr[e * p.v_e] : T(0);
         }
+      }
+      if (run.v_direct && n <= kFewRows) {  // few rows (decode): stream each V row once
+        for (int64_t jj = 0; jj < nk; ++jj) {
+          const T* vr = vsrc + jj * ldv;
+          for (int64_t rr = 0; rr < n; ++rr) {
+            const V pj = vset(S[jj * kBR + rr]);
+            T* o = O + rr * EvP;
+            for (int64_t e = 0; e < EvP; e += W) vstore(o + e, vload(o + e) + pj * vload(vr + e));
+          }
+        }
+        continue;
       }
       for (int64_t pn = 0; pn * NR < EvP; ++pn) {
         const T* bsrc = run.v_direct ? vsrc + pn * NR : Vp + pn * kBC * NR;

@@ -45,7 +45,9 @@ inline void require_output(const TensorView& out, const char* name, DType dtype,
     throw ValueError(std::string(name) + ": expected shape " + shape_str(want) + ", got " + shape_str(out));
   }
   if (!out.writeable) throw ValueError(std::string(name) + ": the array is read-only");
-  for (int i = 0; i < ndim; ++i)
+  bool empty = false;
+  for (int i = 0; i < ndim; ++i) empty = empty || shape[i] == 0;
+  for (int i = 0; i < ndim && !empty; ++i)
     if (out.strides[i] == 0 && out.shape[i] > 1)
       throw ValueError(std::string(name) + ": the array has a zero stride (a broadcast view cannot be written)");
 }
