@@ -20,3 +20,14 @@ function(attnkit_add_isa_kernels out_var source)
   endforeach()
   set(${out_var} ${objs} PARENT_SCOPE)
 endfunction()
+
+# Guard: a per-ISA object must define no global or weak code symbol besides its kernel table,
+# or the linker could pick its copy (compiled with wider instructions) for portable code.
+function(attnkit_check_isa_symbols target)
+  if(CMAKE_NM)
+    add_custom_command(TARGET ${target} POST_BUILD
+      COMMAND ${CMAKE_COMMAND} -DNM=${CMAKE_NM} "-DOBJECTS=$<JOIN:$<TARGET_OBJECTS:attnkit_kernels_avx2>;$<TARGET_OBJECTS:attnkit_kernels_avx512>,;>"
+              -P ${PROJECT_SOURCE_DIR}/cmake/check_isa_symbols.cmake
+      VERBATIM)
+  endif()
+endfunction()
