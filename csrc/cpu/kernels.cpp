@@ -155,7 +155,7 @@ inline vf erfc_nonneg(vf z) {
 
 inline vf act_vec(vf x, int act) {
   switch (act) {
-    case 1: return x > 0.0f ? x : vf{};
+    case 1: return x < 0.0f ? vf{} : x;  // NaN stays NaN
     case 2: {  // x * Phi(x) = x * erfc(-x / sqrt 2) / 2
       vf ax = x < 0.0f ? -x : x;
       vf half_erfc = 0.5f * erfc_nonneg(ax * 0.70710678118654752f);
@@ -174,7 +174,7 @@ inline float act_scalar(float x, int act) {
 }
 inline double act_scalar(double x, int act) {
   switch (act) {
-    case 1: return x > 0.0 ? x : 0.0;
+    case 1: return x < 0.0 ? 0.0 : x;
     case 2: return 0.5 * x * ::erfc(-x * 0.70710678118654752);
     case 3: return 0.5 * x * (1.0 + ::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
     default: return x;

@@ -34,7 +34,7 @@ def _int64_lengths(kv_lengths) -> np.ndarray:
         raise TypeError(f"kv_lengths: expected an integer array, got dtype {arr.dtype}")
     if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
         raise ValueError("kv_lengths: values exceed the int64 range")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return np.require(arr.astype(np.int64, copy=False), requirements="C")
 
 
 def _check_out_disjoint(out: np.ndarray, **inputs) -> None:
@@ -184,6 +184,11 @@ def multi_head_attention(
     for name, arr in (("query", query), ("key", key), ("value", value), ("in_proj_weight", in_proj_weight)):
         if not isinstance(arr, np.ndarray):
             raise TypeError(f"{name}: expected a numpy.ndarray, got {type(arr).__name__}")
+    for name, arr in (("query", query), ("key", key), ("value", value), ("in_proj_weight", in_proj_weight)):
+        if arr.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {arr.dtype}")
+        if arr.dtype != query.dtype:
+            raise TypeError(f"{name}: dtype {arr.dtype} does not match query's {query.dtype} (mixed dtypes are not allowed)")
     for name, arr in (("query", query), ("key", key), ("value", value)):
         if arr.ndim != 3:
             raise ValueError(f"{name}: expected shape (B, L, E), got {arr.shape}")
@@ -203,13 +208,34 @@ def multi_head_attention(
             f"in_proj_weight: expected shape ((num_heads + 2*num_kv_heads) * head_dim, E) with "
             f"num_heads + 2*num_kv_heads = {hq + 2 * hk}, got {in_proj_weight.shape}"
         )
+    if in_proj_weight.shape[1] != query.shape[-1] or key.shape[-1] != query.shape[-1] or value.shape[-1] != query.shape[-1]:
+        raise ValueError(
+            f"in_proj_weight: expected (rows, E) with E = query's, key's and value's last dim; got in_proj_weight "
+            f"{in_proj_weight.shape}, query {query.shape}, key {key.shape}, value {value.shape}"
+        )
     dh = in_proj_weight.shape[0] // (hq + 2 * hk)
     if dh == 0:
         raise ValueError(f"in_proj_weight: head_dim would be 0 for shape {in_proj_weight.shape}")
-    if in_proj_bias is not None and (not isinstance(in_proj_bias, np.ndarray) or in_proj_bias.shape != (in_proj_weight.shape[0],)):
-        raise ValueError(f"in_proj_bias: expected shape ({in_proj_weight.shape[0]},), got {getattr(in_proj_bias, 'shape', in_proj_bias)}")
     B, Lq, Lk = query.shape[0], query.shape[1], key.shape[1]
     nq, nk = hq * dh, hk * dh
+    for name, arr, shape in (
+        ("in_proj_bias", in_proj_bias, (in_proj_weight.shape[0],)),
+        ("out_proj_weight", out_proj_weight, None),
+        ("out_proj_bias", out_proj_bias, None if out_proj_weight is None else (getattr(out_proj_weight, "shape", (0,))[0],)),
+    ):
+        if arr is None:
+            continue
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(arr).__name__}")
+        if arr.dtype != query.dtype:
+            raise TypeError(f"{name}: dtype {arr.dtype} does not match query's {query.dtype} (mixed dtypes are not allowed)")
+        if name == "out_proj_weight":
+            if arr.ndim != 2 or arr.shape[1] != nq:
+                raise ValueError(f"out_proj_weight: expected shape (E_out, num_heads*head_dim={nq}), got {arr.shape}")
+        elif arr.shape != shape:
+            raise ValueError(f"{name}: expected shape {shape}, got {arr.shape}")
+    if out_proj_bias is not None and out_proj_weight is None:
+        raise ValueError("out_proj_bias: given without out_proj_weight")
 
     def rows(lo, hi):
         return in_proj_weight[lo:hi], (None if in_proj_bias is None else in_proj_bias[lo:hi])

@@ -1,0 +1,129 @@
+"""Shared test machinery: the seeded rng, the tolerance table, assert_close, the ISA parametrization.
+
+attnkit itself is imported lazily (inside fixtures and hooks), so the oracle's own tests collect and
+run even when the compiled core has not been built.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+# ---------------------------------------------------------------------------------------------
+# Tolerances: relative error ||out - ref|| / ||ref|| against the float64 oracle, per dtype.
+# ---------------------------------------------------------------------------------------------
+TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
+BASE_SEED = 0x5EED_A77E
+
+
+def relative_error(out, ref, scale=None):
+    """||out - ref|| / ||ref|| over the entries where ref is finite (absolute when ||ref|| is 0).
+
+    ``scale``: an array of ref's shape whose norm replaces ||ref||, for results whose rounding
+    error is relative to something larger than themselves (a GEMM's to |x| @ |w|^T).
+    """
+    out = np.asarray(out, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    finite = np.isfinite(ref)
+    diff = np.linalg.norm(out[finite] - ref[finite]) if finite.any() else 0.0
+    denom = ref if scale is None else np.broadcast_to(np.asarray(scale, dtype=np.float64), ref.shape)
+    norm = np.linalg.norm(denom[finite]) if finite.any() else 0.0
+    return diff / norm if norm > 0 else diff
+
+
+def assert_close(out, ref, dtype, *, tol=None, scale=None, what="output"):
+    """Assert out matches ref: same shape, same non-finite entries, relative error within the table.
+
+    ``dtype`` picks the tolerance (the dtype the kernel computed in); ``ref`` is the float64 oracle.
+    """
+    out = np.asarray(out)
+    ref = np.asarray(ref)
+    tol = TOLERANCE[np.dtype(dtype)] if tol is None else tol
+    assert out.shape == ref.shape, f"{what}: shape {out.shape}, expected {ref.shape}"
+    nan_out, nan_ref = np.isnan(out), np.isnan(ref)
+    assert np.array_equal(nan_out, nan_ref), (
+        f"{what}: NaN at {np.argwhere(nan_out != nan_ref)[:5].tolist()} (out NaN: {nan_out.sum()}, "
+        f"ref NaN: {nan_ref.sum()})")
+    inf_ref = np.isinf(ref)
+    assert np.array_equal(np.isinf(out), inf_ref), (
+        f"{what}: infinities differ at {np.argwhere(np.isinf(out) != inf_ref)[:5].tolist()}")
+    assert np.array_equal(out[inf_ref], ref[inf_ref]), f"{what}: infinities of the wrong sign"
+    err = relative_error(out, ref, scale)
+    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.0e} ({np.dtype(dtype).name})"
+
+
+def as64(x):
+    """The float64 copy of x that the oracle runs on (None stays None; bool stays bool)."""
+    if x is None:
+        return None
+    x = np.asarray(x)
+    return x.astype(np.float64) if x.dtype.kind == "f" else x
+
+
+# ---------------------------------------------------------------------------------------------
+# The oracle: attnkit.reference, or the source file itself when the core is not built.
+# ---------------------------------------------------------------------------------------------
+def load_reference():
+    try:
+        from attnkit import reference
+        return reference
+    except ImportError:
+        path = Path(__file__).resolve().parents[1] / "python" / "attnkit" / "reference.py"
+        spec = importlib.util.spec_from_file_location("_attnkit_reference_source", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+
+# ---------------------------------------------------------------------------------------------
+# Randomness: fresh per test, reproducible from the test id.
+# ---------------------------------------------------------------------------------------------
+def seed_for(text):
+    return [BASE_SEED, int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")]
+
+
+@pytest.fixture
+def rng(request):
+    """numpy Generator seeded from a fixed base and this test's node id."""
+    return np.random.default_rng(seed_for(request.node.nodeid))
+
+
+# Hypothesis: derandomized and without a database, so CI sees the same cases every run.
+# HYPOTHESIS_PROFILE=thorough explores more (randomly) for local hunting.
+_common = dict(deadline=None, database=None, print_blob=True,
+               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                      HealthCheck.data_too_large])
+settings.register_profile("attnkit", max_examples=25, derandomize=True, **_common)
+settings.register_profile("thorough", max_examples=400, **_common)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "attnkit"))
+
+
+# ---------------------------------------------------------------------------------------------
+# ISA: every kernel test runs once per usable instruction-set path.
+# ---------------------------------------------------------------------------------------------
+def pytest_generate_tests(metafunc):
+    if "isa" in metafunc.fixturenames:
+        import attnkit  # a test that asks for an ISA needs the core: failing to import is an error
+
+        isas = list(attnkit.get_config()["usable_isas"])
+        metafunc.parametrize("isa", isas, ids=[f"isa={name}" for name in isas], indirect=True)
+
+
+@pytest.fixture
+def isa(request):
+    """Switch attnkit to the requested ISA for the test; restore the previous one afterwards."""
+    import attnkit
+
+    previous = attnkit.get_config()["isa"]
+    attnkit.set_isa(request.param)
+    assert attnkit.get_config()["isa"] == request.param
+    try:
+        yield request.param
+    finally:
+        attnkit.set_isa(previous)
