@@ -1,0 +1,204 @@
+"""BERT-family encoders (BERT, RoBERTa, XLM-RoBERTa) from Hugging Face checkpoints, on attnkit.nn.
+
+BERT (Devlin et al., 2018) is the paper's encoder stack with learned positions, segment (token type)
+embeddings, GELU and post-LN -- so each BERT layer *is* an ``attnkit.nn.EncoderLayer``:
+
+    embeddings   LN(word[ids] + position[pos] + token_type[tt])
+    N x layer    x = LN(x + SelfAttention(x));  x = LN(x + FFN(x))      (FFN with GELU)
+
+The checkpoint's separate query/key/value projections are packed into one (3E, E) matrix at load time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .. import nn
+from ..nn.layers import AttentionMask
+from ._checkpoint import Tensors, field, load_pretrained
+
+__all__ = ["BertConfig", "BertEmbeddings", "BertModel"]
+
+# Hugging Face activation names -> attnkit.nn.FeedForward activations
+_HIDDEN_ACT = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    model_type: str = "bert"
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "BertConfig":
+        """Read a Hugging Face config.json dict; unsupported settings raise, naming the field."""
+        model_type = field(config, "model_type", str, "bert", choices=_MODEL_TYPES)
+        field(config, "position_embedding_type", str, "absolute", choices=("absolute",))
+        if field(config, "is_decoder", bool, False) or field(config, "add_cross_attention", bool, False):
+            raise ValueError("config.json: field 'is_decoder'/'add_cross_attention' -- decoder BERTs "
+                             "are not supported")
+        c = cls(vocab_size=field(config, "vocab_size", int),
+                hidden_size=field(config, "hidden_size", int),
+                num_hidden_layers=field(config, "num_hidden_layers", int),
+                num_attention_heads=field(config, "num_attention_heads", int),
+                intermediate_size=field(config, "intermediate_size", int),
+                hidden_act=field(config, "hidden_act", str, "gelu", choices=_HIDDEN_ACT),
+                max_position_embeddings=field(config, "max_position_embeddings", int),
+                type_vocab_size=field(config, "type_vocab_size", int, 2),
+                layer_norm_eps=field(config, "layer_norm_eps", float, 1e-12),
+                pad_token_id=field(config, "pad_token_id", int, 1 if model_type != "bert" else 0),
+                model_type=model_type)
+        if c.hidden_size % c.num_attention_heads:
+            raise ValueError(f"config.json: field 'num_attention_heads' = {c.num_attention_heads} does not "
+                             f"divide hidden_size = {c.hidden_size}")
+        return c
+
+
+class BertEmbeddings(nn.Module):
+    """LN(word[ids] + position[pos] + token_type[tt]); RoBERTa numbers positions after its padding index."""
+
+    def __init__(self, word, position, token_type, norm: nn.LayerNorm, *, roberta_pad: Optional[int] = None):
+        self.word, self.position, self.token_type, self.norm = word, position, token_type, norm
+        self.roberta_pad = roberta_pad
+
+    def positions(self, input_ids) -> np.ndarray:
+        B, L = input_ids.shape
+        if self.roberta_pad is None:
+            return np.broadcast_to(np.arange(L), (B, L))                       # 0, 1, ..., L-1
+        real = input_ids != self.roberta_pad                                   # RoBERTa: pad+1, pad+2, ...
+        return np.cumsum(real, axis=1) * real + self.roberta_pad
+
+    def __call__(self, input_ids, token_type_ids) -> np.ndarray:
+        if input_ids.size and (input_ids.min() < 0 or input_ids.max() >= len(self.word)):
+            raise ValueError(f"input_ids: token ids must lie in [0, {len(self.word)})")
+        positions = self.positions(input_ids)
+        if positions.size and positions.max() >= len(self.position):
+            raise ValueError(f"input_ids: sequence needs position {int(positions.max())}, the model has "
+                             f"{len(self.position)} positions")
+        extra = self.position[positions]                                       # (B, L, E)
+        extra += self.token_type[token_type_ids]
+        return self.norm(self.word[input_ids], residual=extra)                 # LN(word + position + type)
+
+
+class BertModel(nn.Module):
+    """A BERT-family encoder. ``model(input_ids, attention_mask=None, token_type_ids=None)`` -> (B, L, hidden)."""
+
+    def __init__(self, config: BertConfig, embeddings: BertEmbeddings, encoder: nn.Encoder):
+        self.config, self.embeddings, self.encoder = config, embeddings, encoder
+
+    @classmethod
+    def from_pretrained(cls, directory, *, dtype=np.float32) -> "BertModel":
+        """Load ``directory``/config.json + model.safetensors (as written by ``save_pretrained``)."""
+        config, tensors = load_pretrained(directory)
+        return cls.from_state_dict(tensors, BertConfig.from_dict(config), dtype=dtype,
+                                   origin=os.path.join(os.fspath(directory), "model.safetensors"))
+
+    @classmethod
+    def from_config(cls, config: BertConfig, *, rng=None, std: float = 0.02, dtype=np.float32) -> "BertModel":
+        """A model with random weights N(0, std) (LayerNorms at 1, 0), built through the checkpoint layout."""
+        rng = np.random.default_rng(rng)
+        c = config
+        E, F = c.hidden_size, c.intermediate_size
+        shapes = {"embeddings.word_embeddings.weight": (c.vocab_size, E),
+                  "embeddings.position_embeddings.weight": (c.max_position_embeddings, E),
+                  "embeddings.token_type_embeddings.weight": (c.type_vocab_size, E)}
+        norms = ["embeddings.LayerNorm"]
+        for i in range(c.num_hidden_layers):
+            p = f"encoder.layer.{i}."
+            for n in ("query", "key", "value"):
+                shapes.update({f"{p}attention.self.{n}.weight": (E, E), f"{p}attention.self.{n}.bias": (E,)})
+            shapes.update({f"{p}attention.output.dense.weight": (E, E), f"{p}attention.output.dense.bias": (E,),
+                           f"{p}intermediate.dense.weight": (F, E), f"{p}intermediate.dense.bias": (F,),
+                           f"{p}output.dense.weight": (E, F), f"{p}output.dense.bias": (E,)})
+            norms += [f"{p}attention.output.LayerNorm", f"{p}output.LayerNorm"]
+        tensors = {k: rng.standard_normal(s, dtype=np.float32) * np.float32(std) for k, s in shapes.items()}
+        for name in norms:
+            tensors[f"{name}.weight"], tensors[f"{name}.bias"] = np.ones(E, np.float32), np.zeros(E, np.float32)
+        return cls.from_state_dict(tensors, c, dtype=dtype, origin="random weights")
+
+    @classmethod
+    def from_state_dict(cls, tensors: dict, config: BertConfig, *, dtype=np.float32,
+                        origin: str = "state dict") -> "BertModel":
+        c = config
+        prefix = next((p for p in ("", "bert.", "roberta.", f"{c.model_type}.")
+                       if f"{p}embeddings.word_embeddings.weight" in tensors), None)
+        if prefix is None:
+            raise KeyError(f"{origin}: missing tensor 'embeddings.word_embeddings.weight' (also looked under "
+                           f"'bert.' and 'roberta.')")
+        t = Tensors(_rename_gamma_beta(tensors), prefix, dtype=dtype, origin=origin)
+        E, F = c.hidden_size, c.intermediate_size
+
+        def norm(name):
+            return nn.LayerNorm(t(f"{name}.weight", (E,)), t(f"{name}.bias", (E,)), c.layer_norm_eps)
+
+        embeddings = BertEmbeddings(
+            t("embeddings.word_embeddings.weight", (c.vocab_size, E)),
+            t("embeddings.position_embeddings.weight", (c.max_position_embeddings, E)),
+            t("embeddings.token_type_embeddings.weight", (c.type_vocab_size, E)),
+            norm("embeddings.LayerNorm"), roberta_pad=c.pad_token_id if c.model_type != "bert" else None)
+        layers = []
+        for i in range(c.num_hidden_layers):
+            p = f"encoder.layer.{i}."
+            # query, key, value (E, E) each -> one packed [W_q; W_k; W_v] (3E, E)
+            qkv_w = np.concatenate([t(f"{p}attention.self.{n}.weight", (E, E)) for n in ("query", "key", "value")])
+            qkv_b = np.concatenate([t(f"{p}attention.self.{n}.bias", (E,)) for n in ("query", "key", "value")])
+            attention = nn.MultiHeadAttention(qkv_w, qkv_b, t(f"{p}attention.output.dense.weight", (E, E)),
+                                              t(f"{p}attention.output.dense.bias", (E,)), c.num_attention_heads)
+            feed_forward = nn.FeedForward(t(f"{p}intermediate.dense.weight", (F, E)),
+                                          t(f"{p}intermediate.dense.bias", (F,)),
+                                          t(f"{p}output.dense.weight", (E, F)), t(f"{p}output.dense.bias", (E,)),
+                                          _HIDDEN_ACT[c.hidden_act])
+            layers.append(nn.EncoderLayer(attention, feed_forward, norm(f"{p}attention.output.LayerNorm"),
+                                          norm(f"{p}output.LayerNorm"), norm_first=False))
+        if t.has(f"encoder.layer.{c.num_hidden_layers}.attention.self.query.weight"):
+            raise ValueError(f"{origin}: more encoder layers than num_hidden_layers = {c.num_hidden_layers}")
+        return cls(c, embeddings, nn.Encoder(layers))
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> np.ndarray:
+        """input_ids (B, L) ints; attention_mask (B, L) 1 = token, 0 = padding; token_type_ids (B, L).
+
+        Returns the last hidden state (B, L, hidden) in the model's dtype (float32 by default).
+        """
+        input_ids = np.asarray(input_ids)
+        if input_ids.ndim == 1:
+            input_ids = input_ids[None]
+        if input_ids.ndim != 2 or input_ids.dtype.kind not in "iu":
+            raise ValueError(f"input_ids: expected (B, L) integer token ids, got {input_ids.dtype} "
+                             f"{input_ids.shape}")
+        B, L = input_ids.shape
+        if token_type_ids is None:
+            token_type_ids = np.zeros((B, L), dtype=np.int64)
+        token_type_ids = np.asarray(token_type_ids).reshape(B, L)
+        if token_type_ids.size and (token_type_ids.min() < 0 or token_type_ids.max() >= self.config.type_vocab_size):
+            raise ValueError(f"token_type_ids: must lie in [0, {self.config.type_vocab_size})")
+        mask = nn.AttentionMask()
+        if attention_mask is not None:
+            attention_mask = np.asarray(attention_mask)
+            if attention_mask.shape != (B, L):
+                raise ValueError(f"attention_mask: has shape {attention_mask.shape}, expected {(B, L)}")
+            mask = AttentionMask.from_torch(key_padding_mask=attention_mask == 0, batch_size=B,
+                                            num_heads=self.config.num_attention_heads, q_len=L, k_len=L,
+                                            dtype=self.dtype)
+        x = self.embeddings(input_ids, token_type_ids)                      # (B, L, E)
+        return self.encoder(x, mask)                                        # (B, L, E)
+
+
+def _rename_gamma_beta(tensors: dict) -> dict:
+    """Old BERT checkpoints call LayerNorm weights gamma/beta."""
+    if not any(k.endswith((".gamma", ".beta")) for k in tensors):
+        return tensors
+    return {k[:-6] + ".weight" if k.endswith(".gamma") else k[:-5] + ".bias" if k.endswith(".beta") else k: v
+            for k, v in tensors.items()}

@@ -1,0 +1,319 @@
+"""GPT-2-family decoders from Hugging Face checkpoints, on attnkit.nn, with KV-cache generation.
+
+GPT-2 (Radford et al., 2019) is a decoder-only, pre-LN Transformer with learned positions:
+
+    x = wte[ids] + wpe[pos]
+    N x block    x = x + CausalSelfAttention(LN1(x));  x = x + MLP(LN2(x))       (MLP with tanh-GELU)
+    logits = LN_f(x) wte^T                                                          (tied output embedding)
+
+Hugging Face stores GPT-2's projections as Conv1D weights (in, out); they are transposed once at load time to
+the (out, in) layout of ``attnkit.linear``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .. import functional as F
+from .. import nn
+from ..nn.layers import AttentionMask
+from ._checkpoint import Tensors, field, load_pretrained
+
+__all__ = ["GPT2Config", "GPT2Block", "GPT2LMHeadModel"]
+
+_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
+
+
+@dataclass
+class GPT2Config:
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: Optional[int] = None           # None: 4 * n_embd
+    activation_function: str = "gelu_new"
+    layer_norm_epsilon: float = 1e-5
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+    tie_word_embeddings: bool = True
+    eos_token_id: Optional[int] = None
+    pad_token_id: Optional[int] = None
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "GPT2Config":
+        """Read a Hugging Face config.json dict; unsupported settings raise, naming the field."""
+        field(config, "model_type", str, "gpt2", choices=("gpt2",))
+        if field(config, "add_cross_attention", bool, False):
+            raise ValueError("config.json: field 'add_cross_attention' = True is not supported")
+        c = cls(vocab_size=field(config, "vocab_size", int),
+                n_positions=field(config, "n_positions", int),
+                n_embd=field(config, "n_embd", int),
+                n_layer=field(config, "n_layer", int),
+                n_head=field(config, "n_head", int),
+                n_inner=field(config, "n_inner", int, None),
+                activation_function=field(config, "activation_function", str, "gelu_new", choices=_ACTIVATIONS),
+                layer_norm_epsilon=field(config, "layer_norm_epsilon", float, 1e-5),
+                scale_attn_weights=field(config, "scale_attn_weights", bool, True),
+                scale_attn_by_inverse_layer_idx=field(config, "scale_attn_by_inverse_layer_idx", bool, False),
+                tie_word_embeddings=field(config, "tie_word_embeddings", bool, True),
+                eos_token_id=field(config, "eos_token_id", int, None),
+                pad_token_id=field(config, "pad_token_id", int, None))
+        if c.n_embd % c.n_head:
+            raise ValueError(f"config.json: field 'n_head' = {c.n_head} does not divide n_embd = {c.n_embd}")
+        return c
+
+
+class GPT2Block(nn.Module):
+    """x + CausalSelfAttention(LN1(x)), then x + MLP(LN2(x)) -- a pre-LN layer with causal self attention."""
+
+    def __init__(self, ln_1: nn.LayerNorm, attn: nn.MultiHeadAttention, ln_2: nn.LayerNorm, mlp: nn.FeedForward):
+        self.ln_1, self.attn, self.ln_2, self.mlp = ln_1, attn, ln_2, mlp
+
+    def __call__(self, x, mask: AttentionMask, cache=None):
+        """x (B, L, E) -> (B, L, E). With a LayerKVCache, x holds the new positions and attends to the cache."""
+        h = self.ln_1(x)
+        a = self.attn(h, mask=mask) if cache is None else self.attn.cached(h, cache)   # 1) attend
+        y, x = self.ln_2(a, residual=x, return_sum=True)                                # x <- x + a, y = LN2(x)
+        out = self.mlp(y)                                                               # 2) MLP
+        out += x
+        return out
+
+
+class GPT2LMHeadModel(nn.Module):
+    """GPT-2 language model. ``model(input_ids)`` -> logits (B, L, vocab); ``model.generate(...)`` decodes."""
+
+    def __init__(self, config: GPT2Config, wte, wpe, blocks, ln_f: nn.LayerNorm, lm_head=None):
+        self.config = config
+        self.wte, self.wpe = wte, wpe                        # (V, E), (n_positions, E)
+        self.blocks, self.ln_f = list(blocks), ln_f
+        self.lm_head = wte if lm_head is None else lm_head   # (V, E): logits = h @ lm_head^T
+
+    @classmethod
+    def from_pretrained(cls, directory, *, dtype=np.float32) -> "GPT2LMHeadModel":
+        """Load ``directory``/config.json + model.safetensors (as written by ``save_pretrained``)."""
+        config, tensors = load_pretrained(directory)
+        return cls.from_state_dict(tensors, GPT2Config.from_dict(config), dtype=dtype,
+                                   origin=os.path.join(os.fspath(directory), "model.safetensors"))
+
+    @classmethod
+    def from_config(cls, config: GPT2Config, *, rng=None, std: float = 0.02, dtype=np.float32) -> "GPT2LMHeadModel":
+        """A model with random weights N(0, std) (LayerNorms at 1, 0), built through the checkpoint layout."""
+        rng = np.random.default_rng(rng)
+        c = config
+        E, Fd = c.n_embd, c.n_inner or 4 * c.n_embd
+        shapes = {"wte.weight": (c.vocab_size, E), "wpe.weight": (c.n_positions, E)}
+        for i in range(c.n_layer):
+            shapes.update({f"h.{i}.attn.c_attn.weight": (E, 3 * E), f"h.{i}.attn.c_attn.bias": (3 * E,),
+                           f"h.{i}.attn.c_proj.weight": (E, E), f"h.{i}.attn.c_proj.bias": (E,),
+                           f"h.{i}.mlp.c_fc.weight": (E, Fd), f"h.{i}.mlp.c_fc.bias": (Fd,),
+                           f"h.{i}.mlp.c_proj.weight": (Fd, E), f"h.{i}.mlp.c_proj.bias": (E,)})
+        tensors = {k: rng.standard_normal(s, dtype=np.float32) * np.float32(std) for k, s in shapes.items()}
+        for name in [f"h.{i}.ln_{j}" for i in range(c.n_layer) for j in (1, 2)] + ["ln_f"]:
+            tensors[f"{name}.weight"], tensors[f"{name}.bias"] = np.ones(E, np.float32), np.zeros(E, np.float32)
+        if not c.tie_word_embeddings:
+            tensors["lm_head.weight"] = rng.standard_normal((c.vocab_size, E), dtype=np.float32) * np.float32(std)
+        return cls.from_state_dict(tensors, c, dtype=dtype, origin="random weights")
+
+    @classmethod
+    def from_state_dict(cls, tensors: dict, config: GPT2Config, *, dtype=np.float32,
+                        origin: str = "state dict") -> "GPT2LMHeadModel":
+        c = config
+        prefix = "transformer." if "transformer.wte.weight" in tensors else ""
+        t = Tensors(tensors, prefix, dtype=dtype, origin=origin)
+        E, V, Fd = c.n_embd, c.vocab_size, c.n_inner or 4 * c.n_embd
+        act = _ACTIVATIONS[c.activation_function]
+
+        def norm(name):
+            return nn.LayerNorm(t(f"{name}.weight", (E,)), t(f"{name}.bias", (E,)), c.layer_norm_epsilon)
+
+        blocks = []
+        for i in range(c.n_layer):
+            p = f"h.{i}."
+            scale = (1.0 / np.sqrt(E // c.n_head)) if c.scale_attn_weights else 1.0
+            if c.scale_attn_by_inverse_layer_idx:
+                scale /= i + 1
+            # Conv1D (in, out) -> (out, in): c_attn's columns [q | k | v] become rows [W_q; W_k; W_v]
+            attn = nn.MultiHeadAttention(t(p + "attn.c_attn.weight", (3 * E, E), transpose=True),
+                                         t(p + "attn.c_attn.bias", (3 * E,)),
+                                         t(p + "attn.c_proj.weight", (E, E), transpose=True),
+                                         t(p + "attn.c_proj.bias", (E,)), c.n_head, scale=scale)
+            mlp = nn.FeedForward(t(p + "mlp.c_fc.weight", (Fd, E), transpose=True), t(p + "mlp.c_fc.bias", (Fd,)),
+                                 t(p + "mlp.c_proj.weight", (E, Fd), transpose=True), t(p + "mlp.c_proj.bias", (E,)),
+                                 act)
+            blocks.append(GPT2Block(norm(p + "ln_1"), attn, norm(p + "ln_2"), mlp))
+        if t.has(f"h.{c.n_layer}.attn.c_attn.weight"):
+            raise ValueError(f"{origin}: more blocks than n_layer = {c.n_layer}")
+        lm_head = None
+        if not c.tie_word_embeddings or "lm_head.weight" in tensors:
+            lm_head = Tensors(tensors, "", dtype=dtype, origin=origin)("lm_head.weight", (V, E))
+        return cls(c, t("wte.weight", (V, E)), t("wpe.weight", (c.n_positions, E)), blocks, norm("ln_f"), lm_head)
+
+    # -- forward -------------------------------------------------------------------------------------
+    def hidden_states(self, input_ids, attention_mask=None, position_ids=None, *, cache=None) -> np.ndarray:
+        """input_ids (B, L) -> final hidden states LN_f(x) (B, L, E).
+
+        attention_mask (B, L): 1 = token, 0 = padding (padded keys are ignored). position_ids default to
+        0..L-1. With a ``cache`` (a KVCache), the L new positions continue each sequence's cached part,
+        attend causally to it and are added to it (the cache advances by L; attention_mask is not used).
+        """
+        ids = np.asarray(input_ids)
+        B, L = ids.shape
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise ValueError(f"input_ids: token ids must lie in [0, {self.config.vocab_size})")
+        if position_ids is None:
+            position_ids = np.arange(L) if cache is None else cache.lengths[:, None] + np.arange(L)
+        position_ids = np.asarray(position_ids)
+        if position_ids.size and position_ids.max() >= self.config.n_positions:
+            raise ValueError(f"position {int(position_ids.max())} is beyond the model's "
+                             f"n_positions = {self.config.n_positions}")
+        mask = AttentionMask(is_causal=True)
+        if attention_mask is not None:
+            padding = np.asarray(attention_mask).reshape(B, L) == 0
+            mask = AttentionMask.from_torch(None, padding, True, batch_size=B, num_heads=self.config.n_head,
+                                            q_len=L, k_len=L, dtype=self.dtype)
+        x = self.wte[ids]                                                        # (B, L, E)
+        x += self.wpe[position_ids]
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, None if cache is None else cache.layer(i))
+        if cache is not None:
+            cache.advance(L)
+        return self.ln_f(x)
+
+    def logits(self, hidden) -> np.ndarray:
+        """hidden (..., E) -> logits (..., V) through the (tied) output embedding."""
+        return F.linear(hidden, self.lm_head)
+
+    def __call__(self, input_ids, attention_mask=None, position_ids=None) -> np.ndarray:
+        """input_ids (B, L) -> logits (B, L, vocab)."""
+        ids = np.asarray(input_ids)
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2 or ids.dtype.kind not in "iu":
+            raise ValueError(f"input_ids: expected (B, L) integer token ids, got {ids.dtype} {ids.shape}")
+        return self.logits(self.hidden_states(ids, attention_mask, position_ids))
+
+    # -- generation ----------------------------------------------------------------------------------
+    def new_cache(self, batch_size: int, max_len: int) -> nn.KVCache:
+        first = self.blocks[0].attn
+        return nn.KVCache(len(self.blocks), batch_size, first.num_heads, first.head_dim, max_len, self.dtype)
+
+    def generate(self, input_ids, max_new_tokens: int, *, attention_mask=None, num_beams: int = 1,
+                 eos_token_id: Optional[int] = None, pad_token_id: Optional[int] = None,
+                 length_penalty: float = 1.0, use_cache: bool = True) -> np.ndarray:
+        """Continue each prompt by ``max_new_tokens`` tokens: input_ids (B, L) -> (B, L + max_new_tokens).
+
+        Greedy when num_beams == 1, else beam search. ``use_cache`` keeps a KV cache (one position per step);
+        without it each step recomputes the whole prefix (same tokens). Prompts of different lengths: pass
+        ``attention_mask`` (1 = token, 0 = padding, padding on either side); each row is decoded from its own
+        length and the new tokens follow its last real token (left-padded rows: [pads, prompt, new]).
+        Generation only stops early at ``eos_token_id`` when it is given (later tokens: ``pad_token_id``,
+        default eos); the config's eos is not used implicitly.
+        """
+        ids = np.asarray(input_ids)
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2 or ids.dtype.kind not in "iu" or ids.shape[1] == 0:
+            raise ValueError(f"input_ids: expected non-empty (B, L) integer token ids, got {ids.dtype} {ids.shape}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens: must be >= 0, got {max_new_tokens}")
+        prompts, lengths, starts = _compact_prompts(ids, attention_mask)
+        total = int(lengths.max()) + max_new_tokens
+        if total > self.config.n_positions:
+            raise ValueError(f"prompt + max_new_tokens = {total} positions exceed n_positions = "
+                             f"{self.config.n_positions}")
+        if max_new_tokens == 0:
+            return ids.astype(np.int64)
+        state = _GPT2Decoding(self, prompts, lengths, total, use_cache)
+        logits = state.start()                                                   # (B, V)
+        if num_beams == 1:
+            new = nn.greedy_search(state, logits, max_new_tokens, eos_token_id=eos_token_id,
+                                   pad_token_id=pad_token_id)
+        else:
+            new = nn.beam_search(state, logits, max_new_tokens, num_beams, eos_token_id=eos_token_id,
+                                 pad_token_id=pad_token_id, length_penalty=length_penalty)
+        # put each row back together: its leading padding, prompt, new tokens, trailing padding
+        B, L = ids.shape
+        out = np.empty((B, L + max_new_tokens), dtype=np.int64)
+        for b in range(B):
+            s, n = starts[b], lengths[b]
+            out[b, : s + n] = ids[b, : s + n]
+            out[b, s + n: s + n + max_new_tokens] = new[b]
+            out[b, s + n + max_new_tokens:] = ids[b, s + n:]
+        return out
+
+
+def _compact_prompts(ids: np.ndarray, attention_mask) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Move each prompt to the start of its row: (prompts (B, L) right-padded, lengths (B,), starts (B,))."""
+    B, L = ids.shape
+    if attention_mask is None:
+        return ids.astype(np.int64), np.full(B, L, dtype=np.int64), np.zeros(B, dtype=np.int64)
+    real = np.asarray(attention_mask).reshape(B, L) != 0
+    lengths = real.sum(axis=1).astype(np.int64)
+    starts = np.argmax(real, axis=1).astype(np.int64)
+    if np.any(lengths == 0):
+        raise ValueError("attention_mask: every row needs at least one token")
+    if not np.array_equal(real, (np.arange(L) >= starts[:, None]) & (np.arange(L) < (starts + lengths)[:, None])):
+        raise ValueError("attention_mask: each row's tokens must be contiguous (padding on the left or right)")
+    prompts = np.zeros((B, L), dtype=np.int64)
+    for b in range(B):
+        prompts[b, : lengths[b]] = ids[b, starts[b]: starts[b] + lengths[b]]
+    return prompts, lengths, starts
+
+
+class _GPT2Decoding:
+    """Decoding state of :meth:`GPT2LMHeadModel.generate` (the protocol of attnkit.nn.generation).
+
+    Row b holds its tokens at positions 0 .. lengths[b]-1; rows of different lengths decode together.
+    """
+
+    def __init__(self, model: GPT2LMHeadModel, prompts, lengths, max_len: int, use_cache: bool):
+        self.model, self.prompts, self.lengths = model, prompts, lengths.copy()
+        self.cache = model.new_cache(len(prompts), max_len) if use_cache else None
+        if not use_cache:
+            self.tokens = np.zeros((len(prompts), max_len), dtype=np.int64)
+            self.tokens[:, : prompts.shape[1]] = prompts
+
+    def _last_logits(self, hidden) -> np.ndarray:
+        last = hidden[np.arange(len(hidden)), self.lengths - 1]                 # (R, E) each row's last token
+        return self.model.logits(last)                                          # (R, V)
+
+    def start(self) -> np.ndarray:
+        """Run the prompts; the logits (B, V) after each row's last prompt token."""
+        if self.cache is None:
+            return self._recompute()
+        L = self.prompts.shape[1]
+        hidden = self.model.hidden_states(self.prompts, cache=self.cache)      # fills positions 0..L-1
+        self.cache.advance(self.lengths - L)                                    # keep each row's real tokens;
+        return self._last_logits(hidden)                                        # later steps overwrite the pad
+
+    def _recompute(self) -> np.ndarray:
+        S = int(self.lengths.max())
+        mask = AttentionMask(is_causal=True, kv_lengths=self.lengths)
+        ids = self.tokens[:, :S]
+        m = self.model
+        x = m.wte[ids]                                                          # (R, S, E)
+        x += m.wpe[np.arange(S)]
+        for block in m.blocks:
+            x = block(x, mask)
+        return self._last_logits(m.ln_f(x))
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        if self.cache is None:
+            self.tokens[np.arange(len(tokens)), self.lengths] = tokens
+            self.lengths = self.lengths + 1
+            return self._recompute()
+        hidden = self.model.hidden_states(tokens[:, None], cache=self.cache)   # (R, 1, E)
+        self.lengths = self.lengths + 1
+        return self.model.logits(hidden[:, 0])                                  # (R, V)
+
+    def reorder(self, rows: np.ndarray) -> None:
+        if self.cache is not None:
+            self.cache.reorder(rows)
+        else:
+            self.tokens = self.tokens[rows]
+        self.lengths = self.lengths[rows]

@@ -1,0 +1,23 @@
+"""attnkit.nn -- the Transformer of "Attention Is All You Need" on attnkit's C++ kernels.
+
+One class per box of the paper's Figure 1 (weights are NumPy arrays held by the modules):
+
+    LayerNorm, FeedForward, MultiHeadAttention, Embeddings, Generator     the boxes
+    EncoderLayer, DecoderLayer, Encoder, Decoder                          the stacks
+    Transformer, TransformerConfig                                        the encoder-decoder
+    KVCache, AttentionMask                                                incremental decoding, masks
+    greedy_search, beam_search                                            generation loops
+"""
+
+from .cache import KVCache, LayerKVCache
+from .generation import beam_search, greedy_search
+from .layers import (AttentionMask, Embeddings, FeedForward, Generator, LayerNorm, MultiHeadAttention,
+                     sinusoidal_positional_encoding)
+from .module import Module
+from .transformer import Decoder, DecoderLayer, Encoder, EncoderLayer, Transformer, TransformerConfig
+
+__all__ = [
+    "Module", "LayerNorm", "FeedForward", "MultiHeadAttention", "AttentionMask", "Embeddings", "Generator",
+    "sinusoidal_positional_encoding", "EncoderLayer", "DecoderLayer", "Encoder", "Decoder", "Transformer",
+    "TransformerConfig", "KVCache", "LayerKVCache", "greedy_search", "beam_search",
+]

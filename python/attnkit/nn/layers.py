@@ -1,0 +1,388 @@
+"""The boxes of Figure 1 of "Attention Is All You Need" (Vaswani et al., 2017), on attnkit's kernels.
+
+    LayerNorm            "Add & Norm"                       (section 3.1; the residual add is fused in the kernel)
+    FeedForward          "Feed Forward"                     (section 3.3)
+    MultiHeadAttention   "(Masked) Multi-Head Attention"    (section 3.2.2)
+    Embeddings           "Input/Output Embedding" + "Positional Encoding"   (sections 3.4, 3.5)
+    Generator            "Linear" + "Softmax" on top of the decoder
+
+Shapes: B batch, L (query) length, S (key/memory) length, E = d_model, H heads, Dh = E / H head size.
+Every layer computes in the dtype of its weights (float32 or float64); the arithmetic runs in attnkit's C++ kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .. import functional as F
+from .module import Module, as_float_array
+
+__all__ = [
+    "AttentionMask", "LayerNorm", "FeedForward", "MultiHeadAttention",
+    "Embeddings", "sinusoidal_positional_encoding", "Generator", "ACTIVATIONS",
+]
+
+# Activation names accepted by FeedForward -> the name of the fused epilogue of attnkit.linear.
+ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_tanh"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Masks
+# --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AttentionMask:
+    """Which keys each query may see, in the terms of ``attnkit.scaled_dot_product_attention``.
+
+    Built once per forward pass and shared by every layer (no per-layer mask work):
+      attn_mask        None, bool (True = may attend) or additive float, broadcastable to (B, H, L, S)
+      is_causal        key j visible to query i iff j <= i (+ offset, see causal_alignment)
+      causal_alignment "top_left" (full sequences) or "bottom_right" (new queries at the end of a KV cache)
+      kv_lengths       None or (B,) ints: keys j >= kv_lengths[b] are invisible (right padding, cache fill)
+    """
+
+    attn_mask: Optional[np.ndarray] = None
+    is_causal: bool = False
+    causal_alignment: str = "top_left"
+    kv_lengths: Optional[np.ndarray] = None
+
+    @classmethod
+    def from_torch(cls, attn_mask=None, key_padding_mask=None, is_causal: bool = False, *,
+                   batch_size: int, num_heads: int, q_len: int, k_len: int, dtype) -> "AttentionMask":
+        """Translate PyTorch's ``nn.MultiheadAttention`` / ``nn.Transformer`` mask conventions.
+
+        attn_mask: (L, S) or (B*H, L, S); bool True = NOT allowed to attend, or float added to the scores.
+        key_padding_mask: (B, S); bool True = padding (ignored key), or float added to the scores.
+        is_causal: apply the causal mask (PyTorch treats it as a hint that attn_mask is causal; here it is
+            honoured even when attn_mask is None). A 2-D attn_mask that *is* the causal mask is recognised and
+            replaced by the kernel's causal path.
+        Right-padded bool key padding masks become ``kv_lengths`` (no mask array at all).
+        """
+        mask = None
+        if attn_mask is not None:
+            mask = np.asarray(attn_mask)
+            if mask.ndim == 2:
+                if mask.shape != (q_len, k_len):
+                    raise ValueError(f"attn_mask: has shape {mask.shape}, expected ({q_len}, {k_len})")
+                if _is_causal_mask(mask):
+                    mask, is_causal = None, True
+            elif mask.ndim == 3:
+                if mask.shape != (batch_size * num_heads, q_len, k_len):
+                    raise ValueError(f"attn_mask: has shape {mask.shape}, "
+                                     f"expected ({batch_size * num_heads}, {q_len}, {k_len})")
+                mask = mask.reshape(batch_size, num_heads, q_len, k_len)       # (B, H, L, S)
+            else:
+                raise ValueError(f"attn_mask: must be 2-D (L, S) or 3-D (B*H, L, S), got shape {mask.shape}")
+            if mask is not None:
+                mask = ~mask if mask.dtype == bool else mask.astype(dtype, copy=False)
+
+        kv_lengths = None
+        if key_padding_mask is not None:
+            pad = np.asarray(key_padding_mask)
+            if pad.shape != (batch_size, k_len):
+                raise ValueError(f"key_padding_mask: has shape {pad.shape}, expected ({batch_size}, {k_len})")
+            if pad.dtype == bool:
+                lengths = k_len - pad.sum(axis=1)
+                if np.array_equal(pad, np.arange(k_len) >= lengths[:, None]):   # right padding
+                    kv_lengths = lengths.astype(np.int64)
+                else:
+                    keep = ~pad[:, None, None, :]                                # (B, 1, 1, S)
+                    if mask is None:
+                        mask = keep
+                    elif mask.dtype == bool:
+                        mask = mask & keep
+                    else:
+                        mask = np.where(keep, mask, mask.dtype.type(-np.inf))
+            else:
+                add = pad.astype(dtype, copy=False)[:, None, None, :]           # (B, 1, 1, S)
+                if mask is None:
+                    mask = add
+                elif mask.dtype == bool:
+                    mask = np.where(mask, add, add.dtype.type(-np.inf))
+                else:
+                    mask = mask + add
+        return cls(mask, bool(is_causal), "top_left", kv_lengths)
+
+    def select_rows(self, rows: np.ndarray) -> "AttentionMask":
+        """The same mask for the batch rows ``rows`` (beam search duplicates rows)."""
+        mask = self.attn_mask
+        if mask is not None and mask.ndim == 4 and mask.shape[0] != 1:
+            mask = mask[rows]
+        lengths = None if self.kv_lengths is None else self.kv_lengths[rows]
+        return AttentionMask(mask, self.is_causal, self.causal_alignment, lengths)
+
+
+NO_MASK = AttentionMask()
+
+
+def _is_causal_mask(mask: np.ndarray) -> bool:
+    """True when the (L, L) PyTorch-convention mask is exactly the causal mask."""
+    if mask.shape[0] != mask.shape[1]:
+        return False
+    future = np.triu(np.ones(mask.shape, dtype=bool), k=1)
+    if mask.dtype == bool:
+        return bool(np.array_equal(mask, future))
+    return bool(np.all(mask[future] == -np.inf) and np.all(mask[~future] == 0))
+
+
+# --------------------------------------------------------------------------------------------------
+# Add & Norm
+# --------------------------------------------------------------------------------------------------
+
+class LayerNorm(Module):
+    """LayerNorm(x + residual) over the last dimension; the residual add is fused into the kernel."""
+
+    def __init__(self, weight, bias, eps: float = 1e-5):
+        self.weight = as_float_array(weight, _float_dtype(weight), "LayerNorm.weight")
+        if self.weight.ndim != 1:
+            raise ValueError(f"LayerNorm.weight: must be 1-D, got shape {self.weight.shape}")
+        self.bias = as_float_array(bias, self.weight.dtype, "LayerNorm.bias", self.weight.shape)
+        self.eps = float(eps)
+
+    @classmethod
+    def init(cls, d_model: int, eps: float = 1e-5, dtype=np.float32) -> "LayerNorm":
+        return cls(np.ones(d_model, dtype), np.zeros(d_model, dtype), eps)
+
+    def __call__(self, x, residual=None, *, return_sum: bool = False):
+        """x, residual (..., E) -> LN(x + residual); with return_sum also the sum x + residual (pre-LN needs it)."""
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps,
+                            residual=residual, return_sum=return_sum)
+
+
+# --------------------------------------------------------------------------------------------------
+# Position-wise feed-forward network
+# --------------------------------------------------------------------------------------------------
+
+class FeedForward(Module):
+    """FFN(x) = act(x W1^T + b1) W2^T + b2, the same two linear maps at every position (section 3.3).
+
+    Weights in PyTorch's layout: w1 (F, E), w2 (E, F). The activation is fused into the first GEMM.
+    """
+
+    def __init__(self, w1, b1, w2, b2, activation: str = "relu"):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        dtype = _float_dtype(w1)
+        self.w1 = as_float_array(w1, dtype, "FeedForward.w1", (None, None))
+        d_ff, d_model = self.w1.shape
+        self.b1 = as_float_array(b1, dtype, "FeedForward.b1", (d_ff,))
+        self.w2 = as_float_array(w2, dtype, "FeedForward.w2", (d_model, d_ff))
+        self.b2 = as_float_array(b2, dtype, "FeedForward.b2", (d_model,))
+        self.activation = activation
+
+    @classmethod
+    def init(cls, d_model: int, d_ff: int, activation: str = "relu", *, rng=None, dtype=np.float32):
+        rng = np.random.default_rng(rng)
+        return cls(_uniform(rng, (d_ff, d_model), dtype), _small(rng, d_ff, dtype),
+                   _uniform(rng, (d_model, d_ff), dtype), _small(rng, d_model, dtype), activation)
+
+    def __call__(self, x):
+        h = F.linear(x, self.w1, self.b1, activation=ACTIVATIONS[self.activation])   # (B, L, F)
+        return F.linear(h, self.w2, self.b2)                                         # (B, L, E)
+
+
+# --------------------------------------------------------------------------------------------------
+# Multi-head attention
+# --------------------------------------------------------------------------------------------------
+
+class MultiHeadAttention(Module):
+    """MultiHead(Q, K, V) = Concat(head_1, ..., head_H) W^O,  head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
+
+    Weights in ``torch.nn.MultiheadAttention``'s layout: in_proj_weight (3E, E) = [W^Q; W^K; W^V],
+    in_proj_bias (3E,), out_proj_weight (E, E), out_proj_bias (E,).
+
+    * self attention   ``mha(x, mask=...)``: one packed QKV GEMM, Q, K, V are strided views of its output.
+    * cross attention  ``mha(x, memory, mask=...)``, or ``mha.project_kv(memory)`` once and then
+                       ``mha.attend(mha.project_q(x), k, v, mask)`` at every decoding step.
+    * causal           ``mask=AttentionMask(is_causal=True)``; incrementally with ``mha.cached(x, cache)``.
+    """
+
+    def __init__(self, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads: int,
+                 *, scale: Optional[float] = None):
+        dtype = _float_dtype(in_proj_weight)
+        self.in_proj_weight = as_float_array(in_proj_weight, dtype, "MultiHeadAttention.in_proj_weight",
+                                             (None, None))
+        e3, d_model = self.in_proj_weight.shape
+        if e3 != 3 * d_model:
+            raise ValueError(f"MultiHeadAttention.in_proj_weight: has shape {self.in_proj_weight.shape}, "
+                             f"expected ({3 * d_model}, {d_model}) = [W_q; W_k; W_v]")
+        if num_heads <= 0 or d_model % num_heads:
+            raise ValueError(f"num_heads: {num_heads} does not divide d_model={d_model}")
+        self.in_proj_bias = as_float_array(in_proj_bias, dtype, "MultiHeadAttention.in_proj_bias", (e3,))
+        self.out_proj_weight = as_float_array(out_proj_weight, dtype, "MultiHeadAttention.out_proj_weight",
+                                              (d_model, d_model))
+        self.out_proj_bias = as_float_array(out_proj_bias, dtype, "MultiHeadAttention.out_proj_bias", (d_model,))
+        self.num_heads = int(num_heads)
+        self.head_dim = d_model // num_heads
+        self.scale = 1.0 / math.sqrt(self.head_dim) if scale is None else float(scale)
+
+    @classmethod
+    def init(cls, d_model: int, num_heads: int, *, rng=None, dtype=np.float32) -> "MultiHeadAttention":
+        rng = np.random.default_rng(rng)
+        return cls(_uniform(rng, (3 * d_model, d_model), dtype), _small(rng, 3 * d_model, dtype),
+                   _uniform(rng, (d_model, d_model), dtype), _small(rng, d_model, dtype), num_heads)
+
+    @property
+    def d_model(self) -> int:
+        return self.out_proj_weight.shape[0]
+
+    # 1) project ----------------------------------------------------------------------------------
+    def project_qkv(self, x) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """x (B, L, E) -> q, k, v, each a (B, H, L, Dh) view of one packed GEMM's output (no copies)."""
+        B, L, _ = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)                # (B, L, 3E)
+        qkv = qkv.reshape(B, L, 3, self.num_heads, self.head_dim)                # (B, L, 3, H, Dh)
+        return tuple(qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))      # 3 x (B, H, L, Dh)
+
+    def project_q(self, x) -> np.ndarray:
+        """x (B, L, E) -> q (B, H, L, Dh), a view."""
+        B, L, E = x.shape
+        q = F.linear(x, self.in_proj_weight[:E], self.in_proj_bias[:E])          # (B, L, E)
+        return q.reshape(B, L, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)   # (B, H, L, Dh)
+
+    def project_kv(self, memory) -> Tuple[np.ndarray, np.ndarray]:
+        """memory (B, S, E) -> k, v (B, H, S, Dh), views of one GEMM with [W^K; W^V]."""
+        B, S, E = memory.shape
+        kv = F.linear(memory, self.in_proj_weight[E:], self.in_proj_bias[E:])    # (B, S, 2E)
+        kv = kv.reshape(B, S, 2, self.num_heads, self.head_dim)                  # (B, S, 2, H, Dh)
+        return kv[:, :, 0].transpose(0, 2, 1, 3), kv[:, :, 1].transpose(0, 2, 1, 3)   # 2 x (B, H, S, Dh)
+
+    # 2) attend  3) merge the heads and project ----------------------------------------------------
+    def attend(self, q, k, v, mask: AttentionMask = NO_MASK) -> np.ndarray:
+        """q (B, H, L, Dh), k, v (B, H, S, Dh) -> (B, L, E)."""
+        B, H, L, Dh = q.shape
+        heads = np.empty((B, L, H, Dh), dtype=q.dtype)        # merged-head layout: Concat is a free reshape
+        F.scaled_dot_product_attention(
+            q, k, v, mask.attn_mask, is_causal=mask.is_causal, scale=self.scale,
+            causal_alignment=mask.causal_alignment, kv_lengths=mask.kv_lengths,
+            out=heads.transpose(0, 2, 1, 3))                  # written through a (B, H, L, Dh) view
+        concat = heads.reshape(B, L, H * Dh)                  # (B, L, E)
+        return F.linear(concat, self.out_proj_weight, self.out_proj_bias)
+
+    def __call__(self, x, memory=None, *, mask: AttentionMask = NO_MASK) -> np.ndarray:
+        """Self attention (memory None) or cross attention on memory (B, S, E). x (B, L, E) -> (B, L, E)."""
+        if memory is None:
+            q, k, v = self.project_qkv(x)
+        else:
+            q, (k, v) = self.project_q(x), self.project_kv(memory)
+        return self.attend(q, k, v, mask)
+
+    def cached(self, x, cache) -> np.ndarray:
+        """Causal self attention of new positions x (B, n, E) over everything in ``cache`` (a LayerKVCache).
+
+        The new keys and values are written in place into the preallocated cache, then the queries attend to
+        views of it, bottom-right aligned (new query i sees cached keys j <= i + length_b) and cut at each
+        sequence's own length.
+        """
+        q, k, v = self.project_qkv(x)                          # (B, H, n, Dh) each
+        keys, values, lengths = cache.append(k, v)             # (B, H, S, Dh) views, lengths (B,)
+        mask = AttentionMask(is_causal=True, causal_alignment="bottom_right", kv_lengths=lengths)
+        return self.attend(q, keys, values, mask)
+
+
+# --------------------------------------------------------------------------------------------------
+# Embeddings and positional encoding
+# --------------------------------------------------------------------------------------------------
+
+def sinusoidal_positional_encoding(max_len: int, d_model: int, dtype=np.float32) -> np.ndarray:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)),  PE(pos, 2i+1) = cos(pos / 10000^(2i/d))  -> (max_len, d)."""
+    position = np.arange(max_len, dtype=np.float64)[:, None]                   # (max_len, 1)
+    inv_freq = np.exp(-math.log(10000.0) * np.arange(0, d_model, 2) / d_model)   # (ceil(d/2),)
+    angles = position * inv_freq                                               # (max_len, ceil(d/2))
+    pe = np.empty((max_len, d_model), dtype=np.float64)
+    pe[:, 0::2] = np.sin(angles)
+    pe[:, 1::2] = np.cos(angles[:, : d_model // 2])
+    return pe.astype(dtype)
+
+
+class Embeddings(Module):
+    """Token embedding scaled by sqrt(d_model) plus a positional encoding (sections 3.4 and 3.5).
+
+    positions: "sinusoidal" (the paper; a fixed table), "learned" (``position_weight`` (max_len, E)) or "none".
+    """
+
+    def __init__(self, weight, *, positions: str = "sinusoidal", position_weight=None, max_len: int = 1024,
+                 scale: Optional[float] = None):
+        self.weight = as_float_array(weight, _float_dtype(weight), "Embeddings.weight", (None, None))
+        d_model = self.weight.shape[1]
+        if positions == "sinusoidal":
+            self.position_weight = sinusoidal_positional_encoding(max_len, d_model, self.weight.dtype)
+        elif positions == "learned":
+            self.position_weight = as_float_array(position_weight, self.weight.dtype,
+                                                  "Embeddings.position_weight", (None, d_model))
+        elif positions == "none":
+            self.position_weight = None
+        else:
+            raise ValueError(f"positions: expected 'sinusoidal', 'learned' or 'none', got {positions!r}")
+        self.positions = positions
+        self.scale = math.sqrt(d_model) if scale is None else float(scale)
+
+    @classmethod
+    def init(cls, vocab_size: int, d_model: int, *, positions: str = "sinusoidal", max_len: int = 1024,
+             rng=None, dtype=np.float32) -> "Embeddings":
+        rng = np.random.default_rng(rng)
+        learned = rng.normal(0, 0.02, (max_len, d_model)).astype(dtype) if positions == "learned" else None
+        return cls(rng.normal(0, d_model ** -0.5, (vocab_size, d_model)).astype(dtype),
+                   positions=positions, position_weight=learned, max_len=max_len)
+
+    def __call__(self, ids, start=0) -> np.ndarray:
+        """ids (B, L) ints; start: first position, an int or (B,) per sequence -> (B, L, E)."""
+        ids = np.asarray(ids)
+        B, L = ids.shape
+        if ids.size and (ids.min() < 0 or ids.max() >= self.weight.shape[0]):
+            raise ValueError(f"ids: token ids must lie in [0, {self.weight.shape[0]})")
+        x = self.weight[ids]                                                       # (B, L, E)
+        if self.scale != 1.0:
+            x *= x.dtype.type(self.scale)
+        if self.position_weight is not None:
+            positions = np.asarray(start).reshape(-1, 1) + np.arange(L)           # (B or 1, L)
+            if positions.max(initial=0) >= len(self.position_weight):
+                if self.positions != "sinusoidal":
+                    raise ValueError(f"position {int(positions.max())} is beyond the {len(self.position_weight)} "
+                                     f"learned positions")
+                self.position_weight = sinusoidal_positional_encoding(
+                    2 * int(positions.max()) + 1, self.weight.shape[1], self.weight.dtype)
+            x += self.position_weight[positions]                                   # (B, L, E)
+        return x
+
+
+class Generator(Module):
+    """The final "Linear" (d_model -> vocabulary) whose softmax gives next-token probabilities."""
+
+    def __init__(self, weight, bias=None):
+        self.weight = as_float_array(weight, _float_dtype(weight), "Generator.weight", (None, None))
+        self.bias = None if bias is None else as_float_array(bias, self.weight.dtype, "Generator.bias",
+                                                             (self.weight.shape[0],))
+
+    @classmethod
+    def init(cls, d_model: int, vocab_size: int, *, rng=None, dtype=np.float32) -> "Generator":
+        rng = np.random.default_rng(rng)
+        return cls(_uniform(rng, (vocab_size, d_model), dtype), _small(rng, vocab_size, dtype))
+
+    def __call__(self, x) -> np.ndarray:
+        """x (..., E) -> logits (..., V). ``attnkit.softmax`` of them gives the probabilities."""
+        return F.linear(x, self.weight, self.bias)
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+def _float_dtype(array) -> np.dtype:
+    """float64 weights stay float64; everything else (float16, bfloat16, float32) computes in float32."""
+    return np.dtype(np.float64) if "float64" in str(getattr(array, "dtype", "")) else np.dtype(np.float32)
+
+
+def _uniform(rng, shape, dtype):
+    """Xavier/Glorot uniform, as PyTorch initialises attention projections."""
+    bound = math.sqrt(6.0 / (shape[0] + shape[1]))
+    return rng.uniform(-bound, bound, shape).astype(dtype)
+
+
+def _small(rng, n, dtype):
+    """Small random biases (zero in PyTorch's init; random here so tests exercise them)."""
+    return rng.normal(0.0, 0.02, n).astype(dtype)

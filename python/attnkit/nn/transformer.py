@@ -1,0 +1,500 @@
+"""The encoder-decoder Transformer of "Attention Is All You Need", Figure 1, on attnkit's kernels.
+
+                 Output probabilities <- Generator (Linear + Softmax)
+                                             ^
+        Encoder (N x EncoderLayer)  ---->  Decoder (N x DecoderLayer)
+                 ^                           ^
+       Input Embedding + PE          Output Embedding + PE (shifted right)
+
+The paper's model is post-LN with ReLU and sinusoidal positions; :class:`TransformerConfig` also gives pre-LN
+(``norm_first``), GELU, learned positions and final norms (``torch.nn.Transformer`` has both final norms).
+``Transformer.from_torch_state_dict`` loads a ``torch.nn.Transformer`` and is then called like it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .cache import KVCache
+from .generation import beam_search, greedy_search
+from .layers import (ACTIVATIONS, NO_MASK, AttentionMask, Embeddings, FeedForward, Generator, LayerNorm,
+                     MultiHeadAttention)
+from .module import Module
+
+__all__ = ["TransformerConfig", "EncoderLayer", "DecoderLayer", "Encoder", "Decoder", "Transformer"]
+
+MemoryKV = List[Tuple[np.ndarray, np.ndarray]]   # per decoder layer: K, V of the encoder memory (B, H, S, Dh)
+
+
+@dataclass
+class TransformerConfig:
+    """Hyperparameters; the defaults are the paper's base model (Table 3)."""
+
+    d_model: int = 512
+    nhead: int = 8
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 6
+    dim_feedforward: int = 2048
+    activation: str = "relu"            # "relu" (paper) | "gelu" (erf) | "gelu_tanh"
+    norm_first: bool = False            # False: post-LN, LN(x + Sublayer(x)) (paper); True: x + Sublayer(LN(x))
+    layer_norm_eps: float = 1e-5
+    final_norm: bool = False            # a LayerNorm after the encoder and after the decoder stacks
+    src_vocab_size: Optional[int] = None    # token embeddings + positions for integer inputs (None: none)
+    tgt_vocab_size: Optional[int] = None    # also sizes the Generator
+    positions: str = "sinusoidal"       # "sinusoidal" | "learned" | "none"
+    max_len: int = 1024                 # rows of the positional table
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"TransformerConfig.activation: expected one of {sorted(ACTIVATIONS)}, "
+                             f"got {self.activation!r}")
+        if self.positions not in ("sinusoidal", "learned", "none"):
+            raise ValueError(f"TransformerConfig.positions: expected 'sinusoidal', 'learned' or 'none', "
+                             f"got {self.positions!r}")
+        if self.d_model <= 0 or self.nhead <= 0 or self.d_model % self.nhead:
+            raise ValueError(f"TransformerConfig.nhead: {self.nhead} must divide d_model={self.d_model}")
+        if min(self.num_encoder_layers, self.num_decoder_layers) < 0 or self.dim_feedforward <= 0:
+            raise ValueError("TransformerConfig: layer counts must be >= 0 and dim_feedforward > 0")
+        if np.dtype(self.dtype) not in (np.float32, np.float64):
+            raise ValueError(f"TransformerConfig.dtype: float32 or float64, got {self.dtype!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# The two layer boxes of Figure 1
+# --------------------------------------------------------------------------------------------------
+
+class EncoderLayer(Module):
+    """Self attention, then a feed-forward network; each sublayer wrapped in a residual add and a LayerNorm."""
+
+    def __init__(self, self_attn: MultiHeadAttention, feed_forward: FeedForward, norm1: LayerNorm,
+                 norm2: LayerNorm, *, norm_first: bool = False):
+        self.self_attn, self.feed_forward = self_attn, feed_forward
+        self.norm1, self.norm2 = norm1, norm2
+        self.norm_first = bool(norm_first)
+
+    def __call__(self, x, mask: AttentionMask = NO_MASK):
+        """x (B, L, E) -> (B, L, E)."""
+        if self.norm_first:                                              # pre-LN: x + Sublayer(LN(x))
+            h = self.self_attn(self.norm1(x), mask=mask)                 # 1) attend
+            y, x = self.norm2(h, residual=x, return_sum=True)            #    x <- x + h, y = LN(x)
+            out = self.feed_forward(y)                                   # 2) feed forward
+            out += x                                                     #    x + h
+            return out
+        x = self.norm1(self.self_attn(x, mask=mask), residual=x)         # 1) LN(x + SelfAttention(x))
+        return self.norm2(self.feed_forward(x), residual=x)              # 2) LN(x + FFN(x))
+
+
+class DecoderLayer(Module):
+    """Masked (causal) self attention, cross attention on the encoder memory, feed-forward; each with Add & Norm."""
+
+    def __init__(self, self_attn: MultiHeadAttention, cross_attn: MultiHeadAttention, feed_forward: FeedForward,
+                 norm1: LayerNorm, norm2: LayerNorm, norm3: LayerNorm, *, norm_first: bool = False):
+        self.self_attn, self.cross_attn, self.feed_forward = self_attn, cross_attn, feed_forward
+        self.norm1, self.norm2, self.norm3 = norm1, norm2, norm3
+        self.norm_first = bool(norm_first)
+
+    def __call__(self, x, memory_kv: Tuple[np.ndarray, np.ndarray], self_mask: AttentionMask = NO_MASK,
+                 memory_mask: AttentionMask = NO_MASK, cache=None):
+        """x (B, L, E); memory_kv: K, V (B, H, S, Dh) from ``cross_attn.project_kv(memory)``.
+
+        cache: a LayerKVCache; x then holds the new positions only and self attention runs over the cache.
+        """
+        def self_attention(h):
+            return self.self_attn(h, mask=self_mask) if cache is None else self.self_attn.cached(h, cache)
+
+        def cross_attention(h):
+            return self.cross_attn.attend(self.cross_attn.project_q(h), *memory_kv, memory_mask)
+
+        if self.norm_first:                                              # pre-LN
+            h = self_attention(self.norm1(x))                            # 1) masked self attention
+            y, x = self.norm2(h, residual=x, return_sum=True)
+            h = cross_attention(y)                                       # 2) attend to the encoder memory
+            y, x = self.norm3(h, residual=x, return_sum=True)
+            out = self.feed_forward(y)                                   # 3) feed forward
+            out += x
+            return out
+        x = self.norm1(self_attention(x), residual=x)                    # 1) LN(x + MaskedSelfAttention(x))
+        x = self.norm2(cross_attention(x), residual=x)                   # 2) LN(x + CrossAttention(x, memory))
+        return self.norm3(self.feed_forward(x), residual=x)              # 3) LN(x + FFN(x))
+
+
+# --------------------------------------------------------------------------------------------------
+# The stacks
+# --------------------------------------------------------------------------------------------------
+
+class Encoder(Module):
+    """N encoder layers and an optional final LayerNorm."""
+
+    def __init__(self, layers: Sequence[EncoderLayer], norm: Optional[LayerNorm] = None):
+        self.layers, self.norm = list(layers), norm
+
+    def __call__(self, x, mask: AttentionMask = NO_MASK):
+        """x (B, S, E) -> memory (B, S, E)."""
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x if self.norm is None else self.norm(x)
+
+    @classmethod
+    def from_torch_state_dict(cls, state_dict, *, nhead: int, prefix: str = "", activation: str = "relu",
+                              norm_first: bool = False, layer_norm_eps: float = 1e-5, dtype=np.float32,
+                              strict: bool = True) -> "Encoder":
+        """Load a ``torch.nn.TransformerEncoder`` state dict (keys ``layers.0.self_attn.in_proj_weight`` ...)."""
+        sd = _TorchStateDict(state_dict, prefix, dtype)
+        encoder = sd.encoder("", nhead, activation, norm_first, layer_norm_eps)
+        if strict:
+            sd.check_all_used()
+        return encoder
+
+
+class Decoder(Module):
+    """N decoder layers and an optional final LayerNorm."""
+
+    def __init__(self, layers: Sequence[DecoderLayer], norm: Optional[LayerNorm] = None):
+        self.layers, self.norm = list(layers), norm
+
+    def project_memory(self, memory) -> MemoryKV:
+        """K and V of the encoder memory (B, S, E) for every layer's cross attention, computed once."""
+        return [layer.cross_attn.project_kv(memory) for layer in self.layers]
+
+    def __call__(self, x, memory=None, *, self_mask: AttentionMask = NO_MASK, memory_mask: AttentionMask = NO_MASK,
+                 memory_kv: Optional[MemoryKV] = None, cache: Optional[KVCache] = None):
+        """x (B, L, E), memory (B, S, E) (or its ``project_memory``) -> (B, L, E).
+
+        With a ``cache``, x holds only the new positions: self attention appends them to the cache and runs
+        causally over everything cached (self_mask is not used), and the cache advances by L.
+        """
+        if memory_kv is None:
+            if memory is None:
+                raise ValueError("Decoder: pass memory or memory_kv")
+            memory_kv = self.project_memory(memory)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, memory_kv[i], self_mask, memory_mask, None if cache is None else cache.layer(i))
+        if cache is not None:
+            cache.advance(x.shape[1])
+        return x if self.norm is None else self.norm(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole model
+# --------------------------------------------------------------------------------------------------
+
+class Transformer(Module):
+    """Encoder-decoder Transformer.
+
+    Called like ``torch.nn.Transformer.forward`` with ``batch_first=True``::
+
+        out = model(src, tgt, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None,
+                    tgt_key_padding_mask=None, memory_key_padding_mask=None, tgt_is_causal=False)
+
+    src (B, S, E) and tgt (B, T, E) are embedded float arrays -- or integer token ids (B, S) / (B, T) when the
+    model has ``src_embed`` / ``tgt_embed``. Returns the decoder output (B, T, E) (``generator`` maps it to
+    logits). Mask conventions are PyTorch's: key padding masks are True where padded; attention masks are
+    bool (True = NOT allowed) or float (added to the scores); see :meth:`AttentionMask.from_torch`. One
+    difference: a query that may attend to nothing gets zeros, not PyTorch's NaN.
+    """
+
+    def __init__(self, encoder: Encoder, decoder: Decoder, *, src_embed: Optional[Embeddings] = None,
+                 tgt_embed: Optional[Embeddings] = None, generator: Optional[Generator] = None,
+                 config: Optional[TransformerConfig] = None):
+        self.encoder, self.decoder = encoder, decoder
+        self.src_embed, self.tgt_embed, self.generator = src_embed, tgt_embed, generator
+        self.config = config
+
+    # -- factories ----------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: TransformerConfig, *, rng=None) -> "Transformer":
+        """A model with random weights (Xavier-uniform projections, small random biases)."""
+        rng = np.random.default_rng(rng)
+        c, dtype = config, np.dtype(config.dtype)
+        E = c.d_model
+
+        def norm():
+            return LayerNorm.init(E, c.layer_norm_eps, dtype)
+
+        def attention():
+            return MultiHeadAttention.init(E, c.nhead, rng=rng, dtype=dtype)
+
+        def feed_forward():
+            return FeedForward.init(E, c.dim_feedforward, c.activation, rng=rng, dtype=dtype)
+
+        encoder = Encoder([EncoderLayer(attention(), feed_forward(), norm(), norm(), norm_first=c.norm_first)
+                           for _ in range(c.num_encoder_layers)], norm() if c.final_norm else None)
+        decoder = Decoder([DecoderLayer(attention(), attention(), feed_forward(), norm(), norm(), norm(),
+                                        norm_first=c.norm_first)
+                           for _ in range(c.num_decoder_layers)], norm() if c.final_norm else None)
+
+        def embed(vocab):
+            return None if vocab is None else Embeddings.init(vocab, E, positions=c.positions, max_len=c.max_len,
+                                                              rng=rng, dtype=dtype)
+
+        generator = None if c.tgt_vocab_size is None else Generator.init(E, c.tgt_vocab_size, rng=rng, dtype=dtype)
+        return cls(encoder, decoder, src_embed=embed(c.src_vocab_size), tgt_embed=embed(c.tgt_vocab_size),
+                   generator=generator, config=config)
+
+    @classmethod
+    def from_torch_state_dict(cls, state_dict, *, nhead: int, activation: str = "relu", norm_first: bool = False,
+                              layer_norm_eps: float = 1e-5, dtype=np.float32, prefix: str = "",
+                              strict: bool = True) -> "Transformer":
+        """Load a ``torch.nn.Transformer`` state dict: a dict of NumPy arrays (or tensors), or a .safetensors path.
+
+        Sizes (d_model, layer counts, dim_feedforward, final norms) are read from the tensors; nhead,
+        activation ("relu" | "gelu"), norm_first and layer_norm_eps are not stored in a state dict and must
+        match the torch model's. Keys outside ``prefix`` are ignored; with ``strict`` an unknown key under it,
+        a missing tensor or a tensor of the wrong shape raises, naming the tensor.
+        """
+        sd = _TorchStateDict(state_dict, prefix, dtype)
+        encoder = sd.encoder("encoder.", nhead, activation, norm_first, layer_norm_eps)
+        decoder = sd.decoder("decoder.", nhead, activation, norm_first, layer_norm_eps)
+        if strict:
+            sd.check_all_used()
+        first = encoder.layers[0] if encoder.layers else None
+        config = TransformerConfig(
+            d_model=decoder.layers[0].self_attn.d_model if decoder.layers else first.self_attn.d_model,
+            nhead=nhead, num_encoder_layers=len(encoder.layers), num_decoder_layers=len(decoder.layers),
+            dim_feedforward=(first or decoder.layers[0]).feed_forward.w1.shape[0], activation=activation,
+            norm_first=norm_first, layer_norm_eps=layer_norm_eps,
+            final_norm=encoder.norm is not None and decoder.norm is not None, positions="none",
+            dtype=np.dtype(dtype).name)
+        return cls(encoder, decoder, config=config)
+
+    # -- forward -------------------------------------------------------------------------------------
+    def __call__(self, src, tgt, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None,
+                 tgt_key_padding_mask=None, memory_key_padding_mask=None, src_is_causal=None, tgt_is_causal=None,
+                 memory_is_causal=False):
+        """src (B, S[, E]), tgt (B, T[, E]) -> decoder output (B, T, E)."""
+        memory = self.encode(src, src_mask=src_mask, src_key_padding_mask=src_key_padding_mask,
+                             src_is_causal=src_is_causal)
+        return self.decode(tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                           tgt_key_padding_mask=tgt_key_padding_mask,
+                           memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=tgt_is_causal,
+                           memory_is_causal=memory_is_causal)
+
+    forward = __call__
+
+    def encode(self, src, src_mask=None, src_key_padding_mask=None, src_is_causal=None) -> np.ndarray:
+        """src (B, S, E) floats or (B, S) ids -> memory (B, S, E)."""
+        x = self._embed(src, self.src_embed, "src")                                # (B, S, E)
+        B, S, _ = x.shape
+        mask = AttentionMask.from_torch(src_mask, src_key_padding_mask, bool(src_is_causal), batch_size=B,
+                                        num_heads=self._nhead, q_len=S, k_len=S, dtype=x.dtype)
+        return self.encoder(x, mask)
+
+    def decode(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+               memory_key_padding_mask=None, tgt_is_causal=None, memory_is_causal=False) -> np.ndarray:
+        """tgt (B, T, E) floats or (B, T) ids, memory (B, S, E) -> (B, T, E)."""
+        y = self._embed(tgt, self.tgt_embed, "tgt")                                # (B, T, E)
+        memory = np.asarray(memory, dtype=y.dtype)
+        B, T, _ = y.shape
+        S = memory.shape[1]
+        self_mask = AttentionMask.from_torch(tgt_mask, tgt_key_padding_mask, bool(tgt_is_causal), batch_size=B,
+                                             num_heads=self._nhead, q_len=T, k_len=T, dtype=y.dtype)
+        cross_mask = AttentionMask.from_torch(memory_mask, memory_key_padding_mask, bool(memory_is_causal),
+                                              batch_size=B, num_heads=self._nhead, q_len=T, k_len=S,
+                                              dtype=y.dtype)
+        return self.decoder(y, memory, self_mask=self_mask, memory_mask=cross_mask)
+
+    # -- generation ----------------------------------------------------------------------------------
+    def generate(self, src, max_new_tokens: int, *, bos_token_id: int, eos_token_id: Optional[int] = None,
+                 pad_token_id: Optional[int] = None, src_key_padding_mask=None, num_beams: int = 1,
+                 length_penalty: float = 1.0, use_cache: bool = True) -> np.ndarray:
+        """Decode target token ids for src (B, S) ids (or (B, S, E) embedded): returns (B, 1 + max_new_tokens).
+
+        Starts every target with ``bos_token_id``; greedy when num_beams == 1, else beam search. With
+        ``use_cache`` the decoder keeps a KV cache and runs one position per step; without, it recomputes the
+        whole prefix each step (same tokens, for checking and benchmarking). Rows that emit ``eos_token_id``
+        continue with ``pad_token_id`` (default eos); generation stops early when all rows have finished.
+        """
+        if self.tgt_embed is None or self.generator is None:
+            raise ValueError("generate: the model needs tgt_embed and generator (token embeddings and the "
+                             "output Linear); set them or build the model with tgt_vocab_size")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens: must be >= 0, got {max_new_tokens}")
+        memory = self.encode(src, src_key_padding_mask=src_key_padding_mask)       # (B, S, E)
+        B = memory.shape[0]
+        state = _Seq2SeqDecoding(self, memory, src_key_padding_mask, 1 + max_new_tokens, use_cache)
+        bos = np.full(B, bos_token_id, dtype=np.int64)
+        logits = state.step(bos)                                                   # (B, V)
+        if num_beams == 1:
+            new = greedy_search(state, logits, max_new_tokens, eos_token_id=eos_token_id,
+                                pad_token_id=pad_token_id)
+        else:
+            new = beam_search(state, logits, max_new_tokens, num_beams, eos_token_id=eos_token_id,
+                              pad_token_id=pad_token_id, length_penalty=length_penalty)
+        return np.concatenate([bos[:, None], new], axis=1)
+
+    # -- helpers -------------------------------------------------------------------------------------
+    @property
+    def _nhead(self) -> int:
+        layers = self.decoder.layers or self.encoder.layers
+        return layers[0].self_attn.num_heads if layers else 1
+
+    def _embed(self, x, embed: Optional[Embeddings], name: str) -> np.ndarray:
+        x = np.asarray(x)
+        if x.dtype.kind in "iu":
+            if embed is None:
+                raise ValueError(f"{name}: integer token ids need the model's {name}_embed; pass embedded "
+                                 f"(B, L, d_model) floats instead")
+            if x.ndim != 2:
+                raise ValueError(f"{name}: token ids must be (B, L), got shape {x.shape}")
+            return embed(x)
+        if x.ndim != 3:
+            raise ValueError(f"{name}: expected (B, L, d_model) floats (batch first), got shape {x.shape}")
+        return np.asarray(x, dtype=self.dtype)
+
+
+class _Seq2SeqDecoding:
+    """Decoding state of :meth:`Transformer.generate` (the protocol of attnkit.nn.generation)."""
+
+    def __init__(self, model: Transformer, memory, memory_padding, max_len: int, use_cache: bool):
+        self.model = model
+        B, S, _ = memory.shape
+        self.padding = None if memory_padding is None else np.asarray(memory_padding)
+        self.source = np.arange(B)                                   # source sentence of each row
+        self.memory_kv = model.decoder.project_memory(memory)        # once per layer, reused every step
+        self.memory_mask = self._memory_mask()
+        self.cache = None
+        self.tokens = np.empty((B, 0), dtype=np.int64)
+        if use_cache:
+            first = model.decoder.layers[0].self_attn
+            self.cache = KVCache(len(model.decoder.layers), B, first.num_heads, first.head_dim, max_len,
+                                 dtype=memory.dtype)
+
+    def _memory_mask(self) -> AttentionMask:
+        if self.padding is None:
+            return NO_MASK
+        kv = self.memory_kv[0][0] if self.memory_kv else None
+        S = self.padding.shape[1] if kv is None else kv.shape[2]
+        return AttentionMask.from_torch(None, self.padding[self.source], batch_size=len(self.source),
+                                        num_heads=1, q_len=1, k_len=S, dtype=self.model.dtype)
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        decoder, embed = self.model.decoder, self.model.tgt_embed
+        if self.cache is not None:                                   # one new position per row
+            x = embed(tokens[:, None], start=self.cache.lengths)     # (R, 1, E)
+            h = decoder(x, memory_kv=self.memory_kv, memory_mask=self.memory_mask, cache=self.cache)
+        else:                                                        # the whole prefix again
+            self.tokens = np.concatenate([self.tokens, tokens[:, None]], axis=1)
+            x = embed(self.tokens)                                   # (R, t, E)
+            h = decoder(x, memory_kv=self.memory_kv, self_mask=AttentionMask(is_causal=True),
+                        memory_mask=self.memory_mask)
+        return self.model.generator(h[:, -1])                        # (R, V)
+
+    def reorder(self, rows: np.ndarray) -> None:
+        if self.cache is not None:
+            self.cache.reorder(rows)
+        else:
+            self.tokens = self.tokens[rows]
+        source = self.source[rows]
+        if not np.array_equal(source, self.source):                  # rows moved to another sentence
+            self.memory_kv = [(k[rows], v[rows]) for k, v in self.memory_kv]
+            self.source = source
+            self.memory_mask = self._memory_mask()
+
+
+# --------------------------------------------------------------------------------------------------
+# torch.nn.Transformer state dicts
+# --------------------------------------------------------------------------------------------------
+
+class _TorchStateDict:
+    """Takes tensors out of a torch.nn.Transformer(-Encoder/-Decoder) state dict, checking names and shapes."""
+
+    def __init__(self, state_dict, prefix: str, dtype):
+        if isinstance(state_dict, (str, os.PathLike)):
+            from safetensors.numpy import load_file
+            state_dict = load_file(os.fspath(state_dict))
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"state_dict: expected a mapping of names to arrays, got {type(state_dict).__name__}")
+        self.tensors = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        self.prefix, self.dtype, self.used = prefix, np.dtype(dtype), set()
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype: float32 or float64, got {self.dtype}")
+
+    def take(self, name: str, shape) -> np.ndarray:
+        from .module import as_float_array
+        if name not in self.tensors:
+            raise KeyError(f"state dict: missing tensor '{self.prefix}{name}'")
+        self.used.add(name)
+        return as_float_array(self.tensors[name], self.dtype, f"state dict tensor '{self.prefix}{name}'", shape)
+
+    def has(self, name: str) -> bool:
+        return name in self.tensors
+
+    def count_layers(self, stack: str) -> int:
+        pattern = re.compile(re.escape(stack) + r"layers\.(\d+)\.")
+        found = {int(m.group(1)) for k in self.tensors for m in [pattern.match(k)] if m}
+        if found and found != set(range(len(found))):
+            raise KeyError(f"state dict: layers of '{self.prefix}{stack}layers' are not numbered 0..n-1: "
+                           f"{sorted(found)}")
+        return len(found)
+
+    def check_all_used(self) -> None:
+        unused = sorted(set(self.tensors) - self.used)
+        if unused:
+            shown = ", ".join(f"'{self.prefix}{k}'" for k in unused[:8])
+            raise KeyError(f"state dict: unexpected tensors {shown}{' ...' if len(unused) > 8 else ''} "
+                           f"(not part of a torch.nn.Transformer; use prefix= or strict=False)")
+
+    def norm(self, name: str, d_model: int, eps: float) -> LayerNorm:
+        return LayerNorm(self.take(f"{name}.weight", (d_model,)), self.take(f"{name}.bias", (d_model,)), eps)
+
+    def attention(self, name: str, nhead: int, d_model: int) -> MultiHeadAttention:
+        if self.has(f"{name}.q_proj_weight"):
+            raise ValueError(f"state dict: '{self.prefix}{name}' has separate q/k/v projections "
+                             f"(kdim/vdim != d_model); only packed in_proj_weight is supported")
+        if d_model % nhead:
+            raise ValueError(f"nhead: {nhead} does not divide d_model={d_model}")
+        return MultiHeadAttention(self.take(f"{name}.in_proj_weight", (3 * d_model, d_model)),
+                                  self.take(f"{name}.in_proj_bias", (3 * d_model,)),
+                                  self.take(f"{name}.out_proj.weight", (d_model, d_model)),
+                                  self.take(f"{name}.out_proj.bias", (d_model,)), nhead)
+
+    def feed_forward(self, name: str, d_model: int, activation: str) -> FeedForward:
+        w1 = self.take(f"{name}linear1.weight", (None, d_model))
+        d_ff = w1.shape[0]
+        if activation not in ("relu", "gelu"):
+            raise ValueError(f"activation: torch.nn.Transformer supports 'relu' or 'gelu', got {activation!r}")
+        return FeedForward(w1, self.take(f"{name}linear1.bias", (d_ff,)),
+                           self.take(f"{name}linear2.weight", (d_model, d_ff)),
+                           self.take(f"{name}linear2.bias", (d_model,)), activation)
+
+    def _d_model(self, stack: str, n: int) -> int:
+        if n == 0:
+            raise KeyError(f"state dict: no tensors '{self.prefix}{stack}layers.0.*'")
+        key = f"{stack}layers.0.self_attn.in_proj_weight"
+        if key not in self.tensors:
+            raise KeyError(f"state dict: missing tensor '{self.prefix}{key}'")
+        return int(np.shape(self.tensors[key])[-1])
+
+    def _final_norm(self, stack: str, d_model: int, eps: float) -> Optional[LayerNorm]:
+        return self.norm(f"{stack}norm", d_model, eps) if self.has(f"{stack}norm.weight") else None
+
+    def encoder(self, stack: str, nhead, activation, norm_first, eps) -> Encoder:
+        n = self.count_layers(stack)
+        E = self._d_model(stack, n)
+        layers = []
+        for i in range(n):
+            p = f"{stack}layers.{i}."
+            layers.append(EncoderLayer(self.attention(p + "self_attn", nhead, E),
+                                       self.feed_forward(p, E, activation),
+                                       self.norm(p + "norm1", E, eps), self.norm(p + "norm2", E, eps),
+                                       norm_first=norm_first))
+        return Encoder(layers, self._final_norm(stack, E, eps))
+
+    def decoder(self, stack: str, nhead, activation, norm_first, eps) -> Decoder:
+        n = self.count_layers(stack)
+        E = self._d_model(stack, n)
+        layers = []
+        for i in range(n):
+            p = f"{stack}layers.{i}."
+            layers.append(DecoderLayer(self.attention(p + "self_attn", nhead, E),
+                                       self.attention(p + "multihead_attn", nhead, E),
+                                       self.feed_forward(p, E, activation),
+                                       self.norm(p + "norm1", E, eps), self.norm(p + "norm2", E, eps),
+                                       self.norm(p + "norm3", E, eps), norm_first=norm_first))
+        return Decoder(layers, self._final_norm(stack, E, eps))

@@ -1,0 +1,37 @@
+"""Each example runs end to end on the small random model it builds with --demo."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_example(name, *args, timeout=120):
+    p = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True,
+                       timeout=timeout)
+    assert p.returncode == 0, f"{name} failed:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}"
+    return p.stdout
+
+
+def test_bert_encode_demo():
+    pytest.importorskip("safetensors")
+    pytest.importorskip("tokenizers")
+    out = run_example("bert_encode.py", "--demo")
+    assert "last_hidden_state (3, " in out and "cosine similarities" in out
+
+
+def test_gpt2_generate_demo():
+    pytest.importorskip("safetensors")
+    out = run_example("gpt2_generate.py", "--demo", "--max-new-tokens", "12")
+    assert "new ids:" in out and "(same tokens: True)" in out
+
+
+def test_translate_greedy_demo():
+    pytest.importorskip("safetensors")
+    pytest.importorskip("torch")
+    out = run_example("translate_greedy.py", "--demo")
+    assert "PyTorch greedy decoding gives the same tokens: True" in out
