@@ -1,0 +1,235 @@
+"""python -m attnkit.bench: time attnkit against the NumPy oracle (and PyTorch when importable).
+
+See bench/README.md. Every contender runs with the same number of threads, side by side in the same run;
+the machine's ceilings (NumPy sgemm GFLOP/s, np.copyto GB/s) are measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+from attnkit.bench import harness, suites
+from attnkit.bench.harness import table
+
+THROTTLE_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+COLS_RATE = [("median ms", "median_ms", "ms"), ("min ms", "min_ms", "ms"), ("runs", "runs", "")]
+COLS_RATIO = [("vs numpy", "speedup_vs_numpy", ".2fx"), ("vs torch", "ratio_vs_torch", ".2fx"),
+              ("max err", "max_abs_err", ".1e"), ("note", "note", "")]
+LEAD = [("case", "case", ""), ("contender", "contender", "")]
+COLUMNS = {
+    "attention": COLS_RATE + [("GFLOP/s", "gflops", ".1f"), ("% sgemm", "pct_sgemm", ".0f")] + COLS_RATIO,
+    "linear": COLS_RATE + [("GFLOP/s", "gflops", ".1f"), ("% sgemm", "pct_sgemm", ".0f")] + COLS_RATIO,
+    "decode": COLS_RATE + [("GB/s K+V", "gbps", ".1f"), ("% copy", "pct_copy", ".0f"),
+                           ("GFLOP/s", "gflops", ".1f")] + COLS_RATIO,
+    "memory": [("peak MiB above in+out", "peak_mib", ".1f"), ("limit MiB", "limit_mib", ""),
+               ("cold call ms", "median_ms", "ms"), ("GFLOP/s", "gflops", ".1f"), ("note", "note", "")],
+    # the model suite's rows come from attnkit.bench.models; every key goes to the JSON, these to the table
+    "model": [("case", "name", ""), ("case", "case", ""), ("contender", "contender", ""), ("median ms", "median_ms", "ms"),
+              ("tokens/s", "tokens_per_s", ".1f"), ("vs numpy", "speedup_vs_numpy", ".2fx"),
+              ("vs torch", "speedup_vs_torch", ".2fx"), ("vs torch", "ratio_vs_torch", ".2fx"),
+              ("max err vs torch", "max_abs_err_vs_torch", ".1e"), ("max err vs numpy", "max_abs_err_vs_numpy", ".1e"),
+              ("note", "note", "")],
+}
+for _suite in ("attention", "linear", "decode", "memory"):
+    COLUMNS[_suite] = LEAD + COLUMNS[_suite]
+TITLES = {
+    "attention": "attention (fp32; vs numpy = speedup over the oracle, vs torch = torch time / attnkit time)",
+    "decode": "decode (Lq = 1 over a KV cache; GB/s of K+V read, % of np.copyto bandwidth)",
+    "linear": "linear (x @ w.T; NumPy x @ w.T, torch.nn.functional.linear)",
+    "memory": "memory (peak RSS above inputs and output, one cold call per child process)",
+    "model": "model (rows from attnkit.bench.models.run_model_suite)",
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    try:
+        default_threads = len(os.sched_getaffinity(0))
+    except AttributeError:
+        default_threads = os.cpu_count() or 1
+    p = argparse.ArgumentParser(prog="python -m attnkit.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a small representative subset of each suite (< 1 min)")
+    p.add_argument("--suite", default="all",
+                   help="comma-separated: attention,decode,linear,memory,model or all (default all)")
+    p.add_argument("--threads", type=int, default=default_threads,
+                   help=f"threads for every contender (default: CPUs available to this process, {default_threads})")
+    p.add_argument("--isa", help="force attnkit's kernel path (attnkit.set_isa): avx512, avx2, generic")
+    p.add_argument("--json", metavar="PATH", help="write all rows, machine info and ceilings as JSON")
+    p.add_argument("--plot", metavar="PATH", help="PNG of GFLOP/s by sequence length per contender (matplotlib)")
+    p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when importable")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # toy sizes, for the smoke test
+    a = p.parse_args(argv)
+    names = list(suites.SUITES) if a.suite == "all" else [s.strip() for s in a.suite.split(",") if s.strip()]
+    unknown = [s for s in names if s not in suites.SUITES]
+    if unknown or a.threads < 1:
+        p.error(f"unknown suite {unknown}" if unknown else "--threads must be >= 1")
+    a.suites = names
+    return a
+
+
+def header(opts, machine: dict, ceil: dict) -> str:
+    ak, cpu = machine["attnkit"], machine["cpu"]
+    lines = [f"attnkit.bench  {'quick' if opts.quick else 'full'}  threads={opts.threads}  "
+             f"contenders={','.join(opts.contenders)}",
+             f"attnkit    {ak.get('version')}  isa={ak.get('isa')}  usable={ak.get('usable_isas')}  "
+             f"compiled={ak.get('compiled_isas')}  threads={ak.get('num_threads')}",
+             f"CPU        {cpu['model']}  ({cpu['logical_cpus']} logical CPUs; flags: {' '.join(cpu['flags']) or '-'};"
+             f" avx512f {'yes' if 'avx512f' in cpu['flags'] else 'no'}, amx {'yes' if 'amx_tile' in cpu['flags'] else 'no'})",
+             f"Python     {machine['python']}  NumPy {machine['numpy']}"]
+    for b in machine["threadpools"]:
+        lines.append(f"  {b['user_api']:<8} {b['internal_api']} {b.get('version') or ''}  "
+                     f"kernel={b.get('architecture') or '-'}  threads={b['num_threads']}")
+    if not machine["threadpools"]:
+        lines.append("  (threadpoolctl not installed: NumPy's BLAS kernel and threads unknown)")
+    if "torch" in machine:
+        lines.append(f"PyTorch    {machine['torch']['version']}  threads={machine['torch']['threads']}")
+    lines.append(f"ceilings   NumPy sgemm {ceil['sgemm_size']}^3: {ceil['sgemm_gflops']:.1f} GFLOP/s   "
+                 f"np.copyto {ceil['copy_mib']} MiB (read+write bytes): {ceil['copy_gbps']:.1f} GB/s")
+    return "\n".join(lines)
+
+
+def result_rows(case: suites.Case, res: dict, ceil: dict) -> list[dict]:
+    """One flat row per contender: times, rates, % of the ceilings, ratios, error vs the oracle."""
+    ref = res.get("numpy", {}).get("out")
+    t = {c: r["median_ms"] for c, r in res.items() if r.get("median_ms")}
+    rows = []
+    for c, r in res.items():
+        row = {"suite": case.suite, "case": case.name, "contender": c, **case.params,
+               "flops": case.flops, "bytes": case.bytes or None, "sweep": case.sweep}
+        row.update({k: v for k, v in r.items() if k != "out"})
+        ms = r.get("median_ms")
+        if ms:
+            row["gflops"] = case.flops / ms / 1e6
+            row["pct_sgemm"] = 100 * row["gflops"] / ceil["sgemm_gflops"]
+            if case.bytes:
+                row["gbps"] = case.bytes / ms / 1e6
+                row["pct_copy"] = 100 * row["gbps"] / ceil["copy_gbps"]
+            if c != "numpy" and "numpy" in t:
+                row["speedup_vs_numpy"] = t["numpy"] / ms
+            if c == "attnkit" and "torch" in t:
+                row["ratio_vs_torch"] = t["torch"] / ms
+            if ref is not None and c != "numpy" and r.get("out") is not None:
+                row["max_abs_err"] = float(np.max(np.abs(np.asarray(r["out"], dtype=np.float32) - ref)))
+        rows.append(row)
+    return rows
+
+
+def run_timed(case, opts, prog, ceil) -> list[dict]:
+    todo = [c for c in opts.contenders if c not in case.skip]
+    res = {c: {"note": f"skipped: {case.skip[c]}"} for c in opts.contenders if c in case.skip}
+    fns, _ = suites.make_fns(case.kind, case.params, todo)
+    for c in todo:
+        prog.step(f"{case.suite}: {case.name} [{c}]")
+        try:
+            res[c] = harness.measure(fns[c], opts.budget, opts.min_repeats)
+        except Exception as e:  # a failing contender must not sink the run
+            res[c] = {"note": f"error: {type(e).__name__}: {e}"}
+    for c in case.skip:
+        prog.step(f"{case.suite}: {case.name} [{c}: skipped]")
+    return result_rows(case, {c: res[c] for c in opts.contenders}, ceil)
+
+
+def run_memory(case, opts, prog, ceil) -> list[dict]:
+    res = {}
+    for c in opts.contenders:
+        prog.step(f"memory: {case.name} [{c}]")
+        if c in case.skip:
+            res[c] = {"note": f"skipped: {case.skip[c]}"}
+            continue
+        spec = {"kind": case.kind, "params": case.params, "contender": c, "threads": opts.threads, "isa": opts.isa}
+        r = harness.run_child(spec)
+        if "error" in r:
+            res[c] = {"note": r["error"]}
+            continue
+        res[c] = {"median_ms": r["seconds"] * 1e3, "min_ms": r["seconds"] * 1e3, "runs": 1,
+                  "peak_mib": r["peak_extra_bytes"] / harness.MiB}
+    rows = result_rows(case, res, ceil)
+    limit = case.params.get("limit_mib")
+    for row in rows:
+        row.pop("limit_mib", None)
+        if limit and row["contender"] == "attnkit" and "peak_mib" in row:
+            row["limit_mib"] = limit
+            row["note"] = f"within {limit} MiB" if row["peak_mib"] <= limit else f"OVER the {limit} MiB limit"
+    return rows
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    for var in THROTTLE_VARS:
+        if os.environ.get(var):
+            print(f"WARNING: {var}={os.environ[var]} is set. NumPy is throttled: unset OPENBLAS_CORETYPE and "
+                  f"OPENBLAS_L2_SIZE for this command to compare fairly", file=sys.stderr)
+            break
+    import attnkit
+    contenders = ["attnkit", "numpy"] + (["torch"] if not a.no_torch and suites.torch_available() else [])
+    opts = suites.Options(quick=a.quick, tiny=a.tiny, threads=a.threads, isa=a.isa, contenders=tuple(contenders))
+    try:
+        suites.configure(opts.threads, opts.isa, contenders)
+    except ValueError as e:
+        print(f"error: {e} (usable: {attnkit.get_config().get('usable_isas')})", file=sys.stderr)
+        return 2
+    machine = {"attnkit": attnkit.get_config(), "cpu": harness.cpu_info(), "python": platform.python_version(),
+               "numpy": np.__version__, "threadpools": harness.blas_info(),
+               "env": {v: os.environ.get(v) for v in THROTTLE_VARS + ("ATTNKIT_ISA",) if os.environ.get(v)}}
+    if "torch" in contenders:
+        import torch
+        machine["torch"] = {"version": torch.__version__, "threads": torch.get_num_threads()}
+
+    cases = {s: suites.SUITES[s](opts) for s in a.suites if s != "model"}
+    n = len(contenders)
+    prog = harness.Progress(1 + n * sum(len(c) for c in cases.values()) + ("model" in a.suites))
+    t_start = time.perf_counter()
+    prog.step("ceilings: NumPy sgemm and np.copyto")
+    ceil = harness.ceilings(256 if opts.tiny else 2048, (8 if opts.tiny else 256) << 20, 2 * opts.budget)
+    prog.close()
+    print(header(opts, machine, ceil), flush=True)
+
+    rows, notes, seconds = [], [], {}
+    for suite in a.suites:
+        t0 = time.perf_counter()
+        if suite == "model":
+            prog.step("model suite")
+            try:
+                got, note = suites.model(opts)
+            except Exception as e:
+                got, note = [], f"model suite failed: {type(e).__name__}: {e}"
+            if note:
+                notes.append(note)
+            new = got
+        else:
+            run = run_memory if suite == "memory" else run_timed
+            new = [row for case in cases[suite] for row in run(case, opts, prog, ceil)]
+        seconds[suite] = time.perf_counter() - t0
+        rows += new
+        prog.close()
+        if new:
+            cols = [c for c in COLUMNS[suite] if any(c[1] in r for r in new)]
+            print(f"\n{TITLES[suite]}  [{seconds[suite]:.1f} s]\n{table(cols, new)}", flush=True)
+
+    elapsed = time.perf_counter() - t_start
+    if any(r.get("contender") == "numpy" and str(r.get("note", "")).startswith("skipped") for r in rows):
+        notes.append("'-' for numpy: the oracle was skipped there (see note: too slow for --quick, or too much memory)")
+    for note in notes:
+        print(f"note: {note}")
+    print(f"total {elapsed:.1f} s")
+    if a.json:
+        doc = {"argv": sys.argv[1:] if argv is None else list(argv), "quick": opts.quick, "threads": opts.threads,
+               "isa": opts.isa, "suites": a.suites, "machine": machine, "ceilings": ceil, "rows": rows,
+               "notes": notes, "suite_seconds": seconds, "elapsed_s": elapsed}
+        with open(a.json, "w") as f:
+            json.dump(doc, f, indent=1, default=str)
+        print(f"JSON written to {a.json}")
+    if a.plot:
+        print(harness.plot(rows, a.plot, ceil["sgemm_gflops"],
+                           f"{machine['cpu']['model']}, {opts.threads} threads, attnkit isa={machine['attnkit'].get('isa')}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Benchmark plumbing: timing, ceilings, machine info, child-process memory probe, progress bar, table, plot."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from statistics import median
+
+import numpy as np
+
+MiB = 1 << 20
+
+
+# ---------------------------------------------------------------- timing
+def measure(fn, budget: float, min_repeats: int = 3, max_repeats: int = 200) -> dict:
+    """Warm up, then time ``fn`` until ``budget`` seconds and ``min_repeats`` calls (or ``max_repeats``).
+
+    A call slower than the budget gets fewer repeats: timing stops once 3 * budget is spent (at least one run).
+    Returns median and min in ms, the number of timed runs and the last output.
+    """
+    t0 = time.perf_counter()
+    out = fn()
+    if time.perf_counter() - t0 < budget / 20:
+        out = fn()  # a second warm-up for fast calls (caches, thread pools, page faults)
+    times, start = [], time.perf_counter()
+    while len(times) < max_repeats:
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+        spent = time.perf_counter() - start
+        if (spent >= budget and len(times) >= min_repeats) or spent >= 3 * budget:
+            break
+    return {"median_ms": median(times) * 1e3, "min_ms": min(times) * 1e3, "runs": len(times), "out": out}
+
+
+def ceilings(size: int, copy_bytes: int, budget: float) -> dict:
+    """The machine's ceilings in this run: NumPy sgemm GFLOP/s (size^3) and np.copyto GB/s (read + write bytes)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    t = measure(lambda: a @ b, budget, min_repeats=5)
+    src = np.ones(copy_bytes // 4, np.float32)
+    dst = np.zeros_like(src)
+    c = measure(lambda: np.copyto(dst, src), budget, min_repeats=5)
+    return {"sgemm_size": size, "sgemm_gflops": 2 * size**3 / t["median_ms"] / 1e6,
+            "copy_mib": copy_bytes // MiB, "copy_gbps": 2 * copy_bytes / c["median_ms"] / 1e6}
+
+
+# ---------------------------------------------------------------- machine
+def cpu_info() -> dict:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = open("/proc/cpuinfo").read()
+        m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+        model = m.group(1).strip() if m else model
+        m = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+        flags = set(m.group(1).split()) if m else set()
+    except OSError:
+        pass
+    wanted = ["avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"]
+    return {"model": model, "logical_cpus": os.cpu_count(), "flags": [f for f in wanted if f in flags]}
+
+
+def blas_info() -> list:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    keys = ("user_api", "internal_api", "architecture", "num_threads", "version", "threading_layer")
+    return [{k: d.get(k) for k in keys} for d in threadpool_info()]
+
+
+# ---------------------------------------------------------------- peak RSS in a child process
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(field + r":\s+(\d+)", f.read()).group(1))
+
+
+def peak_extra_bytes(fn, out_bytes: int = 0) -> tuple[int, float]:
+    """Call ``fn`` once; return (peak RSS above the RSS before the call, minus ``out_bytes``; seconds).
+
+    Run this in a fresh process with the inputs (and any ``out=`` buffer) already allocated and touched.
+    Linux resets the peak (VmHWM) by writing 5 to /proc/self/clear_refs; elsewhere we fall back to ru_maxrss,
+    which then also holds the peak of the imports.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _status_kib("VmRSS") * 1024
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        peak = _status_kib("VmHWM") * 1024
+    except OSError:
+        import resource
+        scale = 1 if sys.platform == "darwin" else 1024
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    return max(0, peak - before - out_bytes), dt
+
+
+def run_child(spec: dict, timeout: float = 600) -> dict:
+    """Run ``python -m attnkit.bench._child SPEC`` and return the JSON it prints (or {"error": ...})."""
+    cmd = [sys.executable, "-m", "attnkit.bench._child", json.dumps(spec)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if p.returncode != 0:
+        tail = (p.stderr.strip().splitlines() or ["?"])[-1]
+        return {"error": f"child exited {p.returncode}: {tail}"}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- progress bar (stderr, no dependency)
+class Progress:
+    def __init__(self, total: int, width: int = 24):
+        self.total, self.done, self.width = max(total, 1), 0, width
+        self.tty = sys.stderr.isatty()
+        self.t0 = time.perf_counter()
+
+    def step(self, label: str):
+        self.done += 1
+        fill = self.width * min(self.done, self.total) // self.total
+        line = f"[{'#' * fill}{'.' * (self.width - fill)}] {self.done:>3}/{self.total} " \
+               f"{time.perf_counter() - self.t0:5.1f}s  {label}"
+        if self.tty:
+            sys.stderr.write("\r" + line[:120].ljust(120))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def close(self):
+        if self.tty:
+            sys.stderr.write("\r" + " " * 120 + "\r")
+            sys.stderr.flush()
+
+
+# ---------------------------------------------------------------- table
+def fmt(value, spec: str = "") -> str:
+    """``spec``: a format spec, "ms" (3 decimals below 10, else 1), or a spec ending in "x" (a ratio: 1.23x)."""
+    if value is None or value == "":
+        return "-"
+    if not isinstance(value, float) or not spec:
+        return str(value)
+    if spec == "ms":
+        return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+    if spec.endswith("x"):
+        return format(value, spec[:-1]) + "x"
+    return format(value, spec)
+
+
+def table(columns: list[tuple[str, str, str]], rows: list[dict]) -> str:
+    """Aligned text table. ``columns``: (header, key, format spec); text columns left-aligned, numbers right."""
+    cells = [[fmt(r.get(key), spec) for _, key, spec in columns] for r in rows]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (h, _, _) in enumerate(columns)]
+    numeric = [any(isinstance(r.get(key), (int, float)) for r in rows) for _, key, _ in columns]
+
+    def line(items):
+        return "  ".join(s.rjust(w) if n else s.ljust(w) for s, w, n in zip(items, widths, numeric)).rstrip()
+
+    head = line([h for h, _, _ in columns])
+    return "\n".join([head, "-" * len(head)] + [line(c) for c in cells])
+
+
+# ---------------------------------------------------------------- plot
+def plot(rows: list[dict], path: str, sgemm_gflops: float | None, title: str) -> str:
+    """GFLOP/s by sequence length per contender, causal and not (rows marked ``sweep``). Returns a note."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "--plot: matplotlib is not installed; no plot written"
+    sweep = [r for r in rows if r.get("sweep") and r.get("gflops")]
+    if not sweep:
+        return "--plot: no sequence-length sweep in this run (suite attention); no plot written"
+    shape = "B{B} H{H} D{D}".format(**sweep[0])
+    lengths = sorted({r["Lk"] for r in sweep})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, causal in zip(axes, (False, True)):
+        for name in dict.fromkeys(r["contender"] for r in sweep):
+            pts = sorted((r["Lk"], r["gflops"]) for r in sweep if r["contender"] == name and r["causal"] == causal)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=name)
+        if sgemm_gflops:
+            ax.axhline(sgemm_gflops, ls="--", c="gray", lw=1, label="NumPy sgemm")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.set_title(("causal" if causal else "full") + f" self attention, {shape} fp32")
+        ax.set_xlabel("sequence length L")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("GFLOP/s (useful FLOPs)")
+    axes[0].legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return f"plot written to {path}"

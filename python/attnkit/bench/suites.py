@@ -1,0 +1,221 @@
+"""The benchmark suites: one function per suite returning its cases, and the contenders for each kind of case.
+
+A case is plain data (kind + params) so that a child process can rebuild it to measure peak memory.
+Useful FLOPs: 4*B*H*Lq*Lk*D for attention (half when causal), 2*M*N*K for linear.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+GiB = 1 << 30
+MiB = 1 << 20
+_blas_limits = None
+
+
+@dataclass
+class Options:
+    quick: bool = False
+    tiny: bool = False  # hidden: toy sizes so the smoke test runs in seconds
+    threads: int = 1
+    isa: str | None = None
+    contenders: tuple = ("attnkit", "numpy")
+
+    @property
+    def budget(self) -> float:  # seconds of timed calls per contender per case
+        return 0.01 if self.tiny else 0.25 if self.quick else 1.0
+
+    @property
+    def min_repeats(self) -> int:
+        return 2 if self.tiny else 3 if self.quick else 5
+
+
+@dataclass
+class Case:
+    suite: str
+    name: str
+    kind: str  # "sdpa" | "linear"
+    params: dict
+    flops: float
+    bytes: float = 0.0  # bytes that must be read (decode: K + V), for GB/s
+    skip: dict = field(default_factory=dict)  # contender -> reason
+    sweep: bool = False  # part of the sequence-length sweep that --plot draws
+
+
+# ---------------------------------------------------------------- setup shared by the parent and the child
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def configure(threads: int, isa: str | None, contenders) -> dict:
+    """Give every contender the same number of threads; force attnkit's ISA. Returns what was set."""
+    import attnkit
+    if isa:
+        attnkit.set_isa(isa)
+    attnkit.set_num_threads(threads)
+    done = {"attnkit": threads}
+    if "torch" in contenders:
+        import torch
+        torch.set_num_threads(threads)
+        done["torch"] = torch.get_num_threads()
+    try:
+        from threadpoolctl import threadpool_limits
+        global _blas_limits
+        _blas_limits = threadpool_limits(limits=threads)  # kept for the whole run
+        done["numpy_blas"] = threads
+    except ImportError:
+        done["numpy_blas"] = "threadpoolctl not installed: BLAS threads not set"
+    return done
+
+
+def make_fns(kind: str, p: dict, contenders) -> tuple[dict, dict]:
+    """Allocate the inputs (and attnkit's ``out=`` buffer) once; return ({contender: fn}, {contender: bytes of
+    the output it allocates per call}) so that peak memory can be counted above inputs and output."""
+    import attnkit
+    from attnkit import reference
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    fns, out_alloc = {}, {}
+    if kind == "sdpa":
+        B, H, Hk, Lq, Lk, D = (p[k] for k in ("B", "H", "Hk", "Lq", "Lk", "D"))
+        q = rng.standard_normal((B, H, Lq, D), dtype=f32)
+        k = rng.standard_normal((B, Hk, Lk, D), dtype=f32)
+        v = rng.standard_normal((B, Hk, Lk, D), dtype=f32)
+        kw = {"is_causal": p["causal"]}
+        if Hk != H:
+            kw["enable_gqa"] = True
+        out_bytes = B * H * Lq * D * 4
+        if "attnkit" in contenders:
+            out = np.zeros((B, H, Lq, D), f32)
+            fns["attnkit"] = lambda: attnkit.scaled_dot_product_attention(q, k, v, **kw, out=out)
+            out_alloc["attnkit"] = 0
+        if "numpy" in contenders:
+            fns["numpy"] = lambda: reference.scaled_dot_product_attention(q, k, v, **kw)
+            out_alloc["numpy"] = out_bytes
+        if "torch" in contenders:
+            import torch
+            sdpa = torch.nn.functional.scaled_dot_product_attention
+            tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+            fns["torch"] = lambda: sdpa(tq, tk, tv, **kw)
+            out_alloc["torch"] = out_bytes
+    elif kind == "linear":
+        M, K, N, act = p["M"], p["K"], p["N"], p["activation"]
+        x = rng.standard_normal((M, K), dtype=f32)
+        w = rng.standard_normal((N, K), dtype=f32) * f32(K**-0.5)
+        b = rng.standard_normal(N, dtype=f32) if p["bias"] else None
+        if "attnkit" in contenders:
+            fns["attnkit"] = lambda: attnkit.linear(x, w, b, activation=act)
+        if "numpy" in contenders:
+            plain = b is None and act is None
+            fns["numpy"] = (lambda: x @ w.T) if plain else (lambda: reference.linear(x, w, b, activation=act))
+        if "torch" in contenders:
+            import torch
+            F = torch.nn.functional
+            tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+            tb = None if b is None else torch.from_numpy(b)
+            post = {None: lambda y: y, "relu": F.relu, "gelu": F.gelu,
+                    "gelu_tanh": lambda y: F.gelu(y, approximate="tanh")}[act]
+            fns["torch"] = lambda: post(F.linear(tx, tw, tb))
+        out_alloc = {c: M * N * 4 for c in fns}
+    else:
+        raise ValueError(f"unknown case kind {kind!r}")
+    return fns, out_alloc
+
+
+# ---------------------------------------------------------------- case builders
+def _sdpa(suite, B, H, Lq, Lk, D, causal=False, Hk=None, label=None, opts=None, **extra) -> Case:
+    Hk = Hk or H
+    flops = 4.0 * B * H * Lq * Lk * D * (0.5 if causal else 1.0)
+    if label is None:
+        label = ("causal " if causal else "self ") + f"{B}x{H}x{Lq}x{D}"
+    case = Case(suite, label, "sdpa", dict(B=B, H=H, Hk=Hk, Lq=Lq, Lk=Lk, D=D, causal=causal), flops, **extra)
+    scores = B * H * Lq * Lk * 4  # bytes of the oracle's score matrix (it materialises a few of them)
+    if scores * 4 > _available_bytes() // 2:
+        case.skip["numpy"] = f"oracle would need {scores / GiB:.0f} GiB for scores"
+    elif opts.quick and not opts.tiny and scores > 128 * MiB:
+        case.skip["numpy"] = "quick: oracle would take seconds"
+    return case
+
+
+def _available_bytes() -> int:
+    try:
+        import psutil
+        return psutil.virtual_memory().available
+    except ImportError:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def attention(opts: Options) -> list[Case]:
+    """Self, causal and cross attention; the B1 H8 D64 rows form the sequence-length sweep for --plot."""
+    if opts.tiny:
+        return [_sdpa("attention", 1, 2, L, L, 16, c, opts=opts, sweep=True) for L in (32, 64) for c in (False, True)] \
+            + [_sdpa("attention", 1, 2, 16, 48, 16, label="cross 1x2 q16 k48 d16", opts=opts)]
+    lengths = (1024,) if opts.quick else (256, 512, 1024, 2048, 4096)
+    cases = [_sdpa("attention", 1, 8, L, L, 64, c, opts=opts, sweep=True) for L in lengths for c in (False, True)]
+    if opts.quick:
+        cases.append(_sdpa("attention", 1, 8, 4096, 4096, 64, True, opts=opts, sweep=True))
+    else:
+        cases += [_sdpa("attention", 4, 12, 512, 512, 64, opts=opts),
+                  _sdpa("attention", 1, 16, 2048, 2048, 128, opts=opts)]
+    cases.append(_sdpa("attention", 4, 8, 256, 1024, 64, label="cross 4x8 q256 k1024 d64", opts=opts))
+    return cases
+
+
+def decode(opts: Options) -> list[Case]:
+    """One query per sequence over a KV cache; memory bound: GB/s of K+V read, as % of copy bandwidth."""
+    def case(B, H, Lk, D, Hk=None):
+        Hk = Hk or H
+        name = f"decode {B}x{H}" + (f"/kv{Hk}" if Hk != H else "") + f" k{Lk} d{D}"
+        c = _sdpa("decode", B, H, 1, Lk, D, Hk=Hk, label=name, opts=opts)
+        c.bytes = 2.0 * B * Hk * Lk * D * 4
+        return c
+    if opts.tiny:
+        return [case(1, 2, 64, 16)]
+    if opts.quick:
+        return [case(4, 32, 4096, 128)]
+    return [case(4, 32, 1024, 128), case(4, 32, 4096, 128), case(4, 32, 4096, 128, Hk=8)]
+
+
+def linear(opts: Options) -> list[Case]:
+    """x (M, K) @ w (N, K).T against NumPy ``x @ w.T`` and torch.nn.functional.linear."""
+    def case(M, K, N, bias=False, activation=None):
+        name = f"linear {M}x{K} @ {K}x{N}" + (" +bias" if bias else "") + (f" +{activation}" if activation else "")
+        return Case("linear", name, "linear", dict(M=M, K=K, N=N, bias=bias, activation=activation), 2.0 * M * N * K)
+    if opts.tiny:
+        return [case(64, 32, 48)]
+    if opts.quick:
+        return [case(4096, 1024, 3072)]
+    return [case(4096, 1024, 3072), case(4096, 1024, 3072, True, "gelu"), case(512, 768, 768, True)]
+
+
+def memory(opts: Options) -> list[Case]:
+    """Peak RSS above inputs and output of one cold call, each contender in its own child process."""
+    if opts.tiny:
+        cases = [_sdpa("memory", 1, 2, 256, 256, 16, opts=opts)]
+    else:
+        # quick: causal, half the work over the same inputs (the full run times the non-causal call)
+        cases = [_sdpa("memory", 1, 8, 16384, 16384, 64, opts.quick, opts=opts)]
+        if not opts.quick:
+            cases += [_sdpa("memory", 1, 8, 4096, 4096, 64, True, opts=opts),
+                      _sdpa("memory", 4, 32, 1, 4096, 128, label="decode 4x32 k4096 d128", opts=opts)]
+    cases[0].params["limit_mib"] = 64  # attnkit's budget at the long sequence
+    return cases
+
+
+def model(opts: Options) -> tuple[list[dict], str | None]:
+    """Rows from attnkit.bench.models.run_model_suite (written separately); (rows, note)."""
+    try:
+        from attnkit.bench.models import run_model_suite
+    except Exception as e:  # ImportError, or anything its imports raise
+        return [], f"model suite skipped: cannot import attnkit.bench.models.run_model_suite ({e})"
+    rows = run_model_suite(quick=opts.quick or opts.tiny, threads=opts.threads)
+    return [dict({"suite": "model"}, **r) for r in rows], None
+
+
+SUITES = {"attention": attention, "decode": decode, "linear": linear, "memory": memory, "model": model}

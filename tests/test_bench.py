@@ -1,0 +1,65 @@
+"""Smoke test of ``python -m attnkit.bench`` on toy sizes (hidden ``--tiny`` flag): runs, prints, writes JSON."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run_bench(*args, timeout=120):
+    cmd = [sys.executable, "-m", "attnkit.bench", "--quick", "--tiny", "--threads", "1", *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return p
+
+
+def check_timed_rows(rows, suite, contenders):
+    rows = [r for r in rows if r["suite"] == suite]
+    assert rows, f"no {suite} rows"
+    cases = {r["case"] for r in rows}
+    for case in cases:
+        assert sorted(r["contender"] for r in rows if r["case"] == case) == sorted(contenders)
+    for r in rows:
+        assert r["median_ms"] > 0 and r["min_ms"] > 0 and r["min_ms"] <= r["median_ms"], r
+        assert r["runs"] >= 1 and r["flops"] > 0 and r["gflops"] > 0 and r["pct_sgemm"] > 0, r
+        if r["contender"] != "numpy":
+            assert r["speedup_vs_numpy"] > 0, r
+            assert r["max_abs_err"] < 1e-3, r  # agrees with the oracle
+    return rows
+
+
+def test_bench_quick_smoke(tmp_path):
+    path = tmp_path / "bench.json"
+    p = run_bench("--suite", "attention,decode,linear", "--json", str(path))
+    assert "median ms" in p.stdout and "GFLOP/s" in p.stdout and "ceilings" in p.stdout
+    doc = json.loads(path.read_text())
+    assert doc["threads"] == 1 and doc["suites"] == ["attention", "decode", "linear"]
+    assert doc["ceilings"]["sgemm_gflops"] > 0 and doc["ceilings"]["copy_gbps"] > 0
+    assert doc["machine"]["attnkit"]["num_threads"] == 1
+    assert "isa" in doc["machine"]["attnkit"] and doc["machine"]["cpu"]["model"]
+    contenders = ["attnkit", "numpy"] + (["torch"] if "torch" in doc["machine"] else [])
+    att = check_timed_rows(doc["rows"], "attention", contenders)
+    assert {r["causal"] for r in att} == {False, True}
+    assert any(r["Lq"] != r["Lk"] for r in att)  # cross attention
+    dec = check_timed_rows(doc["rows"], "decode", contenders)
+    assert all(r["Lq"] == 1 and r["gbps"] > 0 and r["pct_copy"] > 0 for r in dec)
+    check_timed_rows(doc["rows"], "linear", contenders)
+    if "torch" in doc["machine"]:
+        assert all(r["ratio_vs_torch"] > 0 for r in doc["rows"] if r["contender"] == "attnkit")
+
+
+def test_bench_memory_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    path, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    run_bench("--suite", "attention,memory", "--no-torch", "--json", str(path), "--plot", str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [r for r in json.loads(path.read_text())["rows"] if r["suite"] == "memory"]
+    assert sorted(r["contender"] for r in rows) == ["attnkit", "numpy"]
+    for r in rows:
+        assert r["peak_mib"] >= 0 and r["median_ms"] > 0, r
+    assert rows[0]["limit_mib"] == 64
+
+
+def test_bench_rejects_unknown_suite():
+    p = subprocess.run([sys.executable, "-m", "attnkit.bench", "--suite", "nope"], capture_output=True, text=True)
+    assert p.returncode == 2 and "unknown suite" in p.stderr
