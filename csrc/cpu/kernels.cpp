@@ -480,7 +480,17 @@ int gemm_f32(const GemmProblem& p) {
 #endif
 constexpr int64_t kBR = ATTNKIT_BR;  // query rows per block (a multiple of every NR)
 constexpr int64_t kBC = ATTNKIT_BC;  // keys per tile
-constexpr int64_t kFewRows = 4;     // up to this many query rows, P V streams V row by row
+constexpr int64_t kFewRows = 4;     // up to this many query rows (decode), K and V are streamed row by row
+
+// Streaming K and V row by row (decode), ask for the row kPrefetchRows ahead: one core keeps
+// more cache misses in flight than the hardware prefetcher alone gives it. (A prefetch past
+// the array's end is harmless: prefetches never fault.)
+constexpr int64_t kPrefetchRows = 16;
+template <class T>
+inline void prefetch_row(const T* row, int64_t n) {
+  const char* p = reinterpret_cast<const char*>(row);
+  for (int64_t b = 0; b < n * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(p + b);
+}
 
 template <class T>
 struct AttnRun {
@@ -542,6 +552,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
   T* O = S + kBC * kBR;                        // [kBR][EvP]
   T* Vp = O + kBR * EvP;                       // [EvP / NR][kBC][NR] when V is not read in place
   T* Kp = Vp + (run.v_direct ? 0 : kBC * EvP); // [kBC][E] when K is not read in place
+  T* Qr = Kp + (run.k_direct ? 0 : kBC * E);   // [kFewRows][E]: Q rows, for the few-rows path
   alignas(64) T mrow[kBR], lrow[kBR], limr[kBR], alpha[kBR];
 
   const T* q = static_cast<const T*>(p.q);
@@ -577,6 +588,8 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       const int64_t r = blk.r0 + rr, g = r / p.Lq, i = r % p.Lq, h = blk.hk * run.G + g;
       const T* qr = q + off.q + h * p.q_h + i * p.q_i;
       for (int64_t d = 0; d < E; ++d) dst[d * NR] = qr[d * p.q_e] * qscale;
+      if (n <= kFewRows)
+        for (int64_t d = 0; d < E; ++d) Qr[rr * E + d] = qr[d * p.q_e] * qscale;
       int64_t l = len;
       if (p.causal == 1) l = i + 1;
       else if (p.causal == 2) l = i + 1 + len - p.Lq;
@@ -592,12 +605,6 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
     const int64_t kend = imin(lim_max, kbeg + run.split_keys);
     for (int64_t j0 = kbeg; j0 < kend; j0 += kBC) {
       const int64_t nk = imin(kBC, kend - j0);
-      for (int64_t jj = j0 + kBC; jj < imin(j0 + 2 * kBC, kend); ++jj) {  // the next tile, into cache
-        const char* kr = reinterpret_cast<const char*>(kb + jj * p.k_j);
-        const char* vr = reinterpret_cast<const char*>(vb + jj * p.v_j);
-        for (int64_t b = 0; b < E * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(kr + b, 0, 2);
-        for (int64_t b = 0; b < Ev * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(vr + b, 0, 2);
-      }
       // 1) S^T = K Q^T
       const T* ka = kb + j0 * p.k_j;
       int64_t lda = p.k_j;
@@ -607,10 +614,34 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
         ka = Kp;
         lda = E;
       }
-      for (int64_t j = 0; j < nk; j += kMR)
-        for (int64_t pn = 0; pn < nqp; ++pn)
-          micro_rows<T, false, false>(static_cast<int>(imin(kMR, nk - j)), E, ka + j * lda, lda,
-                                      QT + pn * E * NR, NR, S + j * kBR + pn * NR, kBR);
+      if (n <= kFewRows) {  // few rows (decode): one dot product per key, K streamed row by row
+        for (int64_t jj = 0; jj < nk; ++jj) {
+          const T* kr = ka + jj * lda;
+          prefetch_row(kr + kPrefetchRows * lda, E);
+          for (int64_t rr = 0; rr < n; ++rr) {
+            const T* qr = Qr + rr * E;
+            V acc = V{}, acc1 = V{}, acc2 = V{}, acc3 = V{};  // four chains hide the FMA latency
+            int64_t d = 0;
+            for (; d + 4 * W <= E; d += 4 * W) {
+              acc += vload(qr + d) * vload(kr + d);
+              acc1 += vload(qr + d + W) * vload(kr + d + W);
+              acc2 += vload(qr + d + 2 * W) * vload(kr + d + 2 * W);
+              acc3 += vload(qr + d + 3 * W) * vload(kr + d + 3 * W);
+            }
+            for (; d + W <= E; d += W) acc += vload(qr + d) * vload(kr + d);
+            acc += (acc1 + acc2) + acc3;
+            T dot = 0;
+            for (int t = 0; t < W; ++t) dot += acc[t];
+            for (; d < E; ++d) dot += qr[d] * kr[d];
+            S[jj * kBR + rr] = dot;
+          }
+        }
+      } else {
+        for (int64_t j = 0; j < nk; j += kMR)
+          for (int64_t pn = 0; pn < nqp; ++pn)
+            micro_rows<T, false, false>(static_cast<int>(imin(kMR, nk - j)), E, ka + j * lda, lda,
+                                        QT + pn * E * NR, NR, S + j * kBR + pn * NR, kBR);
+      }
       // 2) mask
       if (j0 + nk > lim_min) {
         for (int64_t jj = 0; jj < nk; ++jj) {
@@ -690,6 +721,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       if (run.v_direct && n <= kFewRows) {  // few rows (decode): stream each V row once
         for (int64_t jj = 0; jj < nk; ++jj) {
           const T* vr = vsrc + jj * ldv;
+          prefetch_row(vr + kPrefetchRows * ldv, Ev);
           for (int64_t rr = 0; rr < n; ++rr) {
             const V pj = vset(S[jj * kBR + rr]);
             T* o = O + rr * EvP;
@@ -793,7 +825,8 @@ int attention_impl(const AttnProblem& p) {
   run.items = blocks * run.nsplit;
   run.k_direct = p.k_e == 1;
   const size_t ws = sizeof(T) * static_cast<size_t>(kBR * p.E + kBC * kBR + kBR * run.EvP +
-                                                     (run.v_direct ? 0 : kBC * run.EvP) + (run.k_direct ? 0 : kBC * p.E));
+                                                     (run.v_direct ? 0 : kBC * run.EvP) + (run.k_direct ? 0 : kBC * p.E) +
+                                                     kFewRows * p.E);
   if (!run.ws.alloc(nt, ws)) return 1;
   if (run.nsplit > 1) {
     run.part_stride = static_cast<size_t>(kBR * (run.EvP + 2));
