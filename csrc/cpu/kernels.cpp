@@ -472,14 +472,16 @@ int gemm_f32(const GemmProblem& p) {
 // and at the end out = O / l, lse = (m + log2 l) ln 2. Tiles past every row's causal bound are
 // never visited. For few rows (decode), the keys are split over threads and the partial
 // results merged by their log-sum-exp (flash-decoding).
-#ifndef ATTNKIT_BR
-#define ATTNKIT_BR 64
+// Block sizes, measured (bench/NOTES.md). AVX2 (32 KiB L1d, 16 registers): 128 query rows x 64
+// keys beat 64 x 128 and 64 x 64 by 5-25 %, most for head dim 128. AVX-512: 64 x 128, as measured
+// on an AVX-512 machine (shared/DESIGN.md); not re-measured here (no AVX-512 on our machines).
+constexpr int64_t kBR = 128;  // most query rows per block (array sizes)
+constexpr int64_t kBC = 128;  // most keys per tile
+#if defined(__AVX512F__)
+constexpr int64_t kBlockRows = 64, kTileKeys = 128;
+#else
+constexpr int64_t kBlockRows = 128, kTileKeys = 64;
 #endif
-#ifndef ATTNKIT_BC
-#define ATTNKIT_BC 128
-#endif
-constexpr int64_t kBR = ATTNKIT_BR;  // query rows per block (a multiple of every NR)
-constexpr int64_t kBC = ATTNKIT_BC;  // keys per tile
 constexpr int64_t kFewRows = 4;     // up to this many query rows (decode), K and V are streamed row by row
 
 // Streaming K and V row by row (decode), ask for the row kPrefetchRows ahead: one core keeps
@@ -496,6 +498,7 @@ template <class T>
 struct AttnRun {
   const AttnProblem* p;
   int64_t G, nib, hpb, nblk, nsplit, split_keys, EvP, items;
+  int64_t br, bc;  // query rows per block (<= kBR, a multiple of NR), keys per tile (<= kBC)
   bool v_direct, k_direct;
   Workspace ws;
   T* part = nullptr;    // nsplit > 1: per item kBR x (EvP + 2)
@@ -525,10 +528,10 @@ inline Block decode_item(const AttnRun<T>& run, int64_t it) {
   blk.hk = t % p.Hk; t /= p.Hk;
   blk.b = t % p.B;
   const int64_t bi = t / p.B;
-  if (p.Lq >= kBR) {  // blocks within one head; the last query blocks (most keys if causal) first
+  if (p.Lq >= run.br) {  // blocks within one head; the last query blocks (most keys if causal) first
     const int64_t g = bi % run.G, ib = run.nib - 1 - bi / run.G;
-    blk.r0 = g * p.Lq + ib * kBR;
-    blk.n = imin(kBR, p.Lq - ib * kBR);
+    blk.r0 = g * p.Lq + ib * run.br;
+    blk.n = imin(run.br, p.Lq - ib * run.br);
   } else {            // short queries: a block holds hpb whole heads
     blk.r0 = bi * run.hpb * p.Lq;
     blk.n = imin(run.hpb * p.Lq, run.G * p.Lq - blk.r0);
@@ -544,7 +547,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
   constexpr int NQV = kBR / W;  // query vectors per block
   AttnRun<T>& run = *static_cast<AttnRun<T>*>(ctx);
   const AttnProblem& p = *run.p;
-  const int64_t E = p.E, Ev = p.Ev, EvP = run.EvP;
+  const int64_t E = p.E, Ev = p.Ev, EvP = run.EvP, ldS = run.br;
   const T ninf = -INFINITY;
 
   T* QT = run.ws.template get<T>(tid);         // [kBR / NR][E][NR]
@@ -603,8 +606,8 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
 
     const int64_t kbeg = blk.s * run.split_keys;
     const int64_t kend = imin(lim_max, kbeg + run.split_keys);
-    for (int64_t j0 = kbeg; j0 < kend; j0 += kBC) {
-      const int64_t nk = imin(kBC, kend - j0);
+    for (int64_t j0 = kbeg; j0 < kend; j0 += run.bc) {
+      const int64_t nk = imin(run.bc, kend - j0);
       // 1) S^T = K Q^T
       const T* ka = kb + j0 * p.k_j;
       int64_t lda = p.k_j;
@@ -633,20 +636,20 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
             T dot = 0;
             for (int t = 0; t < W; ++t) dot += acc[t];
             for (; d < E; ++d) dot += qr[d] * kr[d];
-            S[jj * kBR + rr] = dot;
+            S[jj * ldS + rr] = dot;
           }
         }
       } else {
         for (int64_t j = 0; j < nk; j += kMR)
           for (int64_t pn = 0; pn < nqp; ++pn)
             micro_rows<T, false, false>(static_cast<int>(imin(kMR, nk - j)), E, ka + j * lda, lda,
-                                        QT + pn * E * NR, NR, S + j * kBR + pn * NR, kBR);
+                                        QT + pn * E * NR, NR, S + j * ldS + pn * NR, ldS);
       }
       // 2) mask
       if (j0 + nk > lim_min) {
         for (int64_t jj = 0; jj < nk; ++jj) {
           const V jv = vset(static_cast<T>(j0 + jj));
-          T* srow = S + jj * kBR;
+          T* srow = S + jj * ldS;
           for (int64_t qv = 0; qv < nqv; ++qv) {
             V x = vload(srow + qv * W);
             vstore(srow + qv * W, jv < vload(limr + qv * W) ? x : vset(ninf));
@@ -659,10 +662,10 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
           const int64_t c = imin(nk, static_cast<int64_t>(limr[rr]) - j0);
           if (p.mask_bool) {
             for (int64_t jj = 0; jj < c; ++jj)
-              if (!mr[(j0 + jj) * p.m_j]) S[jj * kBR + rr] = ninf;
+              if (!mr[(j0 + jj) * p.m_j]) S[jj * ldS + rr] = ninf;
           } else {
             const T* mf = reinterpret_cast<const T*>(mr);
-            for (int64_t jj = 0; jj < c; ++jj) S[jj * kBR + rr] += mf[(j0 + jj) * p.m_j] * mscale;
+            for (int64_t jj = 0; jj < c; ++jj) S[jj * ldS + rr] += mf[(j0 + jj) * p.m_j] * mscale;
           }
         }
       }
@@ -670,7 +673,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       V mv[NQV], sv[NQV], base[NQV];
       for (int64_t qv = 0; qv < nqv; ++qv) { mv[qv] = vload(mrow + qv * W); sv[qv] = V{}; }
       for (int64_t jj = 0; jj < nk; ++jj) {
-        const T* srow = S + jj * kBR;
+        const T* srow = S + jj * ldS;
         for (int64_t qv = 0; qv < nqv; ++qv) {
           V x = vload(srow + qv * W);
           mv[qv] = x > mv[qv] ? x : mv[qv];
@@ -678,7 +681,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       }
       for (int64_t qv = 0; qv < nqv; ++qv) base[qv] = mv[qv] == vset(ninf) ? V{} : mv[qv];
       for (int64_t jj = 0; jj < nk; ++jj) {
-        T* srow = S + jj * kBR;
+        T* srow = S + jj * ldS;
         for (int64_t qv = 0; qv < nqv; ++qv) {
           V e;
           if constexpr (sizeof(T) == 4) {
@@ -723,7 +726,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
           const T* vr = vsrc + jj * ldv;
           prefetch_row(vr + kPrefetchRows * ldv, Ev);
           for (int64_t rr = 0; rr < n; ++rr) {
-            const V pj = vset(S[jj * kBR + rr]);
+            const V pj = vset(S[jj * ldS + rr]);
             T* o = O + rr * EvP;
             for (int64_t e = 0; e < EvP; e += W) vstore(o + e, vload(o + e) + pj * vload(vr + e));
           }
@@ -734,7 +737,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
         const T* bsrc = run.v_direct ? vsrc + pn * NR : Vp + pn * kBC * NR;
         const int64_t ldb = run.v_direct ? ldv : NR;
         for (int64_t rr = 0; rr < n; rr += kMR)
-          micro_rows<T, true, true>(static_cast<int>(imin(kMR, n - rr)), nk, S + rr, kBR, bsrc, ldb,
+          micro_rows<T, true, true>(static_cast<int>(imin(kMR, n - rr)), nk, S + rr, ldS, bsrc, ldb,
                                     O + rr * EvP + pn * NR, EvP);
       }
     }
@@ -807,19 +810,21 @@ int attention_impl(const AttnProblem& p) {
   AttnRun<T> run;
   run.p = &p;
   run.G = p.Hq / p.Hk;
-  run.nib = ceil_div(p.Lq, kBR);
-  run.hpb = p.Lq >= kBR ? 1 : imax(1, kBR / p.Lq);
-  run.nblk = p.Lq >= kBR ? run.G * run.nib : ceil_div(run.G, run.hpb);
+  run.br = kBlockRows;
+  run.bc = kTileKeys;
+  run.nib = ceil_div(p.Lq, run.br);
+  run.hpb = p.Lq >= run.br ? 1 : imax(1, run.br / p.Lq);
+  run.nblk = p.Lq >= run.br ? run.G * run.nib : ceil_div(run.G, run.hpb);
   run.EvP = ceil_div(p.Ev, NR) * NR;
   run.v_direct = p.v_e == 1 && p.Ev % NR == 0;
   const int nt = num_threads();
   const int64_t blocks = p.B * p.Hk * run.nblk;
   run.nsplit = 1;
   run.split_keys = imax(p.Lk, 1);
-  if (blocks < 2 * nt && p.Lk >= 4 * kBC) {  // too few blocks to feed the threads: split the keys
+  if (blocks < 2 * nt && p.Lk >= 4 * run.bc) {  // too few blocks to feed the threads: split the keys
     const int64_t want = ceil_div(4 * nt, blocks);
-    const int64_t chunks = ceil_div(ceil_div(p.Lk, want), kBC);
-    run.split_keys = chunks * kBC;
+    const int64_t chunks = ceil_div(ceil_div(p.Lk, want), run.bc);
+    run.split_keys = chunks * run.bc;
     run.nsplit = ceil_div(p.Lk, run.split_keys);
   }
   run.items = blocks * run.nsplit;
