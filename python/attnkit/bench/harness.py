@@ -37,6 +37,30 @@ def measure(fn, budget: float, min_repeats: int = 3, max_repeats: int = 200) -> 
     return {"median_ms": median(times) * 1e3, "min_ms": min(times) * 1e3, "runs": len(times), "out": out}
 
 
+def measure_interleaved(fns: dict, budget: float, min_repeats: int = 3, max_repeats: int = 200) -> dict:
+    """Time several contenders in rounds, one call of each per round, so that a drift in the machine's
+    speed (other tenants, clock changes) hits them alike and the ratio of their medians can be trusted.
+    Same budget rules as ``measure``, per contender; returns ``{name: measure-like dict}``."""
+    outs, times = {}, {name: [] for name in fns}
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
+        outs[name] = fn()
+        if time.perf_counter() - t0 < budget / 20:
+            outs[name] = fn()
+    start, n = time.perf_counter(), len(fns)
+    while len(next(iter(times.values()))) < max_repeats:
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+        spent = time.perf_counter() - start
+        rounds = len(times[name])
+        if (spent >= n * budget and rounds >= min_repeats) or spent >= 3 * n * budget:
+            break
+    return {name: {"median_ms": median(t) * 1e3, "min_ms": min(t) * 1e3, "runs": len(t), "out": outs[name]}
+            for name, t in times.items()}
+
+
 def ceilings(size: int, copy_bytes: int, budget: float) -> dict:
     """The machine's ceilings in this run: NumPy sgemm GFLOP/s (size^3) and np.copyto GB/s (read + write bytes)."""
     rng = np.random.default_rng(0)
