@@ -298,7 +298,7 @@ struct Workspace {
 // an MC x KC block of A and sweeps its panels, a KC x NR panel of W^T staying in L1 while the
 // A block streams from L2. For a handful of rows (M <= kGemvRows) the product is a set of dot
 // products that read W once, in place.
-constexpr int64_t kGemmMC = 192, kGemmKC = 256;
+constexpr int64_t kGemmMC = 192, kGemmKC = 512;
 constexpr int64_t kGemvRows = 4;
 
 struct GemmRun {

@@ -124,13 +124,14 @@ def run_timed(case, opts, prog, ceil) -> list[dict]:
     todo = [c for c in opts.contenders if c not in case.skip]
     res = {c: {"note": f"skipped: {case.skip[c]}"} for c in opts.contenders if c in case.skip}
     fns, _ = suites.make_fns(case.kind, case.params, todo)
-    # the fast contenders are timed in alternation (their ratio is the figure that matters); the
-    # oracle, often 10-100x slower, alone
+    # the fast contenders are timed in alternating blocks (their ratio is the figure that matters);
+    # the oracle, often 10-100x slower, alone after a pause (see harness.measure_interleaved)
     fast = [c for c in todo if c != "numpy"]
     for c in todo:
         prog.step(f"{case.suite}: {case.name} [{c}]")
         try:
             if c == "numpy" or len(fast) < 2:
+                time.sleep(0.05)
                 res[c] = harness.measure(fns[c], opts.budget, opts.min_repeats)
             elif c == fast[0]:
                 res.update(harness.measure_interleaved({f: fns[f] for f in fast}, opts.budget, opts.min_repeats))

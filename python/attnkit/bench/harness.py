@@ -37,26 +37,30 @@ def measure(fn, budget: float, min_repeats: int = 3, max_repeats: int = 200) -> 
     return {"median_ms": median(times) * 1e3, "min_ms": min(times) * 1e3, "runs": len(times), "out": out}
 
 
-def measure_interleaved(fns: dict, budget: float, min_repeats: int = 3, max_repeats: int = 200) -> dict:
-    """Time several contenders in rounds, one call of each per round, so that a drift in the machine's
-    speed (other tenants, clock changes) hits them alike and the ratio of their medians can be trusted.
-    Same budget rules as ``measure``, per contender; returns ``{name: measure-like dict}``."""
-    outs, times = {}, {name: [] for name in fns}
-    for name, fn in fns.items():
-        t0 = time.perf_counter()
-        outs[name] = fn()
-        if time.perf_counter() - t0 < budget / 20:
-            outs[name] = fn()
-    start, n = time.perf_counter(), len(fns)
-    while len(next(iter(times.values()))) < max_repeats:
+def measure_interleaved(fns: dict, budget: float, min_repeats: int = 3, max_repeats: int = 200,
+                        rounds: int = 3, settle: float = 0.05) -> dict:
+    """Time several contenders in alternating blocks (``rounds`` blocks each), so that a drift in the
+    machine's speed (other tenants, clock changes) hits them alike and the ratio of their medians can be
+    trusted. Before each block: a pause of ``settle`` seconds, so that the worker threads another runtime
+    leaves spinning after its call (OpenMP's, OpenBLAS's) are asleep again and steal no core from the
+    next contender (measured: PyTorch's spinning threads cost attnkit ~18% when calls alternate with no
+    gap), then one untimed call. Same budget rules as ``measure``, per contender; returns
+    ``{name: measure-like dict}``."""
+    times, outs = {name: [] for name in fns}, {}
+    block_budget, block_min = budget / rounds, max(1, -(-min_repeats // rounds))
+    for _ in range(rounds):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            time.sleep(settle)
             outs[name] = fn()
-            times[name].append(time.perf_counter() - t0)
-        spent = time.perf_counter() - start
-        rounds = len(times[name])
-        if (spent >= n * budget and rounds >= min_repeats) or spent >= 3 * n * budget:
-            break
+            start = time.perf_counter()
+            n0 = len(times[name])
+            while len(times[name]) < max_repeats:
+                t0 = time.perf_counter()
+                outs[name] = fn()
+                times[name].append(time.perf_counter() - t0)
+                spent, done = time.perf_counter() - start, len(times[name]) - n0
+                if (spent >= block_budget and done >= block_min) or spent >= 3 * block_budget:
+                    break
     return {name: {"median_ms": median(t) * 1e3, "min_ms": min(t) * 1e3, "runs": len(t), "out": outs[name]}
             for name, t in times.items()}
 
