@@ -24,7 +24,9 @@ namespace {
 
 // ---------------------------------------------------------------------------------------------
 // Vectors
-#if defined(__AVX512F__)
+// ATTNKIT_AVX512_LAYOUT (CMake option ATTNKIT_TEST_AVX512_LAYOUT) gives every path the AVX-512
+// path's vector width, micro-tile and block sizes, so machines without AVX-512 test that logic.
+#if defined(__AVX512F__) || defined(ATTNKIT_AVX512_LAYOUT)
 constexpr int kVecBytes = 64;
 constexpr int kMR = 8;  // rows of a micro-tile: 8 x 2 zmm accumulators
 #elif defined(__AVX2__)
@@ -477,7 +479,7 @@ int gemm_f32(const GemmProblem& p) {
 // on an AVX-512 machine (shared/DESIGN.md); not re-measured here (no AVX-512 on our machines).
 constexpr int64_t kBR = 128;  // most query rows per block (array sizes)
 constexpr int64_t kBC = 128;  // most keys per tile
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(ATTNKIT_AVX512_LAYOUT)
 constexpr int64_t kBlockRows = 64, kTileKeys = 128;
 #else
 constexpr int64_t kBlockRows = 128, kTileKeys = 64;
