@@ -428,3 +428,26 @@ def test_environment_variable_forces_the_isa_at_import():
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert proc.stdout.strip() == name
+
+
+def test_environment_variable_sets_the_thread_count():
+    code = "import attnkit; print(attnkit.get_num_threads())"
+    for n in (1, 3):
+        env = dict(os.environ, ATTNKIT_NUM_THREADS=str(n))
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.strip() == str(n)
+
+
+@pytest.mark.parametrize("value", ["avx9000", "AVX512-please"])
+def test_unknown_or_unusable_isa_in_the_environment_warns_and_keeps_a_usable_path(value):
+    code = ("import warnings, attnkit, numpy as np\n"
+            "q = np.ones((1, 2, 3), np.float32)\n"
+            "print(attnkit.get_config()['isa'], attnkit.scaled_dot_product_attention(q, q, q).shape)")
+    env = dict(os.environ, ATTNKIT_ISA=value)
+    proc = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ATTNKIT_ISA" in proc.stderr
+    isa, shape = proc.stdout.split(maxsplit=1)
+    assert isa in attnkit.get_config()["usable_isas"] and shape.strip() == "(1, 2, 3)"
