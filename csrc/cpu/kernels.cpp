@@ -294,6 +294,16 @@ struct Workspace {
   ~Workspace() { std::free(base); }
 };
 
+// Streaming K and V row by row (decode), ask for the row kPrefetchRows ahead: one core keeps
+// more cache misses in flight than the hardware prefetcher alone gives it. (A prefetch past
+// the array's end is harmless: prefetches never fault.)
+constexpr int64_t kPrefetchRows = 16;
+template <class T>
+inline void prefetch_row(const T* row, int64_t n) {
+  const char* p = reinterpret_cast<const char*>(row);
+  for (int64_t b = 0; b < n * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(p + b);
+}
+
 // ---------------------------------------------------------------------------------------------
 // GEMM (float32): out(M, N) = act(A(M, K) @ W(N, K)^T + bias). Blocked as in GotoBLAS:
 // W^T is packed once per call into KC x NR panels (shared by all threads); each work item packs
@@ -419,6 +429,7 @@ void gemv_task(void* ctx, int64_t begin, int64_t end, int) {
   for (int64_t m = 0; m < p.M; ++m) rows[m] = p.a + gemm_row_offset(p, m);
   for (int64_t n = begin; n < end; ++n) {
     const float* wr = p.w + n * p.w_n;
+    prefetch_row(wr + kPrefetchRows * p.w_n, p.K);
     vf acc[kGemvRows];
     for (int64_t m = 0; m < p.M; ++m) acc[m] = vf{};
     int64_t kk = 0;
@@ -485,16 +496,6 @@ constexpr int64_t kBlockRows = 64, kTileKeys = 128;
 constexpr int64_t kBlockRows = 128, kTileKeys = 64;
 #endif
 constexpr int64_t kFewRows = 4;     // up to this many query rows (decode), K and V are streamed row by row
-
-// Streaming K and V row by row (decode), ask for the row kPrefetchRows ahead: one core keeps
-// more cache misses in flight than the hardware prefetcher alone gives it. (A prefetch past
-// the array's end is harmless: prefetches never fault.)
-constexpr int64_t kPrefetchRows = 16;
-template <class T>
-inline void prefetch_row(const T* row, int64_t n) {
-  const char* p = reinterpret_cast<const char*>(row);
-  for (int64_t b = 0; b < n * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(p + b);
-}
 
 template <class T>
 struct AttnRun {
