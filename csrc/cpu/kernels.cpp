@@ -108,6 +108,7 @@ inline void micro(int64_t K, const T* a, int64_t lda, const T* b, int64_t ldb, T
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < kNV; ++v) acc[r][v] = ACC ? vload(c + r * ldc + v * W) : V{};
+#pragma GCC unroll 4
   for (int64_t k = 0; k < K; ++k) {
     V b0 = vload(b + k * ldb), b1 = vload(b + k * ldb + W);
 #pragma GCC unroll 16
