@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "cpu/kernels.h"
 #include "cpu/thread_pool.h"
@@ -454,7 +455,7 @@ int gemm_f32(const GemmProblem& p) {
   run.p = &p;
   run.bpack = nullptr;
   if (p.M <= kGemvRows && p.a_k == 1 && p.w_k == 1) {
-    parallel_for(p.N, 64, gemv_task, &run);
+    parallel_for(p.N, 64, gemv_task, &run, num_threads());
     return 0;
   }
   const int nt = num_threads();
@@ -467,8 +468,8 @@ int gemm_f32(const GemmProblem& p) {
   run.bpack = static_cast<float*>(std::malloc(sizeof(float) * static_cast<size_t>(run.nkc * kGemmKC * run.npan * NR)));
   if (!run.bpack) return 1;
   if (!run.ws.alloc(nt, sizeof(float) * (kGemmMC * kGemmKC + kMR * NR))) return 1;
-  parallel_for(run.nkc * run.npan, 4, gemm_pack_task, &run);
-  parallel_for(run.nmb * run.nnb, 1, gemm_task, &run);
+  parallel_for(run.nkc * run.npan, 4, gemm_pack_task, &run, nt);
+  parallel_for(run.nmb * run.nnb, 1, gemm_task, &run, nt);
   return 0;
 }
 
@@ -560,7 +561,8 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
   T* Vp = O + kBR * EvP;                       // [EvP / NR][kBC][NR] when V is not read in place
   T* Kp = Vp + (run.v_direct ? 0 : kBC * EvP); // [kBC][E] when K is not read in place
   T* Qr = Kp + (run.k_direct ? 0 : kBC * E);   // [kFewRows][E]: Q rows, for the few-rows path
-  alignas(64) T mrow[kBR], lrow[kBR], limr[kBR], alpha[kBR];
+  alignas(64) T mrow[kBR], lrow[kBR], limr[kBR], alpha[kBR];  // limr: limits relative to a tile, exact
+  int64_t lim[kBR];
 
   const T* q = static_cast<const T*>(p.q);
   const T* k = static_cast<const T*>(p.k);
@@ -588,7 +590,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       lrow[rr] = 0;
       if (rr >= n) {
         for (int64_t d = 0; d < E; ++d) dst[d * NR] = 0;
-        limr[rr] = 0;
+        lim[rr] = 0;
         lim_min = 0;
         continue;
       }
@@ -601,7 +603,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       if (p.causal == 1) l = i + 1;
       else if (p.causal == 2) l = i + 1 + len - p.Lq;
       l = imax(0, imin(l, len));
-      limr[rr] = static_cast<T>(l);
+      lim[rr] = l;
       lim_max = imax(lim_max, l);
       lim_min = imin(lim_min, l);
       if (p.mask) mrows[rr] = static_cast<const char*>(p.mask) + (off.m + h * p.m_h + i * p.m_i) * mask_elem;
@@ -651,8 +653,9 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       }
       // 2) mask
       if (j0 + nk > lim_min) {
+        for (int64_t rr = 0; rr < ncols; ++rr) limr[rr] = static_cast<T>(imax(0, imin(nk, lim[rr] - j0)));
         for (int64_t jj = 0; jj < nk; ++jj) {
-          const V jv = vset(static_cast<T>(j0 + jj));
+          const V jv = vset(static_cast<T>(jj));
           T* srow = S + jj * ldS;
           for (int64_t qv = 0; qv < nqv; ++qv) {
             V x = vload(srow + qv * W);
@@ -663,13 +666,19 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       if (p.mask) {
         for (int64_t rr = 0; rr < n; ++rr) {
           const char* mr = mrows[rr];
-          const int64_t c = imin(nk, static_cast<int64_t>(limr[rr]) - j0);
+          const int64_t c = imin(nk, lim[rr] - j0);
           if (p.mask_bool) {
             for (int64_t jj = 0; jj < c; ++jj)
               if (!mr[(j0 + jj) * p.m_j]) S[jj * ldS + rr] = ninf;
           } else {
             const T* mf = reinterpret_cast<const T*>(mr);
-            for (int64_t jj = 0; jj < c; ++jj) S[jj * ldS + rr] += mf[(j0 + jj) * p.m_j] * mscale;
+            const T lowest = -std::numeric_limits<T>::max();
+            for (int64_t jj = 0; jj < c; ++jj) {
+              const T m = mf[(j0 + jj) * p.m_j];
+              T add = m * mscale;  // finfo.min * log2 e overflows: keep it finite, as the mask was
+              if (add < lowest && m >= lowest) add = lowest;
+              S[jj * ldS + rr] += add;
+            }
           }
         }
       }
@@ -751,13 +760,17 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       for (int64_t rr = 0; rr < n; ++rr) {
         const int64_t r = blk.r0 + rr, g = r / p.Lq, i = r % p.Lq, h = blk.hk * run.G + g;
         const T l = lrow[rr];
-        const T inv = l > 0 ? T(1) / l : T(0);
         T* orow = out + off.o + h * p.o_h + i * p.o_i;
         const T* o = O + rr * EvP;
-        for (int64_t e = 0; e < Ev; ++e) orow[e * p.o_e] = o[e] * inv;
+        if (!(l == 0)) {  // l is NaN when a NaN reached the row: the row stays NaN
+          const T inv = T(1) / l;
+          for (int64_t e = 0; e < Ev; ++e) orow[e * p.o_e] = o[e] * inv;
+        } else {  // no visible key: zeros, whatever P V gathered from other rows' keys
+          for (int64_t e = 0; e < Ev; ++e) orow[e * p.o_e] = 0;
+        }
         if (lse)
           lse[off.l + h * p.l_h + i * p.l_i] =
-              l > 0 ? static_cast<T>(static_cast<double>(mrow[rr]) * kLn2 + std::log(static_cast<double>(l))) : ninf;
+              l == 0 ? ninf : static_cast<T>(static_cast<double>(mrow[rr]) * kLn2 + std::log(static_cast<double>(l)));
       }
     } else {
       T* dst = run.part + static_cast<size_t>(it) * run.part_stride;
@@ -784,11 +797,18 @@ void attn_merge_task(void* ctx, int64_t begin, int64_t end, int) {
     for (int64_t rr = 0; rr < blk.n; ++rr) {
       const int64_t r = blk.r0 + rr, g = r / p.Lq, i = r % p.Lq, h = blk.hk * run.G + g;
       double M = -INFINITY;
+      bool nan = false;
       for (int64_t s = 0; s < ns; ++s) {
         const T* part = run.part + static_cast<size_t>(blk_id * ns + s) * run.part_stride + rr * (EvP + 2);
+        nan = nan || part[EvP + 1] != part[EvP + 1];
         if (part[EvP + 1] > 0 && part[EvP] > M) M = part[EvP];
       }
       T* orow = out + off.o + h * p.o_h + i * p.o_i;
+      if (nan) {  // a NaN reached this row in some split: the row is NaN, as without splitting
+        for (int64_t e = 0; e < p.Ev; ++e) orow[e * p.o_e] = static_cast<T>(NAN);
+        if (lse) lse[off.l + h * p.l_h + i * p.l_i] = static_cast<T>(NAN);
+        continue;
+      }
       double L = 0;
       for (int64_t e = 0; e < p.Ev; ++e) orow[e * p.o_e] = 0;
       if (M != -INFINITY) {
@@ -842,8 +862,8 @@ int attention_impl(const AttnProblem& p) {
     run.part = static_cast<T*>(std::malloc(sizeof(T) * run.part_stride * static_cast<size_t>(run.items)));
     if (!run.part) return 1;
   }
-  parallel_for(run.items, 1, attn_task<T>, &run);
-  if (run.nsplit > 1) parallel_for(blocks, 1, attn_merge_task<T>, &run);
+  parallel_for(run.items, 1, attn_task<T>, &run, nt);
+  if (run.nsplit > 1) parallel_for(blocks, 1, attn_merge_task<T>, &run, nt);
   return 0;
 }
 

@@ -1,12 +1,15 @@
 #include "cpu/thread_pool.h"
 
+#include <pthread.h>
 #include <sched.h>
 
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
+#include <exception>
 #include <memory>
+#include <new>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -34,15 +37,20 @@ class Pool {
   }
   int size() const { return size_; }
 
-  void run(int64_t n, int64_t grain, TaskFn fn, void* ctx) {
+  void run(int64_t n, int64_t grain, TaskFn fn, void* ctx, int width) {
+    if (t_inside_task || size_ == 1 || width <= 1 || n <= grain) {
+      run_inline(n, fn, ctx);
+      return;
+    }
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
-    if (!busy.owns_lock() || size_ == 1 || t_inside_task || n <= grain) {
+    if (!busy.owns_lock()) {
       run_inline(n, fn, ctx);
       return;
     }
     {
       std::lock_guard<std::mutex> lk(m_);
-      fn_ = fn; ctx_ = ctx; n_ = n; grain_ = grain;
+      fn_ = fn; ctx_ = ctx; n_ = n; grain_ = grain; width_ = width;
+      error_ = nullptr;
       next_.store(0, std::memory_order_relaxed);
       pending_ = size_ - 1;
       ++generation_;
@@ -51,23 +59,34 @@ class Pool {
     drain(0);
     std::unique_lock<std::mutex> lk(m_);
     done_cv_.wait(lk, [this] { return pending_ == 0; });
+    if (error_) std::rethrow_exception(error_);
   }
 
  private:
-  static void run_inline(int64_t n, TaskFn fn, void* ctx) {
+  struct InsideTask {  // marks the thread as running a task; restored on any exit
     bool was = t_inside_task;
-    t_inside_task = true;
+    InsideTask() { t_inside_task = true; }
+    ~InsideTask() { t_inside_task = was; }
+  };
+  static void run_inline(int64_t n, TaskFn fn, void* ctx) {
+    InsideTask mark;
     if (n > 0) fn(ctx, 0, n, 0);
-    t_inside_task = was;
   }
   void drain(int tid) {
-    t_inside_task = true;
+    if (tid >= width_) return;
+    InsideTask mark;
     for (;;) {
       int64_t b = next_.fetch_add(grain_, std::memory_order_relaxed);
       if (b >= n_) break;
-      fn_(ctx_, b, std::min(n_, b + grain_), tid);
+      try {
+        fn_(ctx_, b, std::min(n_, b + grain_), tid);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(m_);
+        if (!error_) error_ = std::current_exception();
+        next_.store(n_, std::memory_order_relaxed);  // skip the rest
+        break;
+      }
     }
-    t_inside_task = false;
   }
   void work_loop(int tid) {
     uint64_t seen = 0;
@@ -97,13 +116,25 @@ class Pool {
   TaskFn fn_ = nullptr;
   void* ctx_ = nullptr;
   int64_t n_ = 0, grain_ = 1;
+  int width_ = 1;
+  std::exception_ptr error_;
   std::atomic<int64_t> next_{0};
 };
 
 std::mutex g_pool_mutex;
 std::shared_ptr<Pool> g_pool;
 
+// After fork() the child has the parent's pool object but none of its threads: forget it (leak
+// it: its destructor would join threads that do not exist) and start a fresh one on first use.
+void forget_pool_in_child() {
+  new (&g_pool_mutex) std::mutex();
+  auto* leaked = new std::shared_ptr<Pool>();
+  leaked->swap(g_pool);
+}
+
 std::shared_ptr<Pool> pool() {
+  static const int registered = pthread_atfork(nullptr, nullptr, forget_pool_in_child);
+  (void)registered;
   std::lock_guard<std::mutex> lk(g_pool_mutex);
   if (!g_pool) g_pool = std::make_shared<Pool>(default_num_threads());
   return g_pool;
@@ -126,8 +157,8 @@ int default_num_threads() {
   return hc ? static_cast<int>(hc) : 1;
 }
 
-void parallel_for(int64_t n, int64_t grain, TaskFn fn, void* ctx) {
-  pool()->run(n, std::max<int64_t>(1, grain), fn, ctx);  // the shared_ptr keeps the pool alive
+void parallel_for(int64_t n, int64_t grain, TaskFn fn, void* ctx, int width) {
+  pool()->run(n, std::max<int64_t>(1, grain), fn, ctx, width);  // the shared_ptr keeps the pool alive
 }
 
 int num_threads() { return pool()->size(); }

@@ -33,9 +33,7 @@ void softmax_task(void* ctx, int64_t begin, int64_t end, int tid) {
   const TensorView &x = *c.x, &out = *c.out, &mask = *c.mask;
   const cpu::Kernels& k = cpu::active_kernels();
   const int64_t n = x.shape[c.axis];
-  std::vector<char>& raw = (*c.bufs)[tid];
-  raw.resize(sizeof(T) * static_cast<size_t>(n));
-  T* buf = reinterpret_cast<T*>(raw.data());
+  T* buf = reinterpret_cast<T*>((*c.bufs)[tid].data());  // sized by the caller
   for (int64_t row = begin; row < end; ++row) {
     const T* xr = x.ptr<const T>() + ops::row_offset(x.shape, x.strides, x.ndim, c.axis, row);
     for (int64_t j = 0; j < n; ++j) buf[j] = xr[j * x.strides[c.axis]];
@@ -64,19 +62,6 @@ template <> void ln_row<double>(const cpu::Kernels& k, const double* x, int64_t 
   k.layer_norm_row_f64(x, n, w, b, eps, y);
 }
 
-// Contiguous copy of a 1-d parameter (weight, bias), so the row kernels read it with vector loads.
-template <class T>
-std::vector<T> contiguous_1d(const TensorView& t) {
-  std::vector<T> v;
-  if (!t.present) return v;
-  v.resize(static_cast<size_t>(t.shape[0]));
-  for (int64_t i = 0; i < t.shape[0]; ++i) v[i] = t.ptr<const T>()[i * t.strides[0]];
-  return v;
-}
-
-template <class T>
-struct LayerNormParams { std::vector<T> w, b; };
-
 template <class T>
 void layer_norm_task(void* ctx, int64_t begin, int64_t end, int tid) {
   LayerNormCtx& c = *static_cast<LayerNormCtx*>(ctx);
@@ -84,11 +69,9 @@ void layer_norm_task(void* ctx, int64_t begin, int64_t end, int tid) {
   const cpu::Kernels& k = cpu::active_kernels();
   const int axis = x.ndim - 1;
   const int64_t n = x.shape[axis];
-  std::vector<char>& raw = (*c.bufs)[tid];
   const T* w = c.w->present ? c.w->ptr<const T>() : nullptr;
   const T* b = c.b->present ? c.b->ptr<const T>() : nullptr;
-  raw.resize(sizeof(T) * static_cast<size_t>(n));
-  T* buf = reinterpret_cast<T*>(raw.data());
+  T* buf = reinterpret_cast<T*>((*c.bufs)[tid].data());  // sized by the caller
   for (int64_t row = begin; row < end; ++row) {
     const T* xr = x.ptr<const T>() + ops::row_offset(x.shape, x.strides, x.ndim, axis, row);
     for (int64_t j = 0; j < n; ++j) buf[j] = xr[j * x.strides[axis]];
@@ -122,15 +105,13 @@ void act_task(void* ctx, int64_t begin, int64_t end, int tid) {
   const cpu::Kernels& k = cpu::active_kernels();
   const int axis = x.ndim - 1;
   const int64_t n = x.shape[axis];
-  std::vector<char>& raw = (*c.bufs)[tid];
+  T* buf = reinterpret_cast<T*>((*c.bufs)[tid].data());  // sized by the caller
   for (int64_t row = begin; row < end; ++row) {
     const T* xr = x.ptr<const T>() + ops::row_offset(x.shape, x.strides, x.ndim, axis, row);
     T* orow = out.ptr<T>() + ops::row_offset(out.shape, out.strides, out.ndim, axis, row);
     if (x.strides[axis] == 1) {
       act_row<T>(k, xr, orow, n, c.act);
     } else {
-      raw.resize(sizeof(T) * static_cast<size_t>(n));
-      T* buf = reinterpret_cast<T*>(raw.data());
       for (int64_t j = 0; j < n; ++j) buf[j] = xr[j * x.strides[axis]];
       act_row<T>(k, buf, orow, n, c.act);
     }
@@ -142,6 +123,12 @@ int64_t row_count(const TensorView& x, int axis) {
   for (int d = 0; d < x.ndim; ++d)
     if (d != axis) rows *= x.shape[d];
   return rows;
+}
+
+// One row buffer per thread, allocated before the tasks run (tasks must not allocate).
+std::vector<std::vector<char>> row_buffers(int nthreads, int64_t n, DType dtype) {
+  const size_t bytes = static_cast<size_t>(n) * (dtype == DType::f32 ? 4 : 8);
+  return std::vector<std::vector<char>>(static_cast<size_t>(nthreads), std::vector<char>(bytes));
 }
 
 void same_shape_output(const TensorView& out, const char* name, const TensorView& x) {
@@ -167,10 +154,11 @@ void softmax(const TensorView& x, int axis, const TensorView& mask, const Tensor
   const int64_t n = x.shape[axis];
   const int64_t rows = row_count(x, axis);
   if (n == 0 || rows == 0) return;
-  std::vector<std::vector<char>> bufs(static_cast<size_t>(cpu::num_threads()));
+  const int nt = cpu::num_threads();
+  std::vector<std::vector<char>> bufs = row_buffers(nt, n, x.dtype);
   c.bufs = &bufs;
   const int64_t grain = std::max<int64_t>(1, 4096 / n);
-  cpu::parallel_for(rows, grain, x.dtype == DType::f32 ? softmax_task<float> : softmax_task<double>, &c);
+  cpu::parallel_for(rows, grain, x.dtype == DType::f32 ? softmax_task<float> : softmax_task<double>, &c, nt);
 }
 
 void layer_norm_check(const TensorView& x, const TensorView& residual, const TensorView& weight,
@@ -221,10 +209,11 @@ void layer_norm(const TensorView& x, const TensorView& residual, const TensorVie
     t.data = dst;
     t.strides[0] = 1;
   }
-  std::vector<std::vector<char>> bufs(static_cast<size_t>(cpu::num_threads()));
+  const int nt = cpu::num_threads();
+  std::vector<std::vector<char>> bufs = row_buffers(nt, n, x.dtype);
   LayerNormCtx c{&x, &residual, &w, &b, &out, &sum_out, eps, &bufs};
   const int64_t grain = std::max<int64_t>(1, 8192 / n);
-  cpu::parallel_for(rows, grain, x.dtype == DType::f32 ? layer_norm_task<float> : layer_norm_task<double>, &c);
+  cpu::parallel_for(rows, grain, x.dtype == DType::f32 ? layer_norm_task<float> : layer_norm_task<double>, &c, nt);
 }
 
 void activation(const TensorView& x, Activation act, const TensorView& out) {
@@ -241,10 +230,11 @@ void activation(const TensorView& x, Activation act, const TensorView& out) {
   }
   const int64_t rows = row_count(x, x.ndim - 1), n = x.size(-1);
   if (rows == 0 || n == 0) return;
-  std::vector<std::vector<char>> bufs(static_cast<size_t>(cpu::num_threads()));
+  const int nt = cpu::num_threads();
+  std::vector<std::vector<char>> bufs = row_buffers(nt, n, x.dtype);
   ActCtx c{&x, &out, static_cast<int>(act), &bufs};
   const int64_t grain = std::max<int64_t>(1, 16384 / n);
-  cpu::parallel_for(rows, grain, x.dtype == DType::f32 ? act_task<float> : act_task<double>, &c);
+  cpu::parallel_for(rows, grain, x.dtype == DType::f32 ? act_task<float> : act_task<double>, &c, nt);
 }
 
 void set_num_threads(int n) { cpu::set_num_threads(n); }

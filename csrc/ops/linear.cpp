@@ -33,6 +33,7 @@ void linear_check(const TensorView& x, const TensorView& weight, const TensorVie
   for (int i = 0; i < x.ndim; ++i) out_shape[i] = x.shape[i];
   out_shape[x.ndim - 1] = weight.shape[0];
   ops::checked_numel(x.shape, x.ndim, "x");
+  ops::checked_numel(weight.shape, 2, "weight");
   ops::checked_numel(out_shape, x.ndim, "output");
 }
 
@@ -56,10 +57,9 @@ void f64_linear_task(void* ctx, int64_t begin, int64_t end, int tid) {
   const cpu::Kernels& kern = cpu::active_kernels();
   const TensorView& x = *c.x;
   StridedD W(c.w->ptr<const double>(), c.N, c.K, Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(c.w->strides[0], c.w->strides[1]));
-  std::vector<double>& buf = c.rows[tid];
+  std::vector<double>& buf = c.rows[tid];  // kF64Rows * K, sized by the caller
   for (int64_t blk = begin; blk < end; ++blk) {
     const int64_t m0 = blk * kF64Rows, mlen = std::min(kF64Rows, c.M - m0);
-    buf.resize(static_cast<size_t>(mlen * c.K));
     for (int64_t r = 0; r < mlen; ++r) {
       const double* xr = x.ptr<const double>() + ops::row_offset(x.shape, x.strides, x.ndim, x.ndim - 1, m0 + r);
       for (int64_t kk = 0; kk < c.K; ++kk) buf[r * c.K + kk] = xr[kk * x.strides[x.ndim - 1]];
@@ -103,9 +103,10 @@ void linear(const TensorView& x, const TensorView& weight, const TensorView& bia
     if (cpu::active_kernels().gemm_f32(p) != 0) throw std::bad_alloc();
     return;
   }
-  std::vector<std::vector<double>> rows(static_cast<size_t>(cpu::num_threads()));
+  const int nt = cpu::num_threads();
+  std::vector<std::vector<double>> rows(static_cast<size_t>(nt), std::vector<double>(static_cast<size_t>(kF64Rows * K)));
   F64Linear c{&x, &weight, &bias, out.ptr<double>(), M, N, K, static_cast<int>(act), rows.data()};
-  cpu::parallel_for((M + kF64Rows - 1) / kF64Rows, 1, f64_linear_task, &c);
+  cpu::parallel_for((M + kF64Rows - 1) / kF64Rows, 1, f64_linear_task, &c, nt);
 }
 
 }  // namespace attnkit

@@ -2,6 +2,7 @@
 #include <cmath>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "attnkit/ops.h"
 #include "cpu/isa.h"
@@ -31,6 +32,17 @@ void require_dims(const TensorView& t, const char* name, const char* layout) {
                      std::to_string(3 + cpu::kMaxBatchDims) + " dims, got shape " + shape_str(t));
 }
 
+}  // namespace
+
+namespace {
+// kv_lengths read through its strides into memory of our own: what the kernel uses is what was
+// checked, even if the caller's array changes while the GIL is released.
+std::vector<int64_t> read_lengths(const TensorView& kl) {
+  const int64_t n = ops::checked_numel(kl.shape, kl.ndim, "kv_lengths");
+  std::vector<int64_t> out(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) out[i] = kl.ptr<const int64_t>()[ops::row_offset(kl.shape, kl.strides, kl.ndim, -1, i)];
+  return out;
+}
 }  // namespace
 
 int sdpa_check(const SdpaArgs& a, int64_t* out_shape) {
@@ -66,6 +78,10 @@ int sdpa_check(const SdpaArgs& a, int64_t* out_shape) {
     throw ValueError("key: expected as many heads as query (" + std::to_string(Hq) + "), got " + std::to_string(Hk) +
                      "; pass enable_gqa=True for grouped-query attention");
   }
+  constexpr int64_t kMaxHeadDim = int64_t(1) << 31;
+  if (E > kMaxHeadDim || v.size(-1) > kMaxHeadDim)
+    throw ValueError("query, value: head dims (E=" + std::to_string(E) + ", Ev=" + std::to_string(v.size(-1)) +
+                     ") must be at most 2^31");
   if (a.has_scale && !(std::isfinite(a.scale) && a.scale > 0))
     throw ValueError("scale: expected a finite number > 0, got " + std::to_string(a.scale));
 
@@ -99,12 +115,9 @@ int sdpa_check(const SdpaArgs& a, int64_t* out_shape) {
       for (int i = 0; i < nb; ++i) t.shape[i] = q.shape[i];
       throw ValueError("kv_lengths: expected the batch shape " + shape_str(t) + " of query, got " + shape_str(kl));
     }
-    // contiguous int64 (the binding converts); check the range
-    const int64_t n = ops::checked_numel(kl.shape, kl.ndim, "kv_lengths");
-    const int64_t* p = kl.ptr<int64_t>();
-    for (int64_t i = 0; i < n; ++i)
-      if (p[i] < 0 || p[i] > Lk)
-        throw ValueError("kv_lengths: expected values in [0, Lk=" + std::to_string(Lk) + "], got " + std::to_string(p[i]));
+    for (int64_t len : read_lengths(kl))
+      if (len < 0 || len > Lk)
+        throw ValueError("kv_lengths: expected values in [0, Lk=" + std::to_string(Lk) + "], got " + std::to_string(len));
   }
   return q.ndim;
 }
@@ -148,7 +161,13 @@ void sdpa(const SdpaArgs& a) {
     for (int i = 0; i < nb; ++i) p.m_b[i] = strides[i];
     p.m_h = strides[nd - 3]; p.m_i = strides[nd - 2]; p.m_j = strides[nd - 1];
   }
-  if (a.kv_lengths.present) p.kv_len = a.kv_lengths.ptr<int64_t>();
+  std::vector<int64_t> lengths;
+  if (a.kv_lengths.present) {
+    lengths = read_lengths(a.kv_lengths);
+    for (int64_t len : lengths)
+      if (len < 0 || len > p.Lk) throw ValueError("kv_lengths: changed while the call was checked");
+    p.kv_len = lengths.data();
+  }
   if (p.B == 0 || p.Hq == 0 || p.Lq == 0) return;
   if (cpu::active_kernels().attention(p) != 0) throw std::bad_alloc();
 }
