@@ -478,7 +478,7 @@ int gemm_f32(const GemmProblem& p) {
 // rows, key range). Its rows are query rows of the G = Hq/Hk query heads that share KV head hk
 // (row r = g*Lq + i), so K and V are read once per group. Scores are kept transposed, one row
 // per key and one column per query, so K is read in place and every softmax step is a plain
-// vector operation across queries. For each tile of kBC keys:
+// vector operation across queries. For each tile of run.bc keys:
 //   S^T = K (Q * scale * log2 e)^T     micro-kernel: K rows in place, Q^T packed once per block
 //   mask S^T (causal bound, kv_lengths, attn_mask), only on tiles that need it
 //   online softmax in base 2, per query column: m' = max(m, max_j S); P = 2^(S - m');
