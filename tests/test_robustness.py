@@ -1,7 +1,6 @@
 """Regressions from a review of the core: huge sizes, exceptions in worker tasks, fork, the pool
 resized while kernels run, kv_lengths read once, extreme float masks, NaN behind a full mask."""
 import multiprocessing as mp
-import os
 import subprocess
 import sys
 import textwrap

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import attnkit
-from conftest import as64, assert_close, load_reference, seed_for
+from conftest import as64, assert_close, load_reference
 
 ref = load_reference()
 sdpa = attnkit.scaled_dot_product_attention

@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["load_config", "load_tensors", "load_pretrained", "Tensors", "field"]
+__all__ = ["load_config", "load_tensors", "load_pretrained", "Tensors", "field", "Pretrained"]
 
 _MISSING = object()
 
@@ -102,3 +102,17 @@ class Tensors:
             raise ValueError(f"{self.origin}: tensor '{key}' has shape {stored}, expected "
                              f"{tuple(reversed(shape)) if transpose else tuple(shape)}")
         return np.ascontiguousarray(array, dtype=self.dtype)
+
+
+class Pretrained:
+    """``from_pretrained(directory)`` for a model class with a ``config_class`` (having ``from_dict``) and a
+    ``from_state_dict(tensors, config, *, dtype, origin)`` constructor."""
+
+    config_class: Any = None
+
+    @classmethod
+    def from_pretrained(cls, directory, *, dtype=np.float32):
+        """Load ``directory``/config.json + model.safetensors (as written by ``save_pretrained``)."""
+        config, tensors = load_pretrained(directory)
+        return cls.from_state_dict(tensors, cls.config_class.from_dict(config), dtype=dtype,
+                                   origin=os.path.join(os.fspath(directory), "model.safetensors"))

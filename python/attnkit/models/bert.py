@@ -11,7 +11,6 @@ The checkpoint's separate query/key/value projections are packed into one (3E, E
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from .. import nn
 from ..nn.layers import AttentionMask
-from ._checkpoint import Tensors, field, load_pretrained
+from ._checkpoint import Pretrained, Tensors, field
 
 __all__ = ["BertConfig", "BertEmbeddings", "BertModel"]
 
@@ -93,18 +92,13 @@ class BertEmbeddings(nn.Module):
         return self.norm(self.word[input_ids], residual=extra)                 # LN(word + position + type)
 
 
-class BertModel(nn.Module):
+class BertModel(Pretrained, nn.Module):
     """A BERT-family encoder. ``model(input_ids, attention_mask=None, token_type_ids=None)`` -> (B, L, hidden)."""
+
+    config_class = BertConfig
 
     def __init__(self, config: BertConfig, embeddings: BertEmbeddings, encoder: nn.Encoder):
         self.config, self.embeddings, self.encoder = config, embeddings, encoder
-
-    @classmethod
-    def from_pretrained(cls, directory, *, dtype=np.float32) -> "BertModel":
-        """Load ``directory``/config.json + model.safetensors (as written by ``save_pretrained``)."""
-        config, tensors = load_pretrained(directory)
-        return cls.from_state_dict(tensors, BertConfig.from_dict(config), dtype=dtype,
-                                   origin=os.path.join(os.fspath(directory), "model.safetensors"))
 
     @classmethod
     def from_config(cls, config: BertConfig, *, rng=None, std: float = 0.02, dtype=np.float32) -> "BertModel":

@@ -12,7 +12,6 @@ the (out, in) layout of ``attnkit.linear``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -21,7 +20,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..nn.layers import AttentionMask
-from ._checkpoint import Tensors, field, load_pretrained
+from ._checkpoint import Pretrained, Tensors, field
 
 __all__ = ["GPT2Config", "GPT2Block", "GPT2LMHeadModel"]
 
@@ -84,21 +83,16 @@ class GPT2Block(nn.Module):
         return out
 
 
-class GPT2LMHeadModel(nn.Module):
+class GPT2LMHeadModel(Pretrained, nn.Module):
     """GPT-2 language model. ``model(input_ids)`` -> logits (B, L, vocab); ``model.generate(...)`` decodes."""
+
+    config_class = GPT2Config
 
     def __init__(self, config: GPT2Config, wte, wpe, blocks, ln_f: nn.LayerNorm, lm_head=None):
         self.config = config
         self.wte, self.wpe = wte, wpe                        # (V, E), (n_positions, E)
         self.blocks, self.ln_f = list(blocks), ln_f
         self.lm_head = wte if lm_head is None else lm_head   # (V, E): logits = h @ lm_head^T
-
-    @classmethod
-    def from_pretrained(cls, directory, *, dtype=np.float32) -> "GPT2LMHeadModel":
-        """Load ``directory``/config.json + model.safetensors (as written by ``save_pretrained``)."""
-        config, tensors = load_pretrained(directory)
-        return cls.from_state_dict(tensors, GPT2Config.from_dict(config), dtype=dtype,
-                                   origin=os.path.join(os.fspath(directory), "model.safetensors"))
 
     @classmethod
     def from_config(cls, config: GPT2Config, *, rng=None, std: float = 0.02, dtype=np.float32) -> "GPT2LMHeadModel":
