@@ -16,7 +16,7 @@ import tempfile
 
 import numpy as np
 
-from attnkit.models import BertModel
+from attnkit.models import BertConfig, BertModel
 
 
 def tokenize(directory, sentences):
@@ -52,19 +52,7 @@ def write_demo_checkpoint(directory, rng):
                   layer_norm_eps=1e-12, pad_token_id=0)
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(config, f)
-    t = {"embeddings.word_embeddings.weight": (V, E), "embeddings.position_embeddings.weight": (64, E),
-         "embeddings.token_type_embeddings.weight": (2, E)}
-    for i in range(layers):
-        p = f"encoder.layer.{i}."
-        for n in ("query", "key", "value"):
-            t.update({f"{p}attention.self.{n}.weight": (E, E), f"{p}attention.self.{n}.bias": (E,)})
-        t.update({f"{p}attention.output.dense.weight": (E, E), f"{p}attention.output.dense.bias": (E,),
-                  f"{p}intermediate.dense.weight": (F, E), f"{p}intermediate.dense.bias": (F,),
-                  f"{p}output.dense.weight": (E, F), f"{p}output.dense.bias": (E,)})
-    tensors = {k: rng.normal(0, 0.1, s).astype(np.float32) for k, s in t.items()}
-    for ln in ["embeddings.LayerNorm"] + [f"encoder.layer.{i}.{w}.LayerNorm" for i in range(layers)
-                                          for w in ("attention.output", "output")]:
-        tensors[ln + ".weight"], tensors[ln + ".bias"] = np.ones(E, np.float32), np.zeros(E, np.float32)
+    tensors = BertModel.random_state_dict(BertConfig.from_dict(config), rng=rng, std=0.1)
     save_file(tensors, os.path.join(directory, "model.safetensors"))
     try:
         from tokenizers import Tokenizer, models, pre_tokenizers, processors

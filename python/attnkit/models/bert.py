@@ -100,9 +100,9 @@ class BertModel(Pretrained, nn.Module):
     def __init__(self, config: BertConfig, embeddings: BertEmbeddings, encoder: nn.Encoder):
         self.config, self.embeddings, self.encoder = config, embeddings, encoder
 
-    @classmethod
-    def from_config(cls, config: BertConfig, *, rng=None, std: float = 0.02, dtype=np.float32) -> "BertModel":
-        """A model with random weights N(0, std) (LayerNorms at 1, 0), built through the checkpoint layout."""
+    @staticmethod
+    def random_state_dict(config: BertConfig, *, rng=None, std: float = 0.02) -> dict:
+        """Random tensors in the Hugging Face checkpoint layout: weights N(0, std), LayerNorms at 1, 0."""
         rng = np.random.default_rng(rng)
         c = config
         E, F = c.hidden_size, c.intermediate_size
@@ -121,7 +121,13 @@ class BertModel(Pretrained, nn.Module):
         tensors = {k: rng.standard_normal(s, dtype=np.float32) * np.float32(std) for k, s in shapes.items()}
         for name in norms:
             tensors[f"{name}.weight"], tensors[f"{name}.bias"] = np.ones(E, np.float32), np.zeros(E, np.float32)
-        return cls.from_state_dict(tensors, c, dtype=dtype, origin="random weights")
+        return tensors
+
+    @classmethod
+    def from_config(cls, config: BertConfig, *, rng=None, std: float = 0.02, dtype=np.float32) -> "BertModel":
+        """A model with random weights N(0, std) (LayerNorms at 1, 0), built through the checkpoint layout."""
+        return cls.from_state_dict(cls.random_state_dict(config, rng=rng, std=std), config, dtype=dtype,
+                                   origin="random weights")
 
     @classmethod
     def from_state_dict(cls, tensors: dict, config: BertConfig, *, dtype=np.float32,
