@@ -6,10 +6,9 @@
 #include <cstdint>
 #include <string>
 
+#include "attnkit/backend.h"
 #include "attnkit/ops.h"
-#include "cpu/isa.h"
-#include "cpu/kernels.h"
-#include "cpu/thread_pool.h"
+#include "attnkit/runtime.h"
 
 namespace py = pybind11;
 using namespace attnkit;
@@ -65,8 +64,10 @@ Activation parse_activation(const std::string& name) {
   throw ValueError("activation: expected None, 'relu', 'gelu' or 'gelu_tanh', got '" + name + "'");
 }
 
+py::object new_output(const OutputSpec& spec) { return new_array(spec.dtype, spec.shape, spec.ndim); }
+
 py::object py_sdpa(py::handle query, py::handle key, py::handle value, py::handle attn_mask, const std::string& causal,
-                py::object scale, bool enable_gqa, py::handle kv_lengths, bool return_lse, py::handle out) {
+                   py::object scale, bool enable_gqa, py::handle kv_lengths, bool return_lse, py::handle out) {
   SdpaArgs a;
   a.query = view_of(query, "query");
   a.key = view_of(key, "key");
@@ -88,94 +89,81 @@ py::object py_sdpa(py::handle query, py::handle key, py::handle value, py::handl
     a.scale = scale.cast<double>();
   }
   a.enable_gqa = enable_gqa;
-  int64_t shape[kMaxDims];
-  const int nd = sdpa_check(a, shape);
-  py::object out_arr = out.is_none() ? py::object(new_array(a.query.dtype, shape, nd)) : py::reinterpret_borrow<py::object>(out);
-  a.out = view_of(out_arr, "out");
+  SdpaPlan plan;
+  sdpa_prepare(a, plan);
+  py::object out_arr = out.is_none() ? new_output(plan.out) : py::reinterpret_borrow<py::object>(out);
+  TensorView ov = view_of(out_arr, "out"), lv;
   py::object lse_arr = py::none();
   if (return_lse) {
-    lse_arr = new_array(a.query.dtype, shape, nd - 1);
-    a.lse = view_of(lse_arr, "lse");
+    lse_arr = new_output(plan.lse);
+    lv = view_of(lse_arr, "lse");
   }
   {
     py::gil_scoped_release nogil;
-    attnkit::sdpa(a);
+    sdpa_run(plan, ov, lv);
   }
   if (return_lse) return py::make_tuple(out_arr, lse_arr);
   return out_arr;
 }
 
-py::array py_softmax(py::handle x, int axis, py::handle mask) {
-  TensorView xv = view_of(x, "x");
-  if (!xv.present) throw TypeError("x: expected a numpy.ndarray, got None");
-  TensorView mv = view_of(mask, "mask");
-  if (xv.dtype != DType::f32 && xv.dtype != DType::f64)
-    throw TypeError(std::string("x: expected a float32 or float64 array, got dtype ") + dtype_name(xv.dtype));
-  py::array out = new_array(xv.dtype, xv.shape, xv.ndim);
-  TensorView ov = view_of(out, "out");
-  py::gil_scoped_release nogil;
-  attnkit::softmax(xv, axis, mv, ov);
-  return out;
+TensorView required_view(py::handle h, const char* name) {
+  TensorView t = view_of(h, name);
+  if (!t.present) throw TypeError(std::string(name) + ": expected a numpy.ndarray, got None");
+  return t;
 }
 
-py::array py_linear(py::handle x, py::handle weight, py::handle bias, const std::string& act) {
-  TensorView xv = view_of(x, "x"), wv = view_of(weight, "weight"), bv = view_of(bias, "bias");
-  if (!xv.present) throw TypeError("x: expected a numpy.ndarray, got None");
-  if (!wv.present) throw TypeError("weight: expected a numpy.ndarray, got None");
-  const Activation a = parse_activation(act);
-  linear_check(xv, wv, bv);
-  int64_t shape[kMaxDims];
-  for (int i = 0; i < xv.ndim; ++i) shape[i] = xv.shape[i];
-  shape[xv.ndim - 1] = wv.shape[0];
-  py::array out = new_array(xv.dtype, shape, xv.ndim);
-  TensorView ov = view_of(out, "out");
-  py::gil_scoped_release nogil;
-  attnkit::linear(xv, wv, bv, a, ov);
-  return out;
-}
-
-py::object py_layer_norm(py::handle x, py::handle residual, py::handle weight, py::handle bias, double eps, bool return_sum) {
-  TensorView xv = view_of(x, "x"), rv = view_of(residual, "residual");
-  TensorView wv = view_of(weight, "weight"), bv = view_of(bias, "bias");
-  if (!xv.present) throw TypeError("x: expected a numpy.ndarray, got None");
-  layer_norm_check(xv, rv, wv, bv, eps);
-  py::array out = new_array(xv.dtype, xv.shape, xv.ndim);
+// Allocate the output (and the sum) of a row op, run it without the GIL.
+py::object run_rows(RowPlan& plan, bool return_sum) {
+  py::object out = new_output(plan.out), sum = py::none();
   TensorView ov = view_of(out, "out"), sv;
-  py::object sum = py::none();
   if (return_sum) {
-    sum = new_array(xv.dtype, xv.shape, xv.ndim);
+    sum = new_output(plan.out);
     sv = view_of(sum, "sum");
   }
   {
     py::gil_scoped_release nogil;
-    attnkit::layer_norm(xv, rv, wv, bv, eps, ov, sv);
+    rows_run(plan, ov, sv);
   }
   if (return_sum) return py::make_tuple(out, sum);
   return out;
 }
 
-py::array py_activation(py::handle x, const std::string& act) {
-  TensorView xv = view_of(x, "x");
-  if (!xv.present) throw TypeError("x: expected a numpy.ndarray, got None");
-  const Activation a = parse_activation(act);
-  if (xv.dtype != DType::f32 && xv.dtype != DType::f64)
-    throw TypeError(std::string("x: expected a float32 or float64 array, got dtype ") + dtype_name(xv.dtype));
-  py::array out = new_array(xv.dtype, xv.shape, xv.ndim);
+py::object py_softmax(py::handle x, int axis, py::handle mask) {
+  RowPlan plan;
+  softmax_prepare(required_view(x, "x"), axis, view_of(mask, "mask"), plan);
+  return run_rows(plan, false);
+}
+
+py::object py_linear(py::handle x, py::handle weight, py::handle bias, const std::string& act) {
+  TensorView xv = required_view(x, "x"), wv = required_view(weight, "weight"), bv = view_of(bias, "bias");
+  GemmPlan plan;
+  linear_prepare(xv, wv, bv, parse_activation(act), plan);
+  py::object out = new_output(plan.out);
   TensorView ov = view_of(out, "out");
   py::gil_scoped_release nogil;
-  attnkit::activation(xv, a, ov);
+  linear_run(plan, ov);
   return out;
 }
 
-std::vector<std::string> isa_names(const std::vector<cpu::Isa>& v) {
-  std::vector<std::string> out;
-  for (cpu::Isa i : v) out.emplace_back(cpu::isa_name(i));
-  return out;
+py::object py_layer_norm(py::handle x, py::handle residual, py::handle weight, py::handle bias, double eps, bool return_sum) {
+  RowPlan plan;
+  layer_norm_prepare(required_view(x, "x"), view_of(residual, "residual"), view_of(weight, "weight"),
+                     view_of(bias, "bias"), eps, plan);
+  return run_rows(plan, return_sum);
+}
+
+py::object py_activation(py::handle x, const std::string& act) {
+  TensorView xv = required_view(x, "x");
+  const Activation a = parse_activation(act);
+  RowPlan plan;
+  activation_prepare(xv, a, plan);
+  return run_rows(plan, false);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
+  register_backend(Device::cpu, &cpu_backend());
   m.doc() = "attnkit's compiled core: attention, softmax, linear, layer_norm and activation kernels";
   py::register_exception_translator([](std::exception_ptr p) {
     try {
@@ -195,9 +183,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("activation", &py_activation, py::arg("x"), py::arg("activation"));
   m.def("set_num_threads", &attnkit::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &attnkit::get_num_threads);
-  m.def("get_isa", [] { return std::string(cpu::isa_name(cpu::current_isa())); });
-  m.def("set_isa", [](const std::string& name) { cpu::set_isa(cpu::parse_isa(name)); }, py::arg("name"));
-  m.def("usable_isas", [] { return isa_names(cpu::usable_isas()); });
-  m.def("compiled_isas", [] { return isa_names(cpu::compiled_isas()); });
+  m.def("get_isa", &attnkit::get_isa);
+  m.def("set_isa", &attnkit::set_isa, py::arg("name"));
+  m.def("usable_isas", &attnkit::usable_isas);
+  m.def("compiled_isas", &attnkit::compiled_isas);
   m.attr("__version__") = ATTNKIT_VERSION;
 }

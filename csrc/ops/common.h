@@ -3,15 +3,36 @@
 #include <cmath>
 #include <string>
 
+#include "attnkit/backend.h"
+#include "attnkit/ops.h"
 #include "attnkit/tensor.h"
 
 namespace attnkit { namespace ops {
 
-inline bool is_float(DType d) { return d == DType::f32 || d == DType::f64; }
+// "float32 or float64": the floating dtypes `be` computes, for messages.
+inline std::string supported_dtypes(const Backend& be) {
+  const DType all[] = {DType::f32, DType::f64, DType::f16, DType::bf16};
+  std::string s, last;
+  for (DType d : all) {
+    if (!be.supports(d)) continue;
+    if (!last.empty()) s += s.empty() ? last : ", " + last;
+    last = dtype_name(d);
+  }
+  return s.empty() ? last : s + " or " + last;
+}
 
-inline void require_float(const TensorView& t, const char* name) {
-  if (!is_float(t.dtype))
-    throw TypeError(std::string(name) + ": expected a float32 or float64 array, got dtype " + dtype_name(t.dtype));
+// t is a floating array that `be` computes.
+inline void require_float(const Backend& be, const TensorView& t, const char* name) {
+  if (!is_floating(t.dtype) || !be.supports(t.dtype))
+    throw TypeError(std::string(name) + ": expected a " + supported_dtypes(be) + " array, got dtype " + dtype_name(t.dtype));
+}
+
+// t lives where ref lives (all arrays of one call on one device).
+inline void require_same_device(const TensorView& t, const char* name, const TensorView& ref, const char* ref_name) {
+  if (t.present && (t.device != ref.device || t.device_index != ref.device_index))
+    throw TypeError(std::string(name) + ": on " + device_name(t.device) + ":" + std::to_string(t.device_index) + ", but " +
+                    ref_name + " is on " + device_name(ref.device) + ":" + std::to_string(ref.device_index) +
+                    " (all arrays of a call must be on one device)");
 }
 
 inline void require_same_dtype(const TensorView& t, const char* name, const TensorView& ref, const char* ref_name) {
@@ -33,7 +54,13 @@ inline int64_t checked_numel(const int64_t* shape, int n, const char* what) {
   return total;
 }
 
-inline void require_output(const TensorView& out, const char* name, DType dtype, const int64_t* shape, int ndim) {
+inline void require_output(const TensorView& out, const char* name, const OutputSpec& spec) {
+  const DType dtype = spec.dtype;
+  const int64_t* shape = spec.shape;
+  const int ndim = spec.ndim;
+  if (out.device != spec.device)
+    throw TypeError(std::string(name) + ": expected an array on " + device_name(spec.device) + ", got one on " +
+                    device_name(out.device));
   if (out.dtype != dtype)
     throw TypeError(std::string(name) + ": expected dtype " + dtype_name(dtype) + ", got " + dtype_name(out.dtype));
   bool same = out.ndim == ndim;
@@ -50,6 +77,18 @@ inline void require_output(const TensorView& out, const char* name, DType dtype,
   for (int i = 0; i < ndim && !empty; ++i)
     if (out.strides[i] == 0 && out.shape[i] > 1)
       throw ValueError(std::string(name) + ": the array has a zero stride (a broadcast view cannot be written)");
+}
+
+// Row-major contiguous (size-1 dims may have any stride).
+inline bool is_contiguous(const TensorView& t) {
+  for (int i = 0; i < t.ndim; ++i)
+    if (t.shape[i] == 0) return true;
+  int64_t expect = 1;
+  for (int i = t.ndim - 1; i >= 0; --i) {
+    if (t.shape[i] != 1 && t.strides[i] != expect) return false;
+    expect *= t.shape[i];
+  }
+  return true;
 }
 
 // Strides of `mask` broadcast to `target` (numpy rules, right-aligned), 0 on broadcast dims.

@@ -1,40 +1,21 @@
-// scaled_dot_product_attention: every check, then one kernel call.
+// scaled_dot_product_attention: every check once, the problem built once, then the backend.
 #include <cmath>
-#include <new>
 #include <string>
 #include <vector>
 
+#include "attnkit/backend.h"
 #include "attnkit/ops.h"
-#include "cpu/isa.h"
-#include "cpu/kernels.h"
 #include "ops/common.h"
 
 namespace attnkit {
-
-std::string shape_str(const TensorView& t) {
-  std::string s = "(";
-  for (int i = 0; i < t.ndim; ++i) {
-    if (i) s += ", ";
-    s += std::to_string(t.shape[i]);
-  }
-  if (t.ndim == 1) s += ",";
-  return s + ")";
-}
-
 namespace {
-
-using ops::require_float;
-using ops::require_same_dtype;
 
 void require_dims(const TensorView& t, const char* name, const char* layout) {
-  if (t.ndim < 3 || t.ndim > 3 + cpu::kMaxBatchDims)
+  if (t.ndim < 3 || t.ndim > 3 + kMaxBatchDims)
     throw ValueError(std::string(name) + ": expected a " + layout + " array with 3 to " +
-                     std::to_string(3 + cpu::kMaxBatchDims) + " dims, got shape " + shape_str(t));
+                     std::to_string(3 + kMaxBatchDims) + " dims, got shape " + shape_str(t));
 }
 
-}  // namespace
-
-namespace {
 // kv_lengths read through its strides into memory of our own: what the kernel uses is what was
 // checked, even if the caller's array changes while the GIL is released.
 std::vector<int64_t> read_lengths(const TensorView& kl) {
@@ -43,15 +24,17 @@ std::vector<int64_t> read_lengths(const TensorView& kl) {
   for (int64_t i = 0; i < n; ++i) out[i] = kl.ptr<const int64_t>()[ops::row_offset(kl.shape, kl.strides, kl.ndim, -1, i)];
   return out;
 }
-}  // namespace
 
-int sdpa_check(const SdpaArgs& a, int64_t* out_shape) {
+void check_inputs(const Backend& be, const SdpaArgs& a) {
   const TensorView &q = a.query, &k = a.key, &v = a.value;
-  require_float(q, "query");
-  require_float(k, "key");
-  require_float(v, "value");
-  require_same_dtype(k, "key", q, "query");
-  require_same_dtype(v, "value", q, "query");
+  ops::require_float(be, q, "query");
+  ops::require_float(be, k, "key");
+  ops::require_float(be, v, "value");
+  ops::require_same_dtype(k, "key", q, "query");
+  ops::require_same_dtype(v, "value", q, "query");
+  ops::require_same_device(k, "key", q, "query");
+  ops::require_same_device(v, "value", q, "query");
+  ops::require_same_device(a.attn_mask, "attn_mask", q, "query");
   require_dims(q, "query", "(..., Hq, Lq, E)");
   require_dims(k, "key", "(..., Hk, Lk, E)");
   require_dims(v, "value", "(..., Hk, Lk, Ev)");
@@ -84,92 +67,102 @@ int sdpa_check(const SdpaArgs& a, int64_t* out_shape) {
                      ") must be at most 2^31");
   if (a.has_scale && !(std::isfinite(a.scale) && a.scale > 0))
     throw ValueError("scale: expected a finite number > 0, got " + std::to_string(a.scale));
-
-  for (int i = 0; i < q.ndim; ++i) out_shape[i] = q.shape[i];
-  out_shape[q.ndim - 1] = v.size(-1);
   ops::checked_numel(q.shape, q.ndim, "query");
   ops::checked_numel(k.shape, k.ndim, "key");
   ops::checked_numel(v.shape, v.ndim, "value");
-  ops::checked_numel(out_shape, q.ndim, "output");
-
-  if (a.attn_mask.present) {
-    const TensorView& m = a.attn_mask;
-    if (m.dtype != DType::boolean && m.dtype != q.dtype)
-      throw TypeError(std::string("attn_mask: expected a bool array or a float array of the query dtype (") +
-                      dtype_name(q.dtype) + "), got " + dtype_name(m.dtype));
-    int64_t target[3 + cpu::kMaxBatchDims], strides[3 + cpu::kMaxBatchDims];
-    for (int i = 0; i < q.ndim; ++i) target[i] = q.shape[i];
-    target[q.ndim - 1] = Lk;
-    TensorView t; t.ndim = q.ndim;
-    for (int i = 0; i < q.ndim; ++i) t.shape[i] = target[i];
-    ops::broadcast_strides(m, target, q.ndim, strides, "attn_mask", "(..., Hq, Lq, Lk) = " + shape_str(t));
-    ops::checked_numel(target, q.ndim, "attn_mask");
-  }
-  if (a.kv_lengths.present) {
-    const TensorView& kl = a.kv_lengths;
-    if (kl.dtype != DType::i64) throw TypeError("kv_lengths: expected an integer array");
-    bool ok = kl.ndim == nb;
-    for (int i = 0; ok && i < nb; ++i) ok = kl.shape[i] == q.shape[i];
-    if (!ok) {
-      TensorView t; t.ndim = nb;
-      for (int i = 0; i < nb; ++i) t.shape[i] = q.shape[i];
-      throw ValueError("kv_lengths: expected the batch shape " + shape_str(t) + " of query, got " + shape_str(kl));
-    }
-    for (int64_t len : read_lengths(kl))
-      if (len < 0 || len > Lk)
-        throw ValueError("kv_lengths: expected values in [0, Lk=" + std::to_string(Lk) + "], got " + std::to_string(len));
-  }
-  return q.ndim;
 }
 
-void sdpa(const SdpaArgs& a) {
-  int64_t out_shape[kMaxDims];
-  const int nd = sdpa_check(a, out_shape);
-  const TensorView &q = a.query, &k = a.key, &v = a.value;
-  ops::require_output(a.out, "out", q.dtype, out_shape, nd);
-  if (a.lse.present) ops::require_output(a.lse, "lse", q.dtype, out_shape, nd - 1);
-  const int nb = nd - 3;
+}  // namespace
 
-  cpu::AttnProblem p;
-  p.f64 = q.dtype == DType::f64;
-  p.q = q.data; p.k = k.data; p.v = v.data; p.out = a.out.data;
-  p.lse = a.lse.present ? a.lse.data : nullptr;
+void sdpa_prepare(const SdpaArgs& a, SdpaPlan& plan) {
+  const TensorView &q = a.query, &k = a.key, &v = a.value;
+  const Backend& be = backend_for(q.device, "query");
+  check_inputs(be, a);
+  const int nd = q.ndim, nb = nd - 3;
+
+  OutputSpec& out = plan.out;
+  out.dtype = q.dtype;
+  out.device = q.device;
+  out.ndim = nd;
+  for (int i = 0; i < nd; ++i) out.shape[i] = q.shape[i];
+  out.shape[nd - 1] = v.size(-1);
+  ops::checked_numel(out.shape, nd, "output");
+  plan.lse = out;
+  plan.lse.ndim = nd - 1;
+
+  AttnProblem& p = plan.problem;
+  p = AttnProblem();
+  p.dtype = q.dtype;
+  p.q = q.data; p.k = k.data; p.v = v.data;
   p.B = 1;
   p.nbatch = nb;
   for (int i = 0; i < nb; ++i) {
     p.batch_shape[i] = q.shape[i];
     p.B *= q.shape[i];
-    p.q_b[i] = q.strides[i]; p.k_b[i] = k.strides[i]; p.v_b[i] = v.strides[i]; p.o_b[i] = a.out.strides[i];
-    if (a.lse.present) p.l_b[i] = a.lse.strides[i];
+    p.q_b[i] = q.strides[i]; p.k_b[i] = k.strides[i]; p.v_b[i] = v.strides[i];
   }
   p.Hq = q.size(-3); p.Lq = q.size(-2); p.E = q.size(-1);
   p.Hk = k.size(-3); p.Lk = k.size(-2); p.Ev = v.size(-1);
   p.q_h = q.stride(-3); p.q_i = q.stride(-2); p.q_e = q.stride(-1);
   p.k_h = k.stride(-3); p.k_j = k.stride(-2); p.k_e = k.stride(-1);
   p.v_h = v.stride(-3); p.v_j = v.stride(-2); p.v_e = v.stride(-1);
-  p.o_h = a.out.stride(-3); p.o_i = a.out.stride(-2); p.o_e = a.out.stride(-1);
-  if (a.lse.present) { p.l_h = a.lse.stride(-2); p.l_i = a.lse.stride(-1); }
   p.scale = a.has_scale ? a.scale : (p.E > 0 ? 1.0 / std::sqrt(static_cast<double>(p.E)) : 1.0);
-  p.causal = a.causal == CausalAlign::top_left ? 1 : a.causal == CausalAlign::bottom_right ? 2 : 0;
+  p.causal = a.causal;
+  p.stream = a.stream;
+
   if (a.attn_mask.present) {
+    const TensorView& m = a.attn_mask;
+    if (m.dtype != DType::boolean && m.dtype != q.dtype)
+      throw TypeError(std::string("attn_mask: expected a bool array or a float array of the query dtype (") +
+                      dtype_name(q.dtype) + "), got " + dtype_name(m.dtype));
     int64_t target[kMaxDims], strides[kMaxDims];
-    for (int i = 0; i < nd; ++i) target[i] = q.shape[i];
-    target[nd - 1] = p.Lk;
-    ops::broadcast_strides(a.attn_mask, target, nd, strides, "attn_mask", "");
-    p.mask = a.attn_mask.data;
-    p.mask_bool = a.attn_mask.dtype == DType::boolean;
+    TensorView t;
+    t.ndim = nd;
+    for (int i = 0; i < nd; ++i) t.shape[i] = target[i] = q.shape[i];
+    t.shape[nd - 1] = target[nd - 1] = p.Lk;
+    ops::broadcast_strides(m, target, nd, strides, "attn_mask", "(..., Hq, Lq, Lk) = " + shape_str(t));
+    ops::checked_numel(target, nd, "attn_mask");
+    p.mask = m.data;
+    p.mask_bool = m.dtype == DType::boolean;
     for (int i = 0; i < nb; ++i) p.m_b[i] = strides[i];
     p.m_h = strides[nd - 3]; p.m_i = strides[nd - 2]; p.m_j = strides[nd - 1];
   }
-  std::vector<int64_t> lengths;
+  plan.kv_lengths.clear();
   if (a.kv_lengths.present) {
-    lengths = read_lengths(a.kv_lengths);
-    for (int64_t len : lengths)
-      if (len < 0 || len > p.Lk) throw ValueError("kv_lengths: changed while the call was checked");
-    p.kv_len = lengths.data();
+    const TensorView& kl = a.kv_lengths;
+    if (kl.dtype != DType::i64) throw TypeError("kv_lengths: expected an integer array");
+    if (kl.device != Device::cpu) throw TypeError("kv_lengths: expected a host (NumPy) array");
+    bool ok = kl.ndim == nb;
+    for (int i = 0; ok && i < nb; ++i) ok = kl.shape[i] == q.shape[i];
+    if (!ok) {
+      TensorView t;
+      t.ndim = nb;
+      for (int i = 0; i < nb; ++i) t.shape[i] = q.shape[i];
+      throw ValueError("kv_lengths: expected the batch shape " + shape_str(t) + " of query, got " + shape_str(kl));
+    }
+    plan.kv_lengths = read_lengths(kl);
+    for (int64_t len : plan.kv_lengths)
+      if (len < 0 || len > p.Lk)
+        throw ValueError("kv_lengths: expected values in [0, Lk=" + std::to_string(p.Lk) + "], got " + std::to_string(len));
+    p.kv_len = plan.kv_lengths.data();
+  }
+}
+
+void sdpa_run(SdpaPlan& plan, const TensorView& out, const TensorView& lse) {
+  AttnProblem& p = plan.problem;
+  ops::require_output(out, "out", plan.out);
+  if (lse.present) ops::require_output(lse, "lse", plan.lse);
+  const int nd = plan.out.ndim, nb = nd - 3;
+  p.out = out.data;
+  for (int i = 0; i < nb; ++i) p.o_b[i] = out.strides[i];
+  p.o_h = out.stride(-3); p.o_i = out.stride(-2); p.o_e = out.stride(-1);
+  p.lse = lse.present ? lse.data : nullptr;
+  if (lse.present) {
+    for (int i = 0; i < nb; ++i) p.l_b[i] = lse.strides[i];
+    p.l_h = lse.stride(-2); p.l_i = lse.stride(-1);
   }
   if (p.B == 0 || p.Hq == 0 || p.Lq == 0) return;
-  if (cpu::active_kernels().attention(p) != 0) throw std::bad_alloc();
+  backend_for(plan.out.device, "query").attention(p);
 }
 
 }  // namespace attnkit

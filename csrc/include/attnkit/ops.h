@@ -1,50 +1,73 @@
-// The C++ API of attnkit: one entry point per op. Each entry point validates its arguments
-// (throwing ValueError / TypeError naming the argument) and then dispatches to a kernel.
+// The C++ API of attnkit: one entry point per op, in two steps.
+//   prepare: checks every input (TypeError / ValueError naming the argument), builds the backend
+//            problem once, and says the output's shape and dtype, so the caller can allocate it;
+//   run:     checks the outputs the caller passes, then hands the problem to the backend of the
+//            inputs' device (csrc/include/attnkit/backend.h).
+// Nothing here releases the GIL or knows about Python; the bindings do that.
 #pragma once
 #include <string>
+#include <vector>
+
+#include "attnkit/problems.h"
 #include "attnkit/tensor.h"
 
 namespace attnkit {
 
-enum class Activation { none, relu, gelu, gelu_tanh };
-enum class CausalAlign { none, top_left, bottom_right };
+// The shape and dtype of an op's result (and of its second result: lse, sum).
+struct OutputSpec {
+  DType dtype = DType::f32;
+  Device device = Device::cpu;
+  int ndim = 0;
+  int64_t shape[kMaxDims] = {};
+};
 
+// ---- scaled_dot_product_attention -----------------------------------------------------------
 struct SdpaArgs {
   TensorView query, key, value;   // (..., Hq, Lq, E), (..., Hk, Lk, E), (..., Hk, Lk, Ev)
   TensorView attn_mask;           // optional: bool or query dtype, broadcastable to (..., Hq, Lq, Lk)
-  TensorView kv_lengths;          // optional: int64 of the batch shape (...)
-  TensorView out;                 // (..., Hq, Lq, Ev), allocated by the caller after sdpa_output_shape
-  TensorView lse;                 // optional: (..., Hq, Lq)
+  TensorView kv_lengths;          // optional: int64 of the batch shape (...), host memory
   CausalAlign causal = CausalAlign::none;
   bool has_scale = false;
   double scale = 0.0;
   bool enable_gqa = false;
+  void* stream = nullptr;         // cuda: the caller's stream
 };
 
-// Validates everything but the outputs; fills the output shape (ndim of query) and returns its ndim.
-int sdpa_check(const SdpaArgs& a, int64_t* out_shape);
-// Validates the outputs too, then computes. Releases nothing: the caller releases the GIL.
-void sdpa(const SdpaArgs& a);
+struct SdpaPlan {
+  AttnProblem problem;
+  OutputSpec out, lse;            // out (..., Hq, Lq, Ev); lse (..., Hq, Lq)
+  std::vector<int64_t> kv_lengths;  // a checked copy; problem.kv_len points here
+  SdpaPlan() = default;
+  SdpaPlan(const SdpaPlan&) = delete;
+  SdpaPlan& operator=(const SdpaPlan&) = delete;
+};
 
-// softmax of x along axis into out (contiguous, x's shape); mask optional bool broadcastable to x.
-void softmax(const TensorView& x, int axis, const TensorView& mask, const TensorView& out);
+void sdpa_prepare(const SdpaArgs& args, SdpaPlan& plan);
+// out: (..., Hq, Lq, Ev) of the query dtype, any strides; lse optional (..., Hq, Lq).
+void sdpa_run(SdpaPlan& plan, const TensorView& out, const TensorView& lse);
 
-// out (..., N) = act(x (..., K) @ weight(N, K)^T + bias(N)); out contiguous.
-void linear(const TensorView& x, const TensorView& weight, const TensorView& bias, Activation act,
-            const TensorView& out);
-void linear_check(const TensorView& x, const TensorView& weight, const TensorView& bias);
+// ---- linear: out (..., N) = act(x (..., K) @ weight (N, K)^T + bias (N)); out contiguous -----
+struct GemmPlan {
+  GemmProblem problem;
+  OutputSpec out;
+};
+void linear_prepare(const TensorView& x, const TensorView& weight, const TensorView& bias, Activation act,
+                    GemmPlan& plan, void* stream = nullptr);
+void linear_run(GemmPlan& plan, const TensorView& out);
 
-// out = LN(x + residual) over the last dim; sum_out (optional) = x + residual.
-void layer_norm(const TensorView& x, const TensorView& residual, const TensorView& weight,
-                const TensorView& bias, double eps, const TensorView& out, const TensorView& sum_out);
-void layer_norm_check(const TensorView& x, const TensorView& residual, const TensorView& weight,
-                      const TensorView& bias, double eps);
-
-// out = act(x), elementwise; out contiguous with x's shape.
-void activation(const TensorView& x, Activation act, const TensorView& out);
-
-// Threads and instruction sets.
-void set_num_threads(int n);
-int get_num_threads();
+// ---- row-wise ops: softmax, layer_norm (+ fused residual), activations ------------------------
+struct RowPlan {
+  RowProblem problem;
+  OutputSpec out;                 // x's shape and dtype; also the shape of layer_norm's sum
+};
+// softmax of x along axis; mask optional bool broadcastable to x (true = keep).
+void softmax_prepare(const TensorView& x, int axis, const TensorView& mask, RowPlan& plan, void* stream = nullptr);
+// LN(x + residual) over the last dim; residual, weight, bias optional.
+void layer_norm_prepare(const TensorView& x, const TensorView& residual, const TensorView& weight,
+                        const TensorView& bias, double eps, RowPlan& plan, void* stream = nullptr);
+// act(x), elementwise.
+void activation_prepare(const TensorView& x, Activation act, RowPlan& plan, void* stream = nullptr);
+// out: contiguous, x's shape; sum (layer_norm only, optional): x + residual.
+void rows_run(RowPlan& plan, const TensorView& out, const TensorView& sum);
 
 }  // namespace attnkit

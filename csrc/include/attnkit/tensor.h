@@ -1,4 +1,5 @@
-// Tensor views: a pointer, a dtype, a shape and strides (in elements). No ownership, no Python.
+// Tensor views: a pointer, a dtype, a device, a shape and strides (in elements). No ownership,
+// no Python.
 #pragma once
 #include <cstdint>
 #include <stdexcept>
@@ -6,23 +7,46 @@
 
 namespace attnkit {
 
-enum class DType { f32, f64, boolean, i64, other };
+// Element types. f32/f64 compute everywhere; f16/bf16 are storage types (compute in fp32) on the
+// backends that list them in Backend::supports.
+enum class DType { f32, f64, f16, bf16, boolean, i64, other };
 
 inline const char* dtype_name(DType d) {
   switch (d) {
     case DType::f32: return "float32";
     case DType::f64: return "float64";
+    case DType::f16: return "float16";
+    case DType::bf16: return "bfloat16";
     case DType::boolean: return "bool";
     case DType::i64: return "int64";
     default: return "other";
   }
 }
 
+inline int dtype_size(DType d) {
+  switch (d) {
+    case DType::f64: case DType::i64: return 8;
+    case DType::f32: return 4;
+    case DType::f16: case DType::bf16: return 2;
+    case DType::boolean: return 1;
+    default: return 0;
+  }
+}
+
+inline bool is_floating(DType d) { return d == DType::f32 || d == DType::f64 || d == DType::f16 || d == DType::bf16; }
+
+// Where a view's memory lives. A problem's pointers all live on one device.
+enum class Device { cpu, cuda };
+
+inline const char* device_name(Device d) { return d == Device::cuda ? "cuda" : "cpu"; }
+
 constexpr int kMaxDims = 8;
 
 struct TensorView {
   void* data = nullptr;
   DType dtype = DType::other;
+  Device device = Device::cpu;
+  int device_index = 0;
   int ndim = 0;
   int64_t shape[kMaxDims] = {};
   int64_t strides[kMaxDims] = {};  // in elements

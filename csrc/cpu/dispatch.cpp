@@ -1,9 +1,12 @@
-#include "cpu/isa.h"
+// ISA detection, the kernel table of the path in use, and the runtime settings of attnkit/runtime.h.
+#include "cpu/dispatch.h"
 
 #include <atomic>
 
+#include "attnkit/runtime.h"
 #include "attnkit/tensor.h"
 #include "cpu/kernels.h"
+#include "cpu/thread_pool.h"
 
 namespace attnkit { namespace cpu {
 namespace {
@@ -79,4 +82,21 @@ const Kernels& active_kernels() {
   }
 }
 
-}}  // namespace attnkit::cpu
+}  // namespace cpu
+
+namespace {
+std::vector<std::string> names(const std::vector<cpu::Isa>& v) {
+  std::vector<std::string> out;
+  for (cpu::Isa i : v) out.emplace_back(cpu::isa_name(i));
+  return out;
+}
+}  // namespace
+
+void set_num_threads(int n) { cpu::set_num_threads(n); }
+int get_num_threads() { return cpu::num_threads(); }
+std::string get_isa() { return cpu::isa_name(cpu::current_isa()); }
+void set_isa(const std::string& name) { cpu::set_isa(cpu::parse_isa(name)); }
+std::vector<std::string> usable_isas() { return names(cpu::usable_isas()); }
+std::vector<std::string> compiled_isas() { return names(cpu::compiled_isas()); }
+
+}  // namespace attnkit

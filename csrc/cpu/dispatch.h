@@ -15,6 +15,6 @@ void set_isa(Isa isa);               // ValueError if this CPU cannot run it
 Isa parse_isa(const std::string& name);  // ValueError for an unknown name
 
 struct Kernels;
-const Kernels& active_kernels();
+const Kernels& active_kernels();     // the table of the current path
 
 }}  // namespace attnkit::cpu

@@ -1,0 +1,31 @@
+// The CPU backend: runs a problem on the kernel table of the instruction-set path in use.
+#include "attnkit/backend.h"
+
+#include <new>
+#include <stdexcept>
+
+#include "cpu/dispatch.h"
+#include "cpu/kernels.h"
+
+namespace attnkit {
+namespace cpu {
+namespace {
+
+void check(int status) {
+  if (status == 1) throw std::bad_alloc();
+  if (status == 2) throw std::logic_error("attnkit: a CPU kernel was handed a dtype it does not compute");
+}
+
+bool supports(DType d) { return d == DType::f32 || d == DType::f64; }
+void attention(const AttnProblem& p) { check(active_kernels().attention(p)); }
+void gemm(const GemmProblem& p) { check(active_kernels().gemm(p)); }
+void rows(const RowProblem& p) { check(active_kernels().rows(p)); }
+
+const Backend kBackend = {"cpu", supports, attention, gemm, rows};
+
+}  // namespace
+}  // namespace cpu
+
+const Backend& cpu_backend() { return cpu::kBackend; }
+
+}  // namespace attnkit

@@ -1,0 +1,186 @@
+// GEMM for one ISA: out (M, N) = act(A (M, K) @ W (N, K)^T + bias), float32 and float64.
+// Blocked as in GotoBLAS: W^T is packed once per call into KC x NR panels (shared by all
+// threads); each work item packs an MC x KC block of A and sweeps its panels, a KC x NR panel of
+// W^T staying in L1 while the A block streams from L2. For a handful of rows (M <= kGemvRows)
+// the product is a set of dot products that read W once, in place.
+// Part of the kernel unit (kernels.cpp); internal linkage only.
+#pragma once
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "attnkit/problems.h"
+#include "cpu/micro_kernel.h"
+#include "cpu/simd.h"
+#include "cpu/thread_pool.h"
+
+namespace attnkit { namespace cpu { namespace ATTNKIT_ISA_NAMESPACE { namespace {
+
+template <class T>
+struct GemmRun {
+  const GemmProblem* p = nullptr;
+  const T *a = nullptr, *w = nullptr, *bias = nullptr;
+  T* out = nullptr;
+  int64_t nmb = 0, nnb = 0, npan = 0, pan_per_nb = 0, nkc = 0;
+  T* bpack = nullptr;  // [nkc][npan][klen][NR]
+  Workspace ws;
+  ~GemmRun() { std::free(bpack); }
+};
+
+inline int64_t gemm_row_offset(const GemmProblem& p, int64_t m) {
+  int64_t off = 0;
+  for (int d = p.nrow_dims - 1; d >= 0; --d) {
+    int64_t s = p.row_shape[d];
+    off += (m % s) * p.row_strides[d];
+    m /= s;
+  }
+  return off;
+}
+
+// rows x cols of C (row stride N) starting at column n0: += bias, then the activation.
+template <class T>
+void gemm_epilogue(const GemmRun<T>& run, T* c, int64_t rows, int64_t cols, int64_t n0) {
+  const GemmProblem& p = *run.p;
+  if (!run.bias && p.act == Activation::none) return;
+  for (int64_t r = 0; r < rows; ++r) {
+    T* row = c + r * p.N;
+    if (!run.bias || p.bias_s == 1) {
+      act_row(row, run.bias ? run.bias + n0 : nullptr, row, cols, p.act);
+    } else {
+      for (int64_t j = 0; j < cols; ++j) row[j] = act_scalar(row[j] + run.bias[(n0 + j) * p.bias_s], p.act);
+    }
+  }
+}
+
+template <class T>
+void gemm_pack_task(void* ctx, int64_t begin, int64_t end, int) {
+  GemmRun<T>& run = *static_cast<GemmRun<T>*>(ctx);
+  const GemmProblem& p = *run.p;
+  constexpr int NR = kNV * Simd<T>::W;
+  for (int64_t it = begin; it < end; ++it) {
+    const int64_t kc = it / run.npan, pn = it % run.npan;
+    const int64_t k0 = kc * kGemmKC, klen = imin(kGemmKC, p.K - k0);
+    T* dst = run.bpack + kc * kGemmKC * run.npan * NR + pn * klen * NR;
+    for (int jj = 0; jj < NR; ++jj) {
+      const int64_t n = pn * NR + jj;
+      if (n < p.N) {
+        const T* wr = run.w + n * p.w_n + k0 * p.w_k;
+        for (int64_t kk = 0; kk < klen; ++kk) dst[kk * NR + jj] = wr[kk * p.w_k];
+      } else {
+        for (int64_t kk = 0; kk < klen; ++kk) dst[kk * NR + jj] = T(0);
+      }
+    }
+  }
+}
+
+template <class T>
+void gemm_task(void* ctx, int64_t begin, int64_t end, int tid) {
+  GemmRun<T>& run = *static_cast<GemmRun<T>*>(ctx);
+  const GemmProblem& p = *run.p;
+  constexpr int NR = kNV * Simd<T>::W;
+  T* Ap = run.ws.template get<T>(tid);
+  T* tile = Ap + kGemmMC * kGemmKC;
+  for (int64_t it = begin; it < end; ++it) {
+    const int64_t mb = it / run.nnb, nb = it % run.nnb;
+    const int64_t m0 = mb * kGemmMC, mlen = imin(kGemmMC, p.M - m0);
+    const int64_t pn0 = nb * run.pan_per_nb, pn1 = imin(run.npan, pn0 + run.pan_per_nb);
+    const int64_t nip = ceil_div(mlen, kMR);
+    for (int64_t kc = 0; kc < run.nkc; ++kc) {
+      const int64_t k0 = kc * kGemmKC, klen = imin(kGemmKC, p.K - k0);
+      const bool first = kc == 0, last = kc == run.nkc - 1;
+      for (int64_t ip = 0; ip < nip; ++ip) {  // pack A panels: Ap[ip][k][kMR]
+        T* dst = Ap + ip * klen * kMR;
+        for (int r = 0; r < kMR; ++r) {
+          const int64_t m = m0 + ip * kMR + r;
+          if (m < m0 + mlen) {
+            const T* ar = run.a + gemm_row_offset(p, m) + k0 * p.a_k;
+            for (int64_t kk = 0; kk < klen; ++kk) dst[kk * kMR + r] = ar[kk * p.a_k];
+          } else {
+            for (int64_t kk = 0; kk < klen; ++kk) dst[kk * kMR + r] = T(0);
+          }
+        }
+      }
+      const T* bk = run.bpack + kc * kGemmKC * run.npan * NR;
+      for (int64_t pn = pn0; pn < pn1; ++pn) {
+        const int64_t cols = imin(NR, p.N - pn * NR);
+        const T* b = bk + pn * klen * NR;
+        for (int64_t ip = 0; ip < nip; ++ip) {
+          const int64_t rows = imin(kMR, mlen - ip * kMR);
+          T* c = run.out + (m0 + ip * kMR) * p.N + pn * NR;
+          const T* a = Ap + ip * klen * kMR;
+          if (rows == kMR && cols == NR) {
+            if (first) micro<T, kMR, true, false>(klen, a, kMR, b, NR, c, p.N);
+            else micro<T, kMR, true, true>(klen, a, kMR, b, NR, c, p.N);
+          } else {
+            if (!first)
+              for (int64_t r = 0; r < rows; ++r) std::memcpy(tile + r * NR, c + r * p.N, cols * sizeof(T));
+            if (first) micro<T, kMR, true, false>(klen, a, kMR, b, NR, tile, NR);
+            else micro<T, kMR, true, true>(klen, a, kMR, b, NR, tile, NR);
+            for (int64_t r = 0; r < rows; ++r) std::memcpy(c + r * p.N, tile + r * NR, cols * sizeof(T));
+          }
+          if (last) gemm_epilogue(run, c, rows, cols, pn * NR);
+        }
+      }
+    }
+  }
+}
+
+// Few rows: out[m][n] = dot(a_m, w_n), W read once and in place (rows of W contiguous).
+template <class T>
+void gemv_task(void* ctx, int64_t begin, int64_t end, int) {
+  typedef typename Simd<T>::V V;
+  const GemmRun<T>& run = *static_cast<const GemmRun<T>*>(ctx);
+  const GemmProblem& p = *run.p;
+  constexpr int W = Simd<T>::W;
+  const T* rows[kGemvRows];
+  for (int64_t m = 0; m < p.M; ++m) rows[m] = run.a + gemm_row_offset(p, m);
+  for (int64_t n = begin; n < end; ++n) {
+    const T* wr = run.w + n * p.w_n;
+    prefetch_row(wr + kPrefetchRows * p.w_n, p.K);
+    V acc[kGemvRows];
+    for (int64_t m = 0; m < p.M; ++m) acc[m] = V{};
+    int64_t kk = 0;
+    for (; kk + W <= p.K; kk += W) {
+      const V wv = vload(wr + kk);
+      for (int64_t m = 0; m < p.M; ++m) acc[m] += vload(rows[m] + kk) * wv;
+    }
+    for (int64_t m = 0; m < p.M; ++m) {
+      T s = 0;
+      for (int t = 0; t < W; ++t) s += acc[m][t];
+      for (int64_t t = kk; t < p.K; ++t) s += rows[m][t] * wr[t];
+      if (run.bias) s += run.bias[n * p.bias_s];
+      run.out[m * p.N + n] = act_scalar(s, p.act);
+    }
+  }
+}
+
+template <class T>
+int gemm_impl(const GemmProblem& p) {
+  if (p.M == 0 || p.N == 0) return 0;
+  constexpr int NR = kNV * Simd<T>::W;
+  GemmRun<T> run;
+  run.p = &p;
+  run.a = static_cast<const T*>(p.a);
+  run.w = static_cast<const T*>(p.w);
+  run.bias = static_cast<const T*>(p.bias);
+  run.out = static_cast<T*>(p.out);
+  const int nt = num_threads();
+  if (p.M <= kGemvRows && p.a_k == 1 && p.w_k == 1) {
+    parallel_for(p.N, 64, gemv_task<T>, &run, nt);
+    return 0;
+  }
+  run.nkc = imax(1, ceil_div(p.K, kGemmKC));
+  run.npan = ceil_div(p.N, NR);
+  run.nmb = ceil_div(p.M, kGemmMC);
+  run.nnb = imin(run.npan, imax(1, ceil_div(2 * nt, run.nmb)));  // split N only when M is short
+  run.pan_per_nb = ceil_div(run.npan, run.nnb);
+  run.nnb = ceil_div(run.npan, run.pan_per_nb);
+  run.bpack = static_cast<T*>(std::malloc(sizeof(T) * static_cast<size_t>(run.nkc * kGemmKC * run.npan * NR)));
+  if (!run.bpack) return 1;
+  if (!run.ws.alloc(nt, sizeof(T) * (kGemmMC * kGemmKC + kMR * NR))) return 1;
+  parallel_for(run.nkc * run.npan, 4, gemm_pack_task<T>, &run, nt);
+  parallel_for(run.nmb * run.nnb, 1, gemm_task<T>, &run, nt);
+  return 0;
+}
+
+}}}}  // namespace attnkit::cpu::ATTNKIT_ISA_NAMESPACE::(anonymous)

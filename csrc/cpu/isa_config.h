@@ -1,0 +1,45 @@
+// Every per-ISA constant in one place: vector width, micro-tile and block sizes. Included by the
+// kernel unit (kernels.cpp) only, which cmake/isa.cmake compiles once per ISA with that ISA's
+// flags. ATTNKIT_AVX512_LAYOUT (CMake option ATTNKIT_TEST_AVX512_LAYOUT) gives every path the
+// AVX-512 path's sizes, so machines without AVX-512 test that logic.
+#pragma once
+#include <cstdint>
+
+#if defined(__AVX512F__) || defined(ATTNKIT_AVX512_LAYOUT)
+#define ATTNKIT_LAYOUT_AVX512 1
+#endif
+
+namespace attnkit { namespace cpu { namespace ATTNKIT_ISA_NAMESPACE { namespace {
+
+// Vectors and the micro-tile (micro_kernel.h): kMR rows x kNV vectors of accumulators.
+#if defined(ATTNKIT_LAYOUT_AVX512)
+constexpr int kVecBytes = 64;
+constexpr int kMR = 8;  // 8 x 2 zmm accumulators
+#elif defined(__AVX2__)
+constexpr int kVecBytes = 32;
+constexpr int kMR = 6;  // 6 x 2 ymm accumulators + 2 B vectors + 1 broadcast = 15 of 16 registers
+#else
+constexpr int kVecBytes = 16;
+constexpr int kMR = 6;
+#endif
+constexpr int kNV = 2;  // vectors per micro-tile row
+
+// GEMM (gemm.h): an A block of kGemmMC rows x kGemmKC depth stays in L2 while a kGemmKC x NR
+// panel of W^T stays in L1. Up to kGemvRows rows, dot products that read W once, in place.
+constexpr int64_t kGemmMC = 192, kGemmKC = 512;
+constexpr int64_t kGemvRows = 4;
+
+// Attention (attention.h): a work item holds up to kBlockRows query rows and walks the keys in
+// tiles of kTileKeys. Measured (bench/NOTES.md): on AVX2 (32 KiB L1d, 16 registers) 128 rows x
+// 64 keys beat 64 x 128 and 64 x 64 by 5-25 %, most for head dim 128; on AVX-512 64 x 128.
+#if defined(ATTNKIT_LAYOUT_AVX512)
+constexpr int64_t kBlockRows = 64, kTileKeys = 128;
+#else
+constexpr int64_t kBlockRows = 128, kTileKeys = 64;
+#endif
+constexpr int64_t kFewRows = 4;  // up to this many query rows (decode), K and V are streamed row by row
+
+// Streaming rows (decode, GEMV): prefetch the row kPrefetchRows ahead.
+constexpr int64_t kPrefetchRows = 16;
+
+}}}}  // namespace attnkit::cpu::ATTNKIT_ISA_NAMESPACE::(anonymous)

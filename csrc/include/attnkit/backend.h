@@ -1,0 +1,29 @@
+// The door between the ops and the devices. An op checks its arguments, builds one problem
+// descriptor and calls the backend of the device its arrays live on. A backend runs the
+// problem (or throws std::bad_alloc, or a std::runtime_error for a device failure); it never
+// validates arguments.
+#pragma once
+#include "attnkit/problems.h"
+
+namespace attnkit {
+
+struct Backend {
+  const char* name;                          // "cpu", "cuda"
+  bool (*supports)(DType dtype);             // element types of attention / gemm / rows operands
+  void (*attention)(const AttnProblem& p);
+  void (*gemm)(const GemmProblem& p);
+  void (*rows)(const RowProblem& p);
+};
+
+// The backends, defined in csrc/cpu and csrc/cuda.
+const Backend& cpu_backend();
+const Backend& cuda_backend();
+
+// Each compiled module registers the backends it carries (attnkit._core: cpu; attnkit._cuda:
+// cuda) when it is imported.
+void register_backend(Device device, const Backend* backend);
+
+// The backend for `device`; TypeError naming `what` if this module has none for it.
+const Backend& backend_for(Device device, const char* what);
+
+}  // namespace attnkit

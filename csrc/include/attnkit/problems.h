@@ -1,0 +1,97 @@
+// Backend-neutral problem descriptors: what an op hands to a backend after it has checked every
+// argument. A descriptor holds pointers into the caller's arrays (all on one device), sizes and
+// strides in elements, the element type and the options as enums. Backends (csrc/cpu,
+// csrc/cuda) assume a descriptor is valid and never re-check it.
+#pragma once
+#include <cstdint>
+
+#include "attnkit/tensor.h"
+
+namespace attnkit {
+
+enum class Activation { none, relu, gelu, gelu_tanh };
+enum class CausalAlign { none, top_left, bottom_right };
+
+constexpr int kMaxBatchDims = 4;
+
+// Scaled dot-product attention over the flattened batch b (batch_shape, row-major), KV head hk,
+// query head h = hk * G + g with G = Hq / Hk (grouped-query attention reads K/V in place).
+//   out[b, h, i, :] = softmax_j(q[b,h,i,:] . k[b,hk,j,:] * scale + mask[b,h,i,j]) v[b,hk,j,:]
+// over the keys j that are visible: j < kv_len[b] (when given) and, when causal, j <= i
+// (top_left) or j <= i + kv_len[b] - Lq (bottom_right; kv_len[b] = Lk without kv_len).
+// A row with no visible key gives zeros and lse = -inf.
+struct AttnProblem {
+  DType dtype = DType::f32;          // of q, k, v, out, lse and a float mask
+  const void *q = nullptr, *k = nullptr, *v = nullptr;
+  void* out = nullptr;
+  void* lse = nullptr;               // optional (..., Hq, Lq), natural log
+  const void* mask = nullptr;        // optional: bool (1 byte, nonzero = visible) or additive, of dtype
+  bool mask_bool = false;
+  const int64_t* kv_len = nullptr;   // optional, per flat batch index, in [0, Lk]; HOST memory on every device
+  CausalAlign causal = CausalAlign::none;
+  double scale = 1.0;
+  int64_t B = 1, Hq = 1, Hk = 1, Lq = 0, Lk = 0, E = 0, Ev = 0;
+  int nbatch = 0;                    // batch dims, row-major over batch_shape; B = their product
+  int64_t batch_shape[kMaxBatchDims] = {};
+  // strides in elements: per batch dim (*_b), then head, row (query i / key j), feature
+  int64_t q_b[kMaxBatchDims] = {}, k_b[kMaxBatchDims] = {}, v_b[kMaxBatchDims] = {},
+          o_b[kMaxBatchDims] = {}, l_b[kMaxBatchDims] = {}, m_b[kMaxBatchDims] = {};
+  int64_t q_h = 0, q_i = 0, q_e = 0;
+  int64_t k_h = 0, k_j = 0, k_e = 0;
+  int64_t v_h = 0, v_j = 0, v_e = 0;
+  int64_t o_h = 0, o_i = 0, o_e = 0;
+  int64_t l_h = 0, l_i = 0;
+  int64_t m_h = 0, m_i = 0, m_j = 0;  // 0 on broadcast dims
+  void* stream = nullptr;            // cudaStream_t for a cuda problem; unused on the cpu
+};
+
+// out (M, N), contiguous = act(A (M, K) @ W (N, K)^T + bias (N)). A's M rows are reached
+// through up to kMaxDims leading dims with their strides (any strided x of shape (..., K)).
+struct GemmProblem {
+  DType dtype = DType::f32;          // of a, w, bias and out
+  const void* a = nullptr;
+  int nrow_dims = 1;
+  int64_t row_shape[kMaxDims] = {};
+  int64_t row_strides[kMaxDims] = {};
+  int64_t a_k = 1;                   // stride of A along K
+  const void* w = nullptr;
+  int64_t w_n = 0, w_k = 1;          // strides of W
+  const void* bias = nullptr;        // optional
+  int64_t bias_s = 1;
+  void* out = nullptr;
+  int64_t M = 0, N = 0, K = 0;
+  Activation act = Activation::none;
+  void* stream = nullptr;
+};
+
+// Row-wise ops over every 1-D row of x along `axis` (softmax: any axis; the others: the last).
+//   softmax:    out = softmax(x) along the row; entries where mask is false are excluded;
+//               a row with none left gives zeros
+//   layer_norm: s = x + residual (residual optional); sum = s (optional output);
+//               out = (s - mean) / sqrt(var + eps) * weight + bias (weight, bias optional)
+//   activation: out = act(x)
+// Each operand carries strides (in elements) for the full shape; 0 on a broadcast dim (mask).
+enum class RowOp { softmax, layer_norm, activation };
+
+struct RowOperand {
+  void* data = nullptr;              // const for inputs; the op never writes through an input
+  int64_t strides[kMaxDims] = {};
+};
+
+struct RowProblem {
+  RowOp op = RowOp::activation;
+  DType dtype = DType::f32;          // of x, out, residual, sum, weight, bias
+  int ndim = 1;
+  int axis = 0;                      // the row axis, in [0, ndim)
+  int64_t shape[kMaxDims] = {};
+  int64_t rows = 0, n = 0;           // number of rows; elements per row (shape[axis])
+  RowOperand x, out, residual, sum, mask;  // mask: bool (1 byte) for softmax
+  const void* weight = nullptr;      // (n,) with weight_s stride; layer_norm only
+  const void* bias = nullptr;
+  int64_t weight_s = 1, bias_s = 1;
+  double eps = 1e-5;
+  Activation act = Activation::none;
+  void* stream = nullptr;
+};
+
+}  // namespace attnkit

@@ -1,0 +1,16 @@
+// The CPU runtime's settings, for the bindings: the thread pool and the instruction-set path.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace attnkit {
+
+void set_num_threads(int n);              // ValueError outside [1, 1024]
+int get_num_threads();
+
+std::string get_isa();                    // the path in use: "avx512", "avx2" or "generic"
+void set_isa(const std::string& name);    // ValueError for an unknown name or one this CPU cannot run
+std::vector<std::string> usable_isas();   // from the most portable to the fastest
+std::vector<std::string> compiled_isas();
+
+}  // namespace attnkit
