@@ -145,6 +145,25 @@ py::object py_linear(py::handle x, py::handle weight, py::handle bias, const std
   return out;
 }
 
+PackedWeight py_pack_linear(py::handle weight) {
+  TensorView wv = required_view(weight, "weight");
+  PackedWeight packed;
+  py::gil_scoped_release nogil;
+  linear_pack(wv, packed);
+  return packed;
+}
+
+py::object py_linear_packed(py::handle x, PackedWeight& weight, py::handle bias, const std::string& act) {
+  TensorView xv = required_view(x, "x"), bv = view_of(bias, "bias");
+  GemmPlan plan;
+  linear_prepare_packed(xv, weight, bv, parse_activation(act), plan);  // with the GIL: may repack `weight`
+  py::object out = new_output(plan.out);
+  TensorView ov = view_of(out, "out");
+  py::gil_scoped_release nogil;
+  linear_run(plan, ov);
+  return out;
+}
+
 py::object py_layer_norm(py::handle x, py::handle residual, py::handle weight, py::handle bias, double eps, bool return_sum) {
   RowPlan plan;
   layer_norm_prepare(required_view(x, "x"), view_of(residual, "residual"), view_of(weight, "weight"),
@@ -178,6 +197,18 @@ PYBIND11_MODULE(_core, m) {
         py::arg("scale"), py::arg("enable_gqa"), py::arg("kv_lengths"), py::arg("return_lse"), py::arg("out"));
   m.def("softmax", &py_softmax, py::arg("x"), py::arg("axis"), py::arg("mask"));
   m.def("linear", &py_linear, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("activation"));
+  py::class_<PackedWeight>(m, "PackedWeight", "A linear weight (N, K) packed for the kernels (attnkit.pack_linear)")
+      .def_property_readonly("shape", [](const PackedWeight& w) { return py::make_tuple(w.N, w.K); })
+      .def_property_readonly("dtype", [](const PackedWeight& w) {
+        return w.dtype == DType::f64 ? py::dtype::of<double>() : py::dtype::of<float>();
+      })
+      .def_property_readonly("nbytes", [](const PackedWeight& w) { return w.bytes; })
+      .def_property_readonly("isa", [](const PackedWeight& w) {
+        const std::vector<std::string> names = compiled_isas();
+        return w.layout >= 0 && w.layout < static_cast<int>(names.size()) ? names[w.layout] : std::string("?");
+      });
+  m.def("pack_linear", &py_pack_linear, py::arg("weight"));
+  m.def("linear_packed", &py_linear_packed, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("activation"));
   m.def("layer_norm", &py_layer_norm, py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("bias"), py::arg("eps"),
         py::arg("return_sum"));
   m.def("activation", &py_activation, py::arg("x"), py::arg("activation"));

@@ -1,6 +1,8 @@
 // The CPU backend: runs a problem on the kernel table of the instruction-set path in use.
 #include "attnkit/backend.h"
 
+#include <cstdlib>
+#include <memory>
 #include <new>
 #include <stdexcept>
 
@@ -21,7 +23,19 @@ void attention(const AttnProblem& p) { check(active_kernels().attention(p)); }
 void gemm(const GemmProblem& p) { check(active_kernels().gemm(p)); }
 void rows(const RowProblem& p) { check(active_kernels().rows(p)); }
 
-const Backend kBackend = {"cpu", supports, attention, gemm, rows};
+int weight_layout() { return static_cast<int>(current_isa()); }
+
+void pack(const GemmProblem& p, PackedWeight& dst) {
+  const Kernels& k = active_kernels();
+  dst.bytes = k.packed_bytes(p, &dst.panel_cols, &dst.depth_block);
+  void* mem = std::aligned_alloc(64, (dst.bytes + 63) / 64 * 64);
+  if (!mem) throw std::bad_alloc();
+  dst.data = std::shared_ptr<void>(mem, std::free);
+  dst.layout = weight_layout();
+  check(k.pack(p, mem));
+}
+
+const Backend kBackend = {"cpu", supports, attention, gemm, rows, weight_layout, pack};
 
 }  // namespace
 }  // namespace cpu

@@ -22,10 +22,25 @@ struct GemmRun {
   const T *a = nullptr, *w = nullptr, *bias = nullptr;
   T* out = nullptr;
   int64_t nmb = 0, nnb = 0, npan = 0, pan_per_nb = 0, nkc = 0;
-  T* bpack = nullptr;  // [nkc][npan][klen][NR]
+  const T* bpack = nullptr;  // W^T as [nkc][npan][klen][NR]: prepacked, or packed for this call
+  T* own_pack = nullptr;     // ... into this
+  bool a_direct = false;     // A's rows read in place (row stride lda, unit stride along K)
+  int64_t lda = 0;
   Workspace ws;
-  ~GemmRun() { std::free(bpack); }
+  ~GemmRun() { std::free(own_pack); }
 };
+
+// W[n][k] of a weight packed in any layout (panel width pc, depth block kb).
+template <class T>
+inline T packed_at(const PackedWeight& w, int64_t n, int64_t k) {
+  const int64_t pc = w.panel_cols, kb = w.depth_block, npan = (w.N + pc - 1) / pc;
+  const int64_t kc = k / kb, klen = imin(kb, w.K - kc * kb);
+  return static_cast<const T*>(w.data.get())[kc * kb * npan * pc + (n / pc) * klen * pc + (k % kb) * pc + n % pc];
+}
+
+// The packed panels: for depth block kc, panel pn, depth kk < klen, column jj < NR.
+template <class T>
+inline int64_t gemm_panels(int64_t N) { return ceil_div(N, kNV * Simd<T>::W); }
 
 inline int64_t gemm_row_offset(const GemmProblem& p, int64_t m) {
   int64_t off = 0;
@@ -60,10 +75,12 @@ void gemm_pack_task(void* ctx, int64_t begin, int64_t end, int) {
   for (int64_t it = begin; it < end; ++it) {
     const int64_t kc = it / run.npan, pn = it % run.npan;
     const int64_t k0 = kc * kGemmKC, klen = imin(kGemmKC, p.K - k0);
-    T* dst = run.bpack + kc * kGemmKC * run.npan * NR + pn * klen * NR;
+    T* dst = run.own_pack + kc * kGemmKC * run.npan * NR + pn * klen * NR;
     for (int jj = 0; jj < NR; ++jj) {
       const int64_t n = pn * NR + jj;
-      if (n < p.N) {
+      if (n < p.N && p.packed) {  // from another layout
+        for (int64_t kk = 0; kk < klen; ++kk) dst[kk * NR + jj] = packed_at<T>(*p.packed, n, k0 + kk);
+      } else if (n < p.N) {
         const T* wr = run.w + n * p.w_n + k0 * p.w_k;
         for (int64_t kk = 0; kk < klen; ++kk) dst[kk * NR + jj] = wr[kk * p.w_k];
       } else {
@@ -78,8 +95,8 @@ void gemm_task(void* ctx, int64_t begin, int64_t end, int tid) {
   GemmRun<T>& run = *static_cast<GemmRun<T>*>(ctx);
   const GemmProblem& p = *run.p;
   constexpr int NR = kNV * Simd<T>::W;
-  T* Ap = run.ws.template get<T>(tid);
-  T* tile = Ap + kGemmMC * kGemmKC;
+  T* tile = run.ws.template get<T>(tid);  // kMR x NR, for partial panels
+  T* Ap = tile + kMR * NR;                // kGemmMC x kGemmKC, when A is packed
   for (int64_t it = begin; it < end; ++it) {
     const int64_t mb = it / run.nnb, nb = it % run.nnb;
     const int64_t m0 = mb * kGemmMC, mlen = imin(kGemmMC, p.M - m0);
@@ -88,15 +105,17 @@ void gemm_task(void* ctx, int64_t begin, int64_t end, int tid) {
     for (int64_t kc = 0; kc < run.nkc; ++kc) {
       const int64_t k0 = kc * kGemmKC, klen = imin(kGemmKC, p.K - k0);
       const bool first = kc == 0, last = kc == run.nkc - 1;
-      for (int64_t ip = 0; ip < nip; ++ip) {  // pack A panels: Ap[ip][k][kMR]
-        T* dst = Ap + ip * klen * kMR;
-        for (int r = 0; r < kMR; ++r) {
-          const int64_t m = m0 + ip * kMR + r;
-          if (m < m0 + mlen) {
-            const T* ar = run.a + gemm_row_offset(p, m) + k0 * p.a_k;
-            for (int64_t kk = 0; kk < klen; ++kk) dst[kk * kMR + r] = ar[kk * p.a_k];
-          } else {
-            for (int64_t kk = 0; kk < klen; ++kk) dst[kk * kMR + r] = T(0);
+      if (!run.a_direct) {
+        for (int64_t ip = 0; ip < nip; ++ip) {  // pack A panels: Ap[ip][k][kMR]
+          T* dst = Ap + ip * klen * kMR;
+          for (int r = 0; r < kMR; ++r) {
+            const int64_t m = m0 + ip * kMR + r;
+            if (m < m0 + mlen) {
+              const T* ar = run.a + gemm_row_offset(p, m) + k0 * p.a_k;
+              for (int64_t kk = 0; kk < klen; ++kk) dst[kk * kMR + r] = ar[kk * p.a_k];
+            } else {
+              for (int64_t kk = 0; kk < klen; ++kk) dst[kk * kMR + r] = T(0);
+            }
           }
         }
       }
@@ -105,19 +124,30 @@ void gemm_task(void* ctx, int64_t begin, int64_t end, int tid) {
         const int64_t cols = imin(NR, p.N - pn * NR);
         const T* b = bk + pn * klen * NR;
         for (int64_t ip = 0; ip < nip; ++ip) {
-          const int64_t rows = imin(kMR, mlen - ip * kMR);
+          const int rows = static_cast<int>(imin(kMR, mlen - ip * kMR));
           T* c = run.out + (m0 + ip * kMR) * p.N + pn * NR;
-          const T* a = Ap + ip * klen * kMR;
-          if (rows == kMR && cols == NR) {
-            if (first) micro<T, kMR, true, false>(klen, a, kMR, b, NR, c, p.N);
-            else micro<T, kMR, true, true>(klen, a, kMR, b, NR, c, p.N);
-          } else {
+          const T* a = run.a_direct ? run.a + (m0 + ip * kMR) * run.lda + k0 : Ap + ip * klen * kMR;
+          const int64_t lda = run.a_direct ? run.lda : kMR;
+          T* dst = c;
+          int64_t ldc = p.N;
+          if (cols < NR) {  // a partial panel: through a full-width tile
+            dst = tile;
+            ldc = NR;
             if (!first)
               for (int64_t r = 0; r < rows; ++r) std::memcpy(tile + r * NR, c + r * p.N, cols * sizeof(T));
-            if (first) micro<T, kMR, true, false>(klen, a, kMR, b, NR, tile, NR);
-            else micro<T, kMR, true, true>(klen, a, kMR, b, NR, tile, NR);
-            for (int64_t r = 0; r < rows; ++r) std::memcpy(c + r * p.N, tile + r * NR, cols * sizeof(T));
           }
+          if (run.a_direct) {
+            if (first) micro_rows<T, false, false>(rows, klen, a, lda, b, NR, dst, ldc);
+            else micro_rows<T, false, true>(rows, klen, a, lda, b, NR, dst, ldc);
+          } else if (rows == kMR) {
+            if (first) micro<T, kMR, true, false>(klen, a, lda, b, NR, dst, ldc);
+            else micro<T, kMR, true, true>(klen, a, lda, b, NR, dst, ldc);
+          } else {
+            if (first) micro_rows<T, true, false>(rows, klen, a, lda, b, NR, dst, ldc);
+            else micro_rows<T, true, true>(rows, klen, a, lda, b, NR, dst, ldc);
+          }
+          if (cols < NR)
+            for (int64_t r = 0; r < rows; ++r) std::memcpy(c + r * p.N, tile + r * NR, cols * sizeof(T));
           if (last) gemm_epilogue(run, c, rows, cols, pn * NR);
         }
       }
@@ -154,6 +184,40 @@ void gemv_task(void* ctx, int64_t begin, int64_t end, int) {
   }
 }
 
+// A's rows in place when they are evenly spaced with unit stride along K (any contiguous x).
+inline bool uniform_rows(const GemmProblem& p, int64_t* lda) {
+  int64_t stride = -1, expect = -1;
+  for (int d = p.nrow_dims - 1; d >= 0; --d) {
+    if (p.row_shape[d] == 1) continue;
+    if (stride < 0) stride = expect = p.row_strides[d];
+    else if (p.row_strides[d] != expect) return false;
+    expect *= p.row_shape[d];
+  }
+  *lda = stride < 0 ? p.K : stride;
+  return p.a_k == 1;
+}
+
+template <class T>
+size_t gemm_packed_bytes(const GemmProblem& p, int64_t* panel_cols, int64_t* depth_block) {
+  constexpr int NR = kNV * Simd<T>::W;
+  *panel_cols = NR;
+  *depth_block = kGemmKC;
+  return sizeof(T) * static_cast<size_t>(imax(1, p.K) * gemm_panels<T>(p.N) * NR);
+}
+
+template <class T>
+int gemm_pack(const GemmProblem& p, T* dst) {
+  GemmRun<T> run;
+  run.p = &p;
+  run.w = static_cast<const T*>(p.w);
+  run.own_pack = dst;
+  run.npan = gemm_panels<T>(p.N);
+  run.nkc = imax(1, ceil_div(p.K, kGemmKC));
+  parallel_for(run.nkc * run.npan, 4, gemm_pack_task<T>, &run, num_threads());
+  run.own_pack = nullptr;  // the caller's
+  return 0;
+}
+
 template <class T>
 int gemm_impl(const GemmProblem& p) {
   if (p.M == 0 || p.N == 0) return 0;
@@ -165,20 +229,26 @@ int gemm_impl(const GemmProblem& p) {
   run.bias = static_cast<const T*>(p.bias);
   run.out = static_cast<T*>(p.out);
   const int nt = num_threads();
-  if (p.M <= kGemvRows && p.a_k == 1 && p.w_k == 1) {
+  if (!p.packed && p.M <= kGemvRows && p.a_k == 1 && p.w_k == 1) {
     parallel_for(p.N, 64, gemv_task<T>, &run, nt);
     return 0;
   }
   run.nkc = imax(1, ceil_div(p.K, kGemmKC));
-  run.npan = ceil_div(p.N, NR);
+  run.npan = gemm_panels<T>(p.N);
   run.nmb = ceil_div(p.M, kGemmMC);
   run.nnb = imin(run.npan, imax(1, ceil_div(2 * nt, run.nmb)));  // split N only when M is short
   run.pan_per_nb = ceil_div(run.npan, run.nnb);
   run.nnb = ceil_div(run.npan, run.pan_per_nb);
-  run.bpack = static_cast<T*>(std::malloc(sizeof(T) * static_cast<size_t>(run.nkc * kGemmKC * run.npan * NR)));
-  if (!run.bpack) return 1;
-  if (!run.ws.alloc(nt, sizeof(T) * (kGemmMC * kGemmKC + kMR * NR))) return 1;
-  parallel_for(run.nkc * run.npan, 4, gemm_pack_task<T>, &run, nt);
+  run.a_direct = p.M <= kGemmDirectRows && uniform_rows(p, &run.lda);
+  if (!run.ws.alloc(nt, sizeof(T) * ((run.a_direct ? 0 : kGemmMC * kGemmKC) + kMR * NR))) return 1;
+  if (p.packed) {
+    run.bpack = static_cast<const T*>(p.packed->data.get());
+  } else {
+    run.own_pack = static_cast<T*>(std::malloc(sizeof(T) * static_cast<size_t>(run.nkc * kGemmKC * run.npan * NR)));
+    if (!run.own_pack) return 1;
+    parallel_for(run.nkc * run.npan, 4, gemm_pack_task<T>, &run, nt);
+    run.bpack = run.own_pack;
+  }
   parallel_for(run.nmb * run.nnb, 1, gemm_task<T>, &run, nt);
   return 0;
 }

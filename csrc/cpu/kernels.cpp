@@ -50,7 +50,23 @@ int rows(const RowProblem& p) {
   }
 }
 
-const Kernels kTable = {attention, gemm, rows};
+size_t packed_bytes(const GemmProblem& p, int64_t* panel_cols, int64_t* depth_block) {
+  switch (p.dtype) {
+    case DType::f32: return gemm_packed_bytes<float>(p, panel_cols, depth_block);
+    case DType::f64: return gemm_packed_bytes<double>(p, panel_cols, depth_block);
+    default: return 0;
+  }
+}
+
+int pack(const GemmProblem& p, void* dst) {
+  switch (p.dtype) {
+    case DType::f32: return gemm_pack<float>(p, static_cast<float*>(dst));
+    case DType::f64: return gemm_pack<double>(p, static_cast<double*>(dst));
+    default: return 2;
+  }
+}
+
+const Kernels kTable = {attention, gemm, rows, packed_bytes, pack};
 
 }  // namespace
 

@@ -9,8 +9,13 @@ namespace attnkit { namespace cpu {
 
 struct Kernels {
   int (*attention)(const AttnProblem&);
-  int (*gemm)(const GemmProblem&);
+  int (*gemm)(const GemmProblem&);  // W strided (p.w) or prepacked for this path (p.packed)
   int (*rows)(const RowProblem&);
+  // Prepacked weights: the bytes of W (p.N x p.K, p.dtype) in this path's panel layout (and
+  // that layout's panel width and depth block); and packing p's W (strided p.w, or p.packed in
+  // any layout) into dst, 64-byte aligned, of that size.
+  size_t (*packed_bytes)(const GemmProblem& p, int64_t* panel_cols, int64_t* depth_block);
+  int (*pack)(const GemmProblem& p, void* dst);
 };
 
 namespace generic { const Kernels& kernels(); }

@@ -41,6 +41,8 @@ inline void micro_rows(int rows, int64_t K, const T* a, int64_t lda, const T* b,
     case n: if constexpr (n <= kMR) micro<T, n, ACOL, ACC>(K, a, lda, b, ldb, c, ldc); break;
     ATTNKIT_MICRO_CASE(1) ATTNKIT_MICRO_CASE(2) ATTNKIT_MICRO_CASE(3) ATTNKIT_MICRO_CASE(4)
     ATTNKIT_MICRO_CASE(5) ATTNKIT_MICRO_CASE(6) ATTNKIT_MICRO_CASE(7) ATTNKIT_MICRO_CASE(8)
+    ATTNKIT_MICRO_CASE(9) ATTNKIT_MICRO_CASE(10) ATTNKIT_MICRO_CASE(11) ATTNKIT_MICRO_CASE(12)
+    ATTNKIT_MICRO_CASE(13) ATTNKIT_MICRO_CASE(14)
 #undef ATTNKIT_MICRO_CASE
     default: break;
   }

@@ -1,4 +1,5 @@
-// linear: out = act(x @ weight^T + bias), PyTorch's weight layout (out_features, in_features).
+// linear: out = act(x @ weight^T + bias), PyTorch's weight layout (out_features, in_features);
+// the weight either as an array or prepacked (linear_pack) in the backend's panel layout.
 #include <algorithm>
 #include <string>
 
@@ -7,33 +8,37 @@
 #include "ops/common.h"
 
 namespace attnkit {
+namespace {
 
-void linear_prepare(const TensorView& x, const TensorView& weight, const TensorView& bias, Activation act,
-                    GemmPlan& plan, void* stream) {
+// Checks x and bias against a weight of N x K of `wdtype`; fills the output spec and the
+// problem's x, bias and sizes.
+const Backend& prepare_common(const TensorView& x, DType wdtype, Device wdevice, int64_t N, int64_t K,
+                              const TensorView& bias, Activation act, GemmPlan& plan, void* stream) {
   const Backend& be = backend_for(x.device, "x");
   ops::require_float(be, x, "x");
-  ops::require_float(be, weight, "weight");
-  ops::require_same_dtype(weight, "weight", x, "x");
-  ops::require_same_device(weight, "weight", x, "x");
+  if (wdtype != x.dtype)
+    throw TypeError(std::string("weight: dtype ") + dtype_name(wdtype) + " does not match x's " + dtype_name(x.dtype) +
+                    " (mixed dtypes are not allowed)");
+  if (wdevice != x.device)
+    throw TypeError(std::string("weight: on ") + device_name(wdevice) + ", but x is on " + device_name(x.device));
   ops::require_same_device(bias, "bias", x, "x");
   if (x.ndim < 1) throw ValueError("x: expected an array of shape (..., in_features), got a 0-d array");
-  if (weight.ndim != 2 || weight.shape[1] != x.size(-1))
-    throw ValueError("weight: expected shape (out_features, in_features=" + std::to_string(x.size(-1)) + "), got " +
-                     shape_str(weight));
+  if (K != x.size(-1))
+    throw ValueError("weight: expected shape (out_features, in_features=" + std::to_string(x.size(-1)) + "), got (" +
+                     std::to_string(N) + ", " + std::to_string(K) + ")");
   if (bias.present) {
     ops::require_float(be, bias, "bias");
     ops::require_same_dtype(bias, "bias", x, "x");
-    if (bias.ndim != 1 || bias.shape[0] != weight.shape[0])
-      throw ValueError("bias: expected shape (" + std::to_string(weight.shape[0]) + ",), got " + shape_str(bias));
+    if (bias.ndim != 1 || bias.shape[0] != N)
+      throw ValueError("bias: expected shape (" + std::to_string(N) + ",), got " + shape_str(bias));
   }
   OutputSpec& out = plan.out;
   out.dtype = x.dtype;
   out.device = x.device;
   out.ndim = x.ndim;
   for (int i = 0; i < x.ndim; ++i) out.shape[i] = x.shape[i];
-  out.shape[x.ndim - 1] = weight.shape[0];
+  out.shape[x.ndim - 1] = N;
   ops::checked_numel(x.shape, x.ndim, "x");
-  ops::checked_numel(weight.shape, 2, "weight");
   ops::checked_numel(out.shape, x.ndim, "output");
 
   GemmProblem& p = plan.problem;
@@ -44,13 +49,73 @@ void linear_prepare(const TensorView& x, const TensorView& weight, const TensorV
   for (int i = 0; i < x.ndim - 1; ++i) { p.row_shape[i] = x.shape[i]; p.row_strides[i] = x.strides[i]; }
   if (x.ndim == 1) { p.row_shape[0] = 1; p.row_strides[0] = 0; }
   p.a_k = x.stride(-1);
-  p.w = weight.data; p.w_n = weight.strides[0]; p.w_k = weight.strides[1];
   if (bias.present) { p.bias = bias.data; p.bias_s = bias.strides[0]; }
   p.M = ops::checked_numel(x.shape, x.ndim - 1, "x");
-  p.N = weight.shape[0];
-  p.K = x.size(-1);
+  p.N = N;
+  p.K = K;
   p.act = act;
   p.stream = stream;
+  return be;
+}
+
+const Backend& packing_backend(Device device) {
+  const Backend& be = backend_for(device, "weight");
+  if (!be.pack)
+    throw TypeError(std::string("weight: prepacked weights are not supported on ") + device_name(device));
+  return be;
+}
+
+}  // namespace
+
+void linear_prepare(const TensorView& x, const TensorView& weight, const TensorView& bias, Activation act,
+                    GemmPlan& plan, void* stream) {
+  const Backend& be = backend_for(x.device, "x");
+  ops::require_float(be, x, "x");
+  ops::require_float(be, weight, "weight");
+  ops::require_same_dtype(weight, "weight", x, "x");
+  if (x.ndim < 1) throw ValueError("x: expected an array of shape (..., in_features), got a 0-d array");
+  if (weight.ndim != 2 || weight.shape[1] != x.size(-1))
+    throw ValueError("weight: expected shape (out_features, in_features=" + std::to_string(x.size(-1)) + "), got " +
+                     shape_str(weight));
+  ops::checked_numel(weight.shape, 2, "weight");
+  prepare_common(x, weight.dtype, weight.device, weight.shape[0], weight.shape[1], bias, act, plan, stream);
+  GemmProblem& p = plan.problem;
+  p.w = weight.data; p.w_n = weight.strides[0]; p.w_k = weight.strides[1];
+}
+
+void linear_pack(const TensorView& weight, PackedWeight& packed) {
+  const Backend& be = packing_backend(weight.device);
+  ops::require_float(be, weight, "weight");
+  if (weight.ndim != 2) throw ValueError("weight: expected shape (out_features, in_features), got " + shape_str(weight));
+  ops::checked_numel(weight.shape, 2, "weight");
+  GemmProblem p;
+  p.dtype = weight.dtype;
+  p.w = weight.data; p.w_n = weight.strides[0]; p.w_k = weight.strides[1];
+  p.N = weight.shape[0];
+  p.K = weight.shape[1];
+  packed = PackedWeight();
+  packed.dtype = weight.dtype;
+  packed.device = weight.device;
+  packed.N = p.N;
+  packed.K = p.K;
+  be.pack(p, packed);
+}
+
+void linear_prepare_packed(const TensorView& x, PackedWeight& weight, const TensorView& bias, Activation act,
+                           GemmPlan& plan, void* stream) {
+  const Backend& be = prepare_common(x, weight.dtype, weight.device, weight.N, weight.K, bias, act, plan, stream);
+  if (be.weight_layout() != weight.layout) {  // the layout in force changed (set_isa): repack from the old panels
+    GemmProblem p;
+    p.dtype = weight.dtype;
+    p.N = weight.N;
+    p.K = weight.K;
+    p.packed = &weight;
+    PackedWeight fresh = weight;
+    be.pack(p, fresh);
+    weight = fresh;
+  }
+  plan.packed = weight;
+  plan.problem.packed = &plan.packed;
 }
 
 void linear_run(GemmPlan& plan, const TensorView& out) {

@@ -11,7 +11,9 @@ from . import _core
 from .functional import (
     gelu,
     layer_norm,
+    PackedLinear,
     linear,
+    pack_linear,
     multi_head_attention,
     relu,
     scaled_dot_product_attention,
@@ -26,6 +28,8 @@ __all__ = [
     "multi_head_attention",
     "softmax",
     "linear",
+    "pack_linear",
+    "PackedLinear",
     "layer_norm",
     "gelu",
     "relu",

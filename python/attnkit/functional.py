@@ -14,6 +14,8 @@ __all__ = [
     "multi_head_attention",
     "softmax",
     "linear",
+    "pack_linear",
+    "PackedLinear",
     "layer_norm",
     "gelu",
     "relu",
@@ -112,10 +114,66 @@ def softmax(x: np.ndarray, axis: int = -1, mask: Optional[np.ndarray] = None) ->
     return _core.softmax(x, int(axis), mask)
 
 
-def linear(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None, *, activation: Optional[str] = None) -> np.ndarray:
+class PackedLinear:
+    """A linear layer's weight packed once into the kernels' panel layout (``pack_linear``).
+
+    ``linear(x, packed)`` then reads no weight array and packs nothing per call. Only the packed
+    copy is kept (``nbytes``, about the weight's size). It holds the bias too, if one was given.
+    If the kernel path changes afterwards (``attnkit.set_isa``), the next call repacks it once.
+    """
+
+    __slots__ = ("_packed", "bias")
+
+    def __init__(self, weight: np.ndarray, bias: Optional[np.ndarray] = None):
+        if isinstance(weight, PackedLinear):
+            raise TypeError("weight: already packed")
+        if bias is not None and not isinstance(bias, np.ndarray):
+            raise TypeError(f"bias: expected a numpy.ndarray, got {type(bias).__name__}")
+        self._packed = _core.pack_linear(weight)
+        if bias is not None and (bias.ndim != 1 or bias.shape[0] != self._packed.shape[0]):
+            raise ValueError(f"bias: expected shape ({self._packed.shape[0]},), got {bias.shape}")
+        self.bias = bias
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        """(out_features, in_features), as the weight it was packed from."""
+        return tuple(self._packed.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._packed.dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the packed weight (the bias not counted)."""
+        return int(self._packed.nbytes)
+
+    @property
+    def isa(self) -> str:
+        """The kernel path whose layout it is in now."""
+        return self._packed.isa
+
+    def __repr__(self) -> str:
+        return f"PackedLinear(shape={self.shape}, dtype={self.dtype}, bias={self.bias is not None}, isa={self.isa!r})"
+
+
+def pack_linear(weight: np.ndarray, bias: Optional[np.ndarray] = None) -> PackedLinear:
+    """Pack ``weight`` (out_features, in_features) once for ``linear``; see :class:`PackedLinear`."""
+    return PackedLinear(weight, bias)
+
+
+def linear(x: np.ndarray, weight, bias: Optional[np.ndarray] = None, *, activation: Optional[str] = None) -> np.ndarray:
     """x @ weight.T + bias, PyTorch's weight layout (out_features, in_features); x (..., in_features).
-    activation: None, 'relu', 'gelu' (erf) or 'gelu_tanh', applied in the GEMM's epilogue."""
-    return _core.linear(x, weight, bias, "none" if activation is None else activation)
+
+    weight: an array, or a :class:`PackedLinear` from ``pack_linear`` (then its bias is used, and
+    passing another one is an error). activation: None, 'relu', 'gelu' (erf) or 'gelu_tanh',
+    applied in the GEMM's epilogue."""
+    act = "none" if activation is None else activation
+    if isinstance(weight, PackedLinear):
+        if bias is not None and weight.bias is not None:
+            raise ValueError("bias: the packed weight holds a bias already")
+        return _core.linear_packed(x, weight._packed, weight.bias if bias is None else bias, act)
+    return _core.linear(x, weight, bias, act)
 
 
 def layer_norm(

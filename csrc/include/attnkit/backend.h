@@ -13,6 +13,11 @@ struct Backend {
   void (*attention)(const AttnProblem& p);
   void (*gemm)(const GemmProblem& p);
   void (*rows)(const RowProblem& p);
+  // Prepacked weights (optional; null where the backend has none): the layout tag in force
+  // now, and packing p's W (strided, or another layout's PackedWeight) into dst, whose N, K and
+  // dtype are set; pack fills layout, panel_cols, depth_block, data and bytes.
+  int (*weight_layout)();
+  void (*pack)(const GemmProblem& p, PackedWeight& dst);
 };
 
 // The backends, defined in csrc/cpu and csrc/cuda.

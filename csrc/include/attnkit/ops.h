@@ -50,10 +50,21 @@ void sdpa_run(SdpaPlan& plan, const TensorView& out, const TensorView& lse);
 struct GemmPlan {
   GemmProblem problem;
   OutputSpec out;
+  PackedWeight packed;            // a prepacked weight's copy (its panels kept alive); problem.packed points here
+  GemmPlan() = default;
+  GemmPlan(const GemmPlan&) = delete;
+  GemmPlan& operator=(const GemmPlan&) = delete;
 };
 void linear_prepare(const TensorView& x, const TensorView& weight, const TensorView& bias, Activation act,
                     GemmPlan& plan, void* stream = nullptr);
 void linear_run(GemmPlan& plan, const TensorView& out);
+
+// Prepacked weights: pack `weight` (N, K) once for the backend of its device; a plan built from
+// a PackedWeight reads no W and packs nothing. If the layout in force changed since (the cpu's
+// set_isa), linear_prepare_packed repacks `weight` in place first.
+void linear_pack(const TensorView& weight, PackedWeight& packed);
+void linear_prepare_packed(const TensorView& x, PackedWeight& weight, const TensorView& bias, Activation act,
+                           GemmPlan& plan, void* stream = nullptr);
 
 // ---- row-wise ops: softmax, layer_norm (+ fused residual), activations ------------------------
 struct RowPlan {

@@ -4,6 +4,7 @@
 // csrc/cuda) assume a descriptor is valid and never re-check it.
 #pragma once
 #include <cstdint>
+#include <memory>
 
 #include "attnkit/tensor.h"
 
@@ -45,6 +46,19 @@ struct AttnProblem {
   void* stream = nullptr;            // cudaStream_t for a cuda problem; unused on the cpu
 };
 
+// A weight W (N, K) in a backend's panel layout for its GEMM (attnkit.pack_linear). `layout`
+// is the backend's tag for the layout (on the cpu: the instruction-set path it was packed for);
+// panel_cols and depth_block describe it well enough to read W back from it.
+struct PackedWeight {
+  DType dtype = DType::f32;
+  Device device = Device::cpu;
+  int64_t N = 0, K = 0;
+  int layout = -1;
+  int64_t panel_cols = 0, depth_block = 0;  // W^T packed as [K / depth_block][N / panel_cols][depth][panel_cols]
+  std::shared_ptr<void> data;               // kept alive by every plan that uses it
+  size_t bytes = 0;
+};
+
 // out (M, N), contiguous = act(A (M, K) @ W (N, K)^T + bias (N)). A's M rows are reached
 // through up to kMaxDims leading dims with their strides (any strided x of shape (..., K)).
 struct GemmProblem {
@@ -56,6 +70,7 @@ struct GemmProblem {
   int64_t a_k = 1;                   // stride of A along K
   const void* w = nullptr;
   int64_t w_n = 0, w_k = 1;          // strides of W
+  const PackedWeight* packed = nullptr;  // instead of w: W already in the backend's layout
   const void* bias = nullptr;        // optional
   int64_t bias_s = 1;
   void* out = nullptr;
