@@ -110,7 +110,11 @@ def make_fns(kind: str, p: dict, contenders) -> tuple[dict, dict]:
         w = rng.standard_normal((N, K), dtype=f32) * f32(K**-0.5)
         b = rng.standard_normal(N, dtype=f32) if p["bias"] else None
         if "attnkit" in contenders:
-            fns["attnkit"] = lambda: attnkit.linear(x, w, b, activation=act)
+            if p.get("packed"):  # a model's weight: packed once at load, as attnkit.nn does
+                packed = attnkit.pack_linear(w, b)
+                fns["attnkit"] = lambda: attnkit.linear(x, packed, activation=act)
+            else:
+                fns["attnkit"] = lambda: attnkit.linear(x, w, b, activation=act)
         if "numpy" in contenders:
             plain = b is None and act is None
             fns["numpy"] = (lambda: x @ w.T) if plain else (lambda: reference.linear(x, w, b, activation=act))
@@ -184,14 +188,21 @@ def decode(opts: Options) -> list[Case]:
 
 def linear(opts: Options) -> list[Case]:
     """x (M, K) @ w (N, K).T against NumPy ``x @ w.T`` and torch.nn.functional.linear."""
-    def case(M, K, N, bias=False, activation=None):
-        name = f"linear {M}x{K} @ {K}x{N}" + (" +bias" if bias else "") + (f" +{activation}" if activation else "")
-        return Case("linear", name, "linear", dict(M=M, K=K, N=N, bias=bias, activation=activation), 2.0 * M * N * K)
+    def case(M, K, N, bias=False, activation=None, packed=False):
+        name = (f"linear {M}x{K} @ {K}x{N}" + (" +bias" if bias else "") + (f" +{activation}" if activation else "")
+                + (" packed" if packed else ""))
+        return Case("linear", name, "linear", dict(M=M, K=K, N=N, bias=bias, activation=activation, packed=packed),
+                    2.0 * M * N * K)
     if opts.tiny:
-        return [case(64, 32, 48)]
+        return [case(64, 32, 48), case(3, 32, 48, True, packed=True)]
+    # inference shapes: BERT-base and GPT-2-small projections (768 -> 2304 QKV, 768 -> 3072 -> 768
+    # MLP) at 1 (decode) to 512 rows, weights packed once as the models hold them
+    inference = [case(M, K, N, True, packed=True) for K, N in ((768, 2304), (768, 3072), (3072, 768))
+                 for M in (1, 8, 32, 128, 512)]
     if opts.quick:
-        return [case(4096, 1024, 3072)]
-    return [case(4096, 1024, 3072), case(4096, 1024, 3072, True, "gelu"), case(512, 768, 768, True)]
+        return [case(4096, 1024, 3072)] + [c for c in inference if c.params["M"] in (1, 128) and c.params["K"] == 768
+                                           and c.params["N"] == 3072]
+    return [case(4096, 1024, 3072), case(4096, 1024, 3072, True, "gelu"), case(512, 768, 768, True)] + inference
 
 
 def memory(opts: Options) -> list[Case]:
