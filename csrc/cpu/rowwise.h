@@ -4,6 +4,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "attnkit/problems.h"
 #include "cpu/simd.h"
@@ -11,8 +12,9 @@
 
 namespace attnkit { namespace cpu { namespace ATTNKIT_ISA_NAMESPACE { namespace {
 
-// In place: entries of -inf are masked; an all -inf row gives zeros; NaN propagates.
-inline void softmax_row(float* x, int64_t n) {
+// y = softmax(x) (y may be x): entries of -inf are masked; an all -inf row gives zeros; NaN
+// propagates.
+inline void softmax_row(const float* x, float* y, int64_t n) {
   constexpr int W = Simd<float>::W;
   const float ninf = -INFINITY;
   vf mv = vset(ninf);
@@ -26,55 +28,80 @@ inline void softmax_row(float* x, int64_t n) {
   for (int64_t j = 0; j < W; ++j) if (mv[j] != mv[j]) m = mv[j];
   for (; i < n; ++i) m = (x[i] > m || x[i] != x[i]) ? x[i] : m;
   if (m == ninf) {
-    for (int64_t j = 0; j < n; ++j) x[j] = 0.0f;
+    for (int64_t j = 0; j < n; ++j) y[j] = 0.0f;
     return;
   }
   const float l2e = static_cast<float>(kLog2e);
-  vf sv = vf{};
-  for (i = 0; i + W <= n; i += W) {
+  vf sv = vf{}, sv1 = vf{};
+  for (i = 0; i + 2 * W <= n; i += 2 * W) {
+    vf p = exp2v((vload(x + i) - m) * l2e), p1 = exp2v((vload(x + i + W) - m) * l2e);
+    vstore(y + i, p);
+    vstore(y + i + W, p1);
+    sv += p;
+    sv1 += p1;
+  }
+  for (; i + W <= n; i += W) {
     vf p = exp2v((vload(x + i) - m) * l2e);
-    vstore(x + i, p);
+    vstore(y + i, p);
     sv += p;
   }
-  float s = hsum(sv);
+  float s = hsum(sv + sv1);
   for (; i < n; ++i) {
     float p = exp2v(vset((x[i] - m) * l2e))[0];
-    x[i] = p;
+    y[i] = p;
     s += p;
   }
   float inv = 1.0f / s;
-  for (i = 0; i + W <= n; i += W) vstore(x + i, vload(x + i) * inv);
-  for (; i < n; ++i) x[i] *= inv;
+  for (i = 0; i + W <= n; i += W) vstore(y + i, vload(y + i) * inv);
+  for (; i < n; ++i) y[i] *= inv;
 }
-inline void softmax_row(double* x, int64_t n) {
+inline void softmax_row(const double* x, double* y, int64_t n) {
   double m = -INFINITY;
   for (int64_t i = 0; i < n; ++i) m = (x[i] > m || x[i] != x[i]) ? x[i] : m;
   if (m == -INFINITY) {
-    for (int64_t i = 0; i < n; ++i) x[i] = 0.0;
+    for (int64_t i = 0; i < n; ++i) y[i] = 0.0;
     return;
   }
   double s = 0.0;
-  for (int64_t i = 0; i < n; ++i) s += (x[i] = ::exp(x[i] - m));
+  for (int64_t i = 0; i < n; ++i) s += (y[i] = ::exp(x[i] - m));
   double inv = 1.0 / s;
-  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+  for (int64_t i = 0; i < n; ++i) y[i] *= inv;
+}
+
+// dst[0, n) = src[0, n * stride) step stride; a plain copy for unit stride.
+template <class T>
+inline void gather(const T* src, int64_t stride, T* dst, int64_t n) {
+  if (stride == 1) std::memcpy(dst, src, sizeof(T) * static_cast<size_t>(n));
+  else for (int64_t j = 0; j < n; ++j) dst[j] = src[j * stride];
 }
 
 template <class T>
 inline void layer_norm_row(const T* x, int64_t n, const T* w, const T* b, double eps, T* y) {
   typedef typename Simd<T>::V V;
   constexpr int W = Simd<T>::W;
-  V sv = V{};
+  // two passes (mean, then centred squares), each with four independent accumulators: one
+  // chain would wait on the add latency at every vector
+  V s4[4] = {V{}, V{}, V{}, V{}};
   int64_t i = 0;
-  for (; i + W <= n; i += W) sv += vload(x + i);
+  for (; i + 4 * W <= n; i += 4 * W)
+    for (int u = 0; u < 4; ++u) s4[u] += vload(x + i + u * W);
+  for (; i + W <= n; i += W) s4[0] += vload(x + i);
+  V sv = (s4[0] + s4[1]) + (s4[2] + s4[3]);
   T s = 0;
   for (int j = 0; j < W; ++j) s += sv[j];
   for (; i < n; ++i) s += x[i];
   const T mean = s / static_cast<T>(n);
-  V qv = V{};
-  for (i = 0; i + W <= n; i += W) {
+  V q4[4] = {V{}, V{}, V{}, V{}};
+  for (i = 0; i + 4 * W <= n; i += 4 * W)
+    for (int u = 0; u < 4; ++u) {
+      V d = vload(x + i + u * W) - mean;
+      q4[u] += d * d;
+    }
+  for (; i + W <= n; i += W) {
     V d = vload(x + i) - mean;
-    qv += d * d;
+    q4[0] += d * d;
   }
+  V qv = (q4[0] + q4[1]) + (q4[2] + q4[3]);
   T q = 0;
   for (int j = 0; j < W; ++j) q += qv[j];
   for (; i < n; ++i) q += (x[i] - mean) * (x[i] - mean);
@@ -91,6 +118,17 @@ inline void layer_norm_row(const T* x, int64_t n, const T* w, const T* b, double
     if (b) v += b[i];
     y[i] = v;
   }
+}
+
+// x[0, n) += r[0, n * stride) step stride.
+template <class T>
+inline void add_row(T* x, const T* r, int64_t stride, int64_t n) {
+  typedef typename Simd<T>::V V;
+  constexpr int W = Simd<T>::W;
+  int64_t j = 0;
+  if (stride == 1)
+    for (; j + W <= n; j += W) vstore(x + j, vload(x + j) + vload(r + j));
+  for (; j < n; ++j) x[j] += r[j * stride];
 }
 
 // Offset (in elements) of row `row` of an operand with `strides`, rows running over every dim
@@ -122,11 +160,12 @@ void row_task(void* ctx, int64_t begin, int64_t end, int tid) {
   for (int64_t row = begin; row < end; ++row) {
     const T* xr = static_cast<const T*>(p.x.data) + row_offset(p, p.x.strides, row);
     T* orow = static_cast<T*>(p.out.data) + row_offset(p, p.out.strides, row);
-    if (p.op == RowOp::activation && xs == 1 && os == 1) {
-      act_row(xr, static_cast<const T*>(nullptr), orow, n, p.act);
-      continue;
+    T* dst = os == 1 ? orow : buf;  // computed straight into the output row when it is contiguous
+    const T* src = xr;              // the row's input, contiguous
+    if (xs != 1 || (p.op == RowOp::softmax && p.mask.data) || (p.op == RowOp::layer_norm && p.residual.data)) {
+      gather(xr, xs, buf, n);
+      src = buf;
     }
-    for (int64_t j = 0; j < n; ++j) buf[j] = xr[j * xs];
     switch (p.op) {
       case RowOp::softmax:
         if (p.mask.data) {
@@ -135,31 +174,27 @@ void row_task(void* ctx, int64_t begin, int64_t end, int tid) {
           for (int64_t j = 0; j < n; ++j)
             if (!mr[j * ms]) buf[j] = -INFINITY;
         }
-        softmax_row(buf, n);
+        softmax_row(src, dst, n);
         break;
-      case RowOp::layer_norm: {
-        if (p.residual.data) {
+      case RowOp::layer_norm:
+        if (p.residual.data) {  // buf = x + residual
           const T* rr = static_cast<const T*>(p.residual.data) + row_offset(p, p.residual.strides, row);
-          const int64_t rs = p.residual.strides[p.axis];
-          for (int64_t j = 0; j < n; ++j) buf[j] += rr[j * rs];
+          add_row(buf, rr, p.residual.strides[p.axis], n);
         }
         if (p.sum.data) {
           T* sr = static_cast<T*>(p.sum.data) + row_offset(p, p.sum.strides, row);
           const int64_t ss = p.sum.strides[p.axis];
-          for (int64_t j = 0; j < n; ++j) sr[j * ss] = buf[j];
+          if (ss == 1) std::memcpy(sr, src, sizeof(T) * static_cast<size_t>(n));
+          else for (int64_t j = 0; j < n; ++j) sr[j * ss] = src[j];
         }
-        if (os == 1) {  // straight into the output row
-          layer_norm_row(buf, n, w, b, p.eps, orow);
-          continue;
-        }
-        layer_norm_row(buf, n, w, b, p.eps, buf);
+        layer_norm_row(src, n, w, b, p.eps, dst);
         break;
-      }
       case RowOp::activation:
-        act_row(buf, static_cast<const T*>(nullptr), buf, n, p.act);
+        act_row(src, static_cast<const T*>(nullptr), dst, n, p.act);
         break;
     }
-    for (int64_t j = 0; j < n; ++j) orow[j * os] = buf[j];
+    if (dst != orow)
+      for (int64_t j = 0; j < n; ++j) orow[j * os] = dst[j];
   }
 }
 
@@ -169,7 +204,8 @@ int rows_impl(const RowProblem& p) {
   if (p.rows == 0 || p.n == 0) return 0;
   RowRun<T> run;
   run.p = &p;
-  const int nt = num_threads();
+  // a buffer per thread that gets a row, no more (a single huge row needs one)
+  const int nt = static_cast<int>(imin(num_threads(), p.rows));
   const bool gather = p.op == RowOp::layer_norm && ((p.weight && p.weight_s != 1) || (p.bias && p.bias_s != 1));
   if (!run.ws.alloc(nt + (gather ? 2 : 0), sizeof(T) * static_cast<size_t>(p.n))) return 1;
   RowProblem q = p;
