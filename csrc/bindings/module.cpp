@@ -64,6 +64,22 @@ Activation parse_activation(const std::string& name) {
   throw ValueError("activation: expected None, 'relu', 'gelu' or 'gelu_tanh', got '" + name + "'");
 }
 
+// Runs f without the GIL. The GIL is taken back in plain code, not in a destructor: when the
+// interpreter exits while a daemon thread is inside a kernel, CPython ends that thread inside
+// PyEval_RestoreThread (pthread_exit), and the unwinding must not cross a noexcept destructor
+// such as pybind11's gil_scoped_release (it would call std::terminate and abort the process).
+template <class F>
+void without_gil(F&& f) {
+  PyThreadState* state = PyEval_SaveThread();
+  try {
+    f();
+  } catch (...) {
+    PyEval_RestoreThread(state);
+    throw;
+  }
+  PyEval_RestoreThread(state);
+}
+
 py::object new_output(const OutputSpec& spec) { return new_array(spec.dtype, spec.shape, spec.ndim); }
 
 py::object py_sdpa(py::handle query, py::handle key, py::handle value, py::handle attn_mask, const std::string& causal,
@@ -98,10 +114,7 @@ py::object py_sdpa(py::handle query, py::handle key, py::handle value, py::handl
     lse_arr = new_output(plan.lse);
     lv = view_of(lse_arr, "lse");
   }
-  {
-    py::gil_scoped_release nogil;
-    sdpa_run(plan, ov, lv);
-  }
+  without_gil([&] { sdpa_run(plan, ov, lv); });
   if (return_lse) return py::make_tuple(out_arr, lse_arr);
   return out_arr;
 }
@@ -120,10 +133,7 @@ py::object run_rows(RowPlan& plan, bool return_sum) {
     sum = new_output(plan.out);
     sv = view_of(sum, "sum");
   }
-  {
-    py::gil_scoped_release nogil;
-    rows_run(plan, ov, sv);
-  }
+  without_gil([&] { rows_run(plan, ov, sv); });
   if (return_sum) return py::make_tuple(out, sum);
   return out;
 }
@@ -140,16 +150,14 @@ py::object py_linear(py::handle x, py::handle weight, py::handle bias, const std
   linear_prepare(xv, wv, bv, parse_activation(act), plan);
   py::object out = new_output(plan.out);
   TensorView ov = view_of(out, "out");
-  py::gil_scoped_release nogil;
-  linear_run(plan, ov);
+  without_gil([&] { linear_run(plan, ov); });
   return out;
 }
 
 PackedWeight py_pack_linear(py::handle weight) {
   TensorView wv = required_view(weight, "weight");
   PackedWeight packed;
-  py::gil_scoped_release nogil;
-  linear_pack(wv, packed);
+  without_gil([&] { linear_pack(wv, packed); });
   return packed;
 }
 
@@ -159,8 +167,7 @@ py::object py_linear_packed(py::handle x, PackedWeight& weight, py::handle bias,
   linear_prepare_packed(xv, weight, bv, parse_activation(act), plan);  // with the GIL: may repack `weight`
   py::object out = new_output(plan.out);
   TensorView ov = view_of(out, "out");
-  py::gil_scoped_release nogil;
-  linear_run(plan, ov);
+  without_gil([&] { linear_run(plan, ov); });
   return out;
 }
 
@@ -183,6 +190,9 @@ py::object py_activation(py::handle x, const std::string& act) {
 
 PYBIND11_MODULE(_core, m) {
   register_backend(Device::cpu, &cpu_backend());
+  // pybind11's NumPy set-up (importing numpy's C API) now, at import, not on some thread's first call
+  py::detail::npy_api::get();
+  (void)py::dtype::of<float>();
   m.doc() = "attnkit's compiled core: attention, softmax, linear, layer_norm and activation kernels";
   py::register_exception_translator([](std::exception_ptr p) {
     try {
