@@ -194,7 +194,7 @@ class GPT2LMHeadModel(Pretrained, nn.Module):
     # -- generation ----------------------------------------------------------------------------------
     def new_cache(self, batch_size: int, max_len: int) -> nn.KVCache:
         first = self.blocks[0].attn
-        return nn.KVCache(len(self.blocks), batch_size, first.num_heads, first.head_dim, max_len, self.dtype)
+        return nn.KVCache(len(self.blocks), batch_size, first.num_kv_heads, first.head_dim, max_len, self.dtype)
 
     def generate(self, input_ids, max_new_tokens: int, *, attention_mask=None, num_beams: int = 1,
                  eos_token_id: Optional[int] = None, pad_token_id: Optional[int] = None,

@@ -362,7 +362,7 @@ class _Seq2SeqDecoding:
         self.tokens = np.empty((B, 0), dtype=np.int64)
         if use_cache:
             first = model.decoder.layers[0].self_attn
-            self.cache = KVCache(len(model.decoder.layers), B, first.num_heads, first.head_dim, max_len,
+            self.cache = KVCache(len(model.decoder.layers), B, first.num_kv_heads, first.head_dim, max_len,
                                  dtype=memory.dtype)
 
     def _memory_mask(self) -> AttentionMask:
