@@ -20,6 +20,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..nn.layers import AttentionMask
+from ..nn.transformer import sublayer_connections
 from ._checkpoint import Pretrained, Tensors, field
 
 __all__ = ["GPT2Config", "GPT2Block", "GPT2LMHeadModel"]
@@ -75,12 +76,9 @@ class GPT2Block(nn.Module):
 
     def __call__(self, x, mask: AttentionMask, cache=None):
         """x (B, L, E) -> (B, L, E). With a LayerKVCache, x holds the new positions and attends to the cache."""
-        h = self.ln_1(x)
-        a = self.attn(h, mask=mask) if cache is None else self.attn.cached(h, cache)   # 1) attend
-        y, x = self.ln_2(a, residual=x, return_sum=True)                                # x <- x + a, y = LN2(x)
-        out = self.mlp(y)                                                               # 2) MLP
-        out += x
-        return out
+        return sublayer_connections(x, [(self.ln_1, lambda h: self.attn(h, mask=mask, cache=cache)),   # 1) attend
+                                        (self.ln_2, self.mlp)],                                       # 2) MLP
+                                    norm_first=True)
 
 
 class GPT2LMHeadModel(Pretrained, nn.Module):

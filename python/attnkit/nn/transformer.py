@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from .layers import (ACTIVATIONS, NO_MASK, AttentionMask, Embeddings, FeedForwar
                      MultiHeadAttention)
 from .module import Module
 
-__all__ = ["TransformerConfig", "EncoderLayer", "DecoderLayer", "Encoder", "Decoder", "Transformer"]
+__all__ = ["TransformerConfig", "sublayer_connections", "EncoderLayer", "DecoderLayer", "Encoder", "Decoder", "Transformer"]
 
 MemoryKV = List[Tuple[np.ndarray, np.ndarray]]   # per decoder layer: K, V of the encoder memory (B, H, S, Dh)
 
@@ -66,6 +66,33 @@ class TransformerConfig:
 
 
 # --------------------------------------------------------------------------------------------------
+# "Add & Norm": the residual connection around every sublayer
+# --------------------------------------------------------------------------------------------------
+
+Sublayer = Callable[[np.ndarray], np.ndarray]
+
+
+def sublayer_connections(x, steps: Sequence[Tuple[LayerNorm, Sublayer]], *, norm_first: bool) -> np.ndarray:
+    """x (B, L, E) through (norm, sublayer) steps, each wrapped in a residual connection -> (B, L, E).
+
+    post-LN (the paper):  x <- LN(x + Sublayer(x)) per step.
+    pre-LN (norm_first):  x <- x + Sublayer(LN(x)) per step; each residual add is fused into the next
+                          step's LayerNorm (``return_sum``), only the last one is a separate add.
+    """
+    if not norm_first:
+        for norm, sublayer in steps:
+            x = norm(sublayer(x), residual=x)                            # LN(x + Sublayer(x))
+        return x
+    (norm, sublayer), *rest = steps
+    h = sublayer(norm(x))
+    for norm, sublayer in rest:
+        y, x = norm(h, residual=x, return_sum=True)                      # x <- x + h, y = LN(x)
+        h = sublayer(y)
+    h += x                                                               # x + h
+    return h
+
+
+# --------------------------------------------------------------------------------------------------
 # The two layer boxes of Figure 1
 # --------------------------------------------------------------------------------------------------
 
@@ -80,14 +107,9 @@ class EncoderLayer(Module):
 
     def __call__(self, x, mask: AttentionMask = NO_MASK):
         """x (B, L, E) -> (B, L, E)."""
-        if self.norm_first:                                              # pre-LN: x + Sublayer(LN(x))
-            h = self.self_attn(self.norm1(x), mask=mask)                 # 1) attend
-            y, x = self.norm2(h, residual=x, return_sum=True)            #    x <- x + h, y = LN(x)
-            out = self.feed_forward(y)                                   # 2) feed forward
-            out += x                                                     #    x + h
-            return out
-        x = self.norm1(self.self_attn(x, mask=mask), residual=x)         # 1) LN(x + SelfAttention(x))
-        return self.norm2(self.feed_forward(x), residual=x)              # 2) LN(x + FFN(x))
+        return sublayer_connections(x, [(self.norm1, lambda h: self.self_attn(h, mask=mask)),   # 1) attend
+                                        (self.norm2, self.feed_forward)],                      # 2) feed forward
+                                    norm_first=self.norm_first)
 
 
 class DecoderLayer(Module):
@@ -105,23 +127,14 @@ class DecoderLayer(Module):
 
         cache: a LayerKVCache; x then holds the new positions only and self attention runs over the cache.
         """
-        def self_attention(h):
-            return self.self_attn(h, mask=self_mask) if cache is None else self.self_attn.cached(h, cache)
-
         def cross_attention(h):
             return self.cross_attn.attend(self.cross_attn.project_q(h), *memory_kv, memory_mask)
 
-        if self.norm_first:                                              # pre-LN
-            h = self_attention(self.norm1(x))                            # 1) masked self attention
-            y, x = self.norm2(h, residual=x, return_sum=True)
-            h = cross_attention(y)                                       # 2) attend to the encoder memory
-            y, x = self.norm3(h, residual=x, return_sum=True)
-            out = self.feed_forward(y)                                   # 3) feed forward
-            out += x
-            return out
-        x = self.norm1(self_attention(x), residual=x)                    # 1) LN(x + MaskedSelfAttention(x))
-        x = self.norm2(cross_attention(x), residual=x)                   # 2) LN(x + CrossAttention(x, memory))
-        return self.norm3(self.feed_forward(x), residual=x)              # 3) LN(x + FFN(x))
+        return sublayer_connections(
+            x, [(self.norm1, lambda h: self.self_attn(h, mask=self_mask, cache=cache)),   # 1) masked self attention
+                (self.norm2, cross_attention),                                         # 2) attend to the memory
+                (self.norm3, self.feed_forward)],                                      # 3) feed forward
+            norm_first=self.norm_first)
 
 
 # --------------------------------------------------------------------------------------------------
