@@ -284,15 +284,10 @@ class _GPT2Decoding:
         return self._last_logits(hidden)                                        # later steps overwrite the pad
 
     def _recompute(self) -> np.ndarray:
+        """The whole prefix again, each row cut at its own length (right padding)."""
         S = int(self.lengths.max())
-        mask = AttentionMask(is_causal=True, kv_lengths=self.lengths)
-        ids = self.tokens[:, :S]
-        m = self.model
-        x = m.wte[ids]                                                          # (R, S, E)
-        x += m.wpe[np.arange(S)]
-        for block in m.blocks:
-            x = block(x, mask)
-        return self._last_logits(m.ln_f(x))
+        real = np.arange(S) < self.lengths[:, None]                             # (R, S)
+        return self._last_logits(self.model.hidden_states(self.tokens[:, :S], attention_mask=real))
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         if self.cache is None:
