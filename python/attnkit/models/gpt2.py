@@ -21,7 +21,7 @@ from .. import functional as F
 from .. import nn
 from ..nn.layers import AttentionMask
 from ..nn.transformer import sublayer_connections
-from ._checkpoint import Pretrained, Tensors, field
+from ._checkpoint import Pretrained, field
 
 __all__ = ["GPT2Config", "GPT2Block", "GPT2LMHeadModel"]
 
@@ -116,7 +116,7 @@ class GPT2LMHeadModel(Pretrained, nn.Module):
                         origin: str = "state dict") -> "GPT2LMHeadModel":
         c = config
         prefix = "transformer." if "transformer.wte.weight" in tensors else ""
-        t = Tensors(tensors, prefix, dtype=dtype, origin=origin)
+        t = nn.StateDict(tensors, prefix, dtype=dtype, origin=origin)
         E, V, Fd = c.n_embd, c.vocab_size, c.n_inner or 4 * c.n_embd
         act = _ACTIVATIONS[c.activation_function]
 
@@ -142,7 +142,7 @@ class GPT2LMHeadModel(Pretrained, nn.Module):
             raise ValueError(f"{origin}: more blocks than n_layer = {c.n_layer}")
         lm_head = None
         if not c.tie_word_embeddings or "lm_head.weight" in tensors:
-            lm_head = Tensors(tensors, "", dtype=dtype, origin=origin)("lm_head.weight", (V, E))
+            lm_head = nn.StateDict(tensors, "", dtype=dtype, origin=origin)("lm_head.weight", (V, E))
         return cls(c, t("wte.weight", (V, E)), t("wpe.weight", (c.n_positions, E)), blocks, norm("ln_f"), lm_head)
 
     # -- forward -------------------------------------------------------------------------------------
