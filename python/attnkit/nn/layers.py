@@ -242,9 +242,8 @@ class MultiHeadAttention(Module):
     # 1) project ----------------------------------------------------------------------------------
     def project_qkv(self, x) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """x (B, L, E) -> q (B, H, L, Dh), k, v (B, Hk, L, Dh): views of one packed GEMM's output (no copies)."""
-        q, k, v = F.project_heads(x, self.in_proj_weight, self.in_proj_bias,
-                                  (self.num_heads, self.num_kv_heads, self.num_kv_heads), self.head_dim)
-        return q, k, v
+        return tuple(F.project_heads(x, self.in_proj_weight, self.in_proj_bias,
+                                     (self.num_heads, self.num_kv_heads, self.num_kv_heads), self.head_dim))
 
     def project_q(self, x) -> np.ndarray:
         """x (B, L, E) -> q (B, H, L, Dh), a view."""
@@ -255,9 +254,8 @@ class MultiHeadAttention(Module):
     def project_kv(self, memory) -> Tuple[np.ndarray, np.ndarray]:
         """memory (B, S, E) -> k, v (B, Hk, S, Dh), views of one GEMM with [W^K; W^V]."""
         n = self.num_heads * self.head_dim
-        k, v = F.project_heads(memory, self.in_proj_weight[n:], self.in_proj_bias[n:],
-                               (self.num_kv_heads, self.num_kv_heads), self.head_dim)
-        return k, v
+        return tuple(F.project_heads(memory, self.in_proj_weight[n:], self.in_proj_bias[n:],
+                                     (self.num_kv_heads, self.num_kv_heads), self.head_dim))
 
     # 2) attend  3) merge the heads and project back -----------------------------------------------
     def attend(self, q, k, v, mask: AttentionMask = NO_MASK) -> np.ndarray:

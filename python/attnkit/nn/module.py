@@ -53,10 +53,9 @@ def _check_shape(array: np.ndarray, shape, what: str) -> None:
 class StateDict:
     """Hands out the tensors of a state dict by name, converted to ``dtype`` and checked against their shapes.
 
-    tensors: a mapping of names to arrays (NumPy arrays or torch tensors), or the path of a .safetensors file.
-    Names are looked up as ``prefix + name``, and errors give that full name after ``origin`` (what to call
-    the source: "state dict", a file path): KeyError for a missing tensor, ValueError for a wrong shape or a
-    tensor that is not floating point. Every tensor handed out is remembered, for :meth:`unused`.
+    tensors: a mapping of names to NumPy arrays or torch tensors, or the path of a .safetensors file. Names are
+    looked up as ``prefix + name``; errors name that key after ``origin`` ("state dict", a file path). Every
+    tensor handed out is remembered, for :meth:`unused`.
     """
 
     def __init__(self, tensors, prefix: str = "", *, dtype=np.float32, origin: str = "state dict"):
@@ -78,33 +77,24 @@ class StateDict:
         return [k[len(self.prefix):] for k in self.tensors if k.startswith(self.prefix)]
 
     def unused(self) -> List[str]:
-        """The full names under ``prefix`` that were never handed out, sorted."""
-        return sorted(self.prefix + k for k in self.names() if self.prefix + k not in self.used)
-
-    def shape(self, name: str) -> Tuple[int, ...]:
-        """The stored shape of ``prefix + name`` (the tensor is not converted, nor counted as used)."""
-        return tuple(np.shape(self._get(name)))
+        """The keys under ``prefix`` never handed out, sorted."""
+        return sorted(k for k in self.tensors if k.startswith(self.prefix) and k not in self.used)
 
     def __call__(self, name: str, shape, *, transpose: bool = False) -> np.ndarray:
-        """The tensor ``prefix + name`` as a C-contiguous ``dtype`` array of ``shape`` (None entries: any size).
+        """The tensor ``prefix + name``: a C-contiguous ``dtype`` array of ``shape`` (None entries: any size).
 
-        transpose: the tensor is stored transposed (a Conv1D weight (in, out) for an (out, in) linear):
-        it is checked against the reversed shape and handed out transposed.
+        transpose: stored transposed (a Conv1D weight (in, out) for an (out, in) linear), so checked against
+        the reversed shape and handed out transposed.
         """
-        key = self.prefix + name
-        array = _to_numpy(self._get(name))
-        if array.dtype.kind != "f":
-            raise ValueError(f"{self.origin}: tensor '{key}' has dtype {array.dtype}, expected floating point")
-        _check_shape(array, None if shape is None else tuple(shape)[::-1] if transpose else shape,
-                     f"{self.origin}: tensor '{key}' has")
-        self.used.add(key)
-        return np.ascontiguousarray(array.T if transpose else array, dtype=self.dtype)
-
-    def _get(self, name: str):
         key = self.prefix + name
         if key not in self.tensors:
             raise KeyError(f"{self.origin}: missing tensor '{key}'")
-        return self.tensors[key]
+        array = _to_numpy(self.tensors[key])
+        if array.dtype.kind != "f":
+            raise ValueError(f"{self.origin}: tensor '{key}' has dtype {array.dtype}, expected floating point")
+        _check_shape(array, tuple(shape)[::-1] if transpose else shape, f"{self.origin}: tensor '{key}' has")
+        self.used.add(key)
+        return np.ascontiguousarray(array.T if transpose else array, dtype=self.dtype)
 
 
 class Module:

@@ -431,7 +431,7 @@ def _torch_stack(t: StateDict, stack: str, decoder: bool, nhead: int, activation
         raise KeyError(f"state dict: layers of '{t.prefix}{stack}layers' are not numbered 0..n-1: {sorted(found)}")
     if not found:
         raise KeyError(f"state dict: no tensors '{t.prefix}{stack}layers.0.*'")
-    E = t.shape(f"{stack}layers.0.self_attn.in_proj_weight")[-1]
+    E = t(f"{stack}layers.0.self_attn.in_proj_weight", (None, None)).shape[1]          # d_model
 
     def norm(name: str) -> LayerNorm:
         return LayerNorm(t(f"{name}.weight", (E,)), t(f"{name}.bias", (E,)), eps)
