@@ -75,6 +75,7 @@ def measure_contenders(fns: dict, budget: float, min_repeats: int = 3, on_start=
     for c in fns:
         if on_start is not None:
             on_start(c)
+        # the fast contenders run together when the first of them comes up
         group = [c] if c == "numpy" or len(fast) < 2 else fast if c == fast[0] else []
         try:
             if len(group) == 1:
