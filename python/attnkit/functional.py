@@ -3,7 +3,7 @@ share a meaning; every check happens in the compiled entry points, which raise T
 ValueError naming the argument."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -274,7 +274,6 @@ def multi_head_attention(
     dh = in_proj_weight.shape[0] // (hq + 2 * hk)
     if dh == 0:
         raise ValueError(f"in_proj_weight: head_dim would be 0 for shape {in_proj_weight.shape}")
-    B, Lq, Lk = query.shape[0], query.shape[1], key.shape[1]
     nq, nk = hq * dh, hk * dh
     for name, arr, shape in (
         ("in_proj_bias", in_proj_bias, (in_proj_weight.shape[0],)),
@@ -300,28 +299,48 @@ def multi_head_attention(
 
     # 1) project: one packed GEMM for self attention, q and kv apart for cross attention
     if key is query and value is query:
-        qkv = linear(query, in_proj_weight, in_proj_bias)                 # (B, L, nq + 2 nk)
-        q, k, v = qkv[..., :nq], qkv[..., nq:nq + nk], qkv[..., nq + nk:]
+        q, k, v = project_heads(query, in_proj_weight, in_proj_bias, (hq, hk, hk), dh)
     else:
-        q = linear(query, *rows(0, nq))                                   # (B, Lq, nq)
+        (q,) = project_heads(query, *rows(0, nq), (hq,), dh)
         if key is value:
-            kv = linear(key, *rows(nq, nq + 2 * nk))                      # (B, Lk, 2 nk)
-            k, v = kv[..., :nk], kv[..., nk:]
+            k, v = project_heads(key, *rows(nq, nq + 2 * nk), (hk, hk), dh)
         else:
-            k = linear(key, *rows(nq, nq + nk))                           # (B, Lk, nk)
-            v = linear(value, *rows(nq + nk, nq + 2 * nk))                # (B, Lk, nk)
-    # 2) split into heads: views, no copies
-    q = q.reshape(B, Lq, hq, dh).transpose(0, 2, 1, 3)                   # (B, Hq, Lq, Dh)
-    k = k.reshape(B, Lk, hk, dh).transpose(0, 2, 1, 3)                   # (B, Hk, Lk, Dh)
-    v = v.reshape(B, Lk, hk, dh).transpose(0, 2, 1, 3)                   # (B, Hk, Lk, Dh)
-    # 3) attend, writing each head straight into its slot of the merged layout
-    merged = np.empty((B, Lq, hq, dh), dtype=q.dtype)                    # (B, Lq, Hq, Dh)
-    scaled_dot_product_attention(
-        q, k, v, attn_mask, is_causal, scale, hk != hq,
-        causal_alignment=causal_alignment, kv_lengths=kv_lengths, out=merged.transpose(0, 2, 1, 3),
-    )
-    merged = merged.reshape(B, Lq, nq)                                   # (B, Lq, Hq*Dh)
+            (k,) = project_heads(key, *rows(nq, nq + nk), (hk,), dh)
+            (v,) = project_heads(value, *rows(nq + nk, nq + 2 * nk), (hk,), dh)
+    # 2) attend 3) merge the heads
+    merged = attend_heads(q, k, v, attn_mask, is_causal, scale, causal_alignment=causal_alignment,
+                          kv_lengths=kv_lengths)                          # (B, Lq, Hq*Dh)
     # 4) project back
-    if out_proj_weight is None:
-        return merged
-    return linear(merged, out_proj_weight, out_proj_bias)
+    return merged if out_proj_weight is None else linear(merged, out_proj_weight, out_proj_bias)
+
+
+# The two halves of multi-head attention, shared with attnkit.nn.MultiHeadAttention. They check nothing:
+# multi_head_attention and the layer's constructor have done that.
+
+def project_heads(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray], heads: Sequence[int],
+                  head_dim: int) -> List[np.ndarray]:
+    """x (B, L, E) through one GEMM with weight (sum(heads) * Dh, E), its output split into one view
+    (B, h, L, Dh) per entry h of ``heads`` (no copies): heads (Hq, Hk, Hk) gives q, k, v of packed self
+    attention, (Hq,) q alone, (Hk, Hk) k and v of a cross-attention memory."""
+    B, L, _ = x.shape
+    y = linear(x, weight, bias)                                           # (B, L, sum(heads)*Dh)
+    y = y.reshape(B, L, sum(heads), head_dim).transpose(0, 2, 1, 3)       # (B, sum(heads), L, Dh)
+    return np.split(y, np.cumsum(heads)[:-1], axis=1)                     # each (B, h, L, Dh)
+
+
+def attend_heads(q: np.ndarray, k: np.ndarray, v: np.ndarray, attn_mask: Optional[np.ndarray] = None,
+                 is_causal: bool = False, scale: Optional[float] = None, *, causal_alignment: str = "top_left",
+                 kv_lengths=None) -> np.ndarray:
+    """Attend and merge the heads: q (B, Hq, Lq, Dh), k, v (B, Hk, Lk, Dh) -> (B, Lq, Hq*Dh).
+
+    Hk < Hq is grouped-query attention. Each head is written straight into its slot of the merged
+    layout, so Concat(head_1, ..., head_H) is a free reshape. Mask arguments as in
+    scaled_dot_product_attention.
+    """
+    B, H, Lq, Dh = q.shape
+    merged = np.empty((B, Lq, H, Dh), dtype=q.dtype)                      # (B, Lq, Hq, Dh)
+    scaled_dot_product_attention(
+        q, k, v, attn_mask, is_causal, scale, k.shape[1] != H,
+        causal_alignment=causal_alignment, kv_lengths=kv_lengths,
+        out=merged.transpose(0, 2, 1, 3))                                 # written through a (B, Hq, Lq, Dh) view
+    return merged.reshape(B, Lq, H * Dh)                                  # (B, Lq, Hq*Dh)

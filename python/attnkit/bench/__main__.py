@@ -31,20 +31,17 @@ COLUMNS = {
     "memory": [("peak MiB above in+out", "peak_mib", ".1f"), ("limit MiB", "limit_mib", ""),
                ("cold call ms", "median_ms", "ms"), ("GFLOP/s", "gflops", ".1f"), ("note", "note", "")],
     # the model suite's rows come from attnkit.bench.models; every key goes to the JSON, these to the table
-    "model": [("case", "name", ""), ("case", "case", ""), ("contender", "contender", ""), ("median ms", "median_ms", "ms"),
-              ("tokens/s", "tokens_per_s", ".1f"), ("vs numpy", "speedup_vs_numpy", ".2fx"),
-              ("vs torch", "speedup_vs_torch", ".2fx"), ("vs torch", "ratio_vs_torch", ".2fx"),
-              ("max err vs torch", "max_abs_err_vs_torch", ".1e"), ("max err vs numpy", "max_abs_err_vs_numpy", ".1e"),
-              ("note", "note", "")],
+    "model": COLS_RATE + [("tokens/s", "tokens_per_s", ".1f")] + COLS_RATIO[:-1]
+    + [("max err vs torch", "max_abs_err_vs_torch", ".1e")] + COLS_RATIO[-1:],
 }
-for _suite in ("attention", "linear", "decode", "memory"):
+for _suite in COLUMNS:
     COLUMNS[_suite] = LEAD + COLUMNS[_suite]
 TITLES = {
     "attention": "attention (fp32; vs numpy = speedup over the oracle, vs torch = torch time / attnkit time)",
     "decode": "decode (Lq = 1 over a KV cache; GB/s of K+V read, % of np.copyto bandwidth)",
     "linear": "linear (x @ w.T; NumPy x @ w.T, torch.nn.functional.linear)",
     "memory": "memory (peak RSS above inputs and output, one cold call per child process)",
-    "model": "model (rows from attnkit.bench.models.run_model_suite)",
+    "model": "model (rows from attnkit.bench.models.run_model_suite; vs numpy, vs torch and max err as in attention)",
 }
 
 
@@ -96,8 +93,7 @@ def header(opts, machine: dict, ceil: dict) -> str:
 
 def result_rows(case: suites.Case, res: dict, ceil: dict) -> list[dict]:
     """One flat row per contender: times, rates, % of the ceilings, ratios, error vs the oracle."""
-    ref = res.get("numpy", {}).get("out")
-    t = {c: r["median_ms"] for c, r in res.items() if r.get("median_ms")}
+    ratios = harness.compare(res)
     rows = []
     for c, r in res.items():
         row = {"suite": case.suite, "case": case.name, "contender": c, **case.params,
@@ -110,12 +106,7 @@ def result_rows(case: suites.Case, res: dict, ceil: dict) -> list[dict]:
             if case.bytes:
                 row["gbps"] = case.bytes / ms / 1e6
                 row["pct_copy"] = 100 * row["gbps"] / ceil["copy_gbps"]
-            if c != "numpy" and "numpy" in t:
-                row["speedup_vs_numpy"] = t["numpy"] / ms
-            if c == "attnkit" and "torch" in t:
-                row["ratio_vs_torch"] = t["torch"] / ms
-            if ref is not None and c != "numpy" and r.get("out") is not None:
-                row["max_abs_err"] = float(np.max(np.abs(np.asarray(r["out"], dtype=np.float32) - ref)))
+        row.update(ratios[c])
         rows.append(row)
     return rows
 
@@ -124,20 +115,8 @@ def run_timed(case, opts, prog, ceil) -> list[dict]:
     todo = [c for c in opts.contenders if c not in case.skip]
     res = {c: {"note": f"skipped: {case.skip[c]}"} for c in opts.contenders if c in case.skip}
     fns, _ = suites.make_fns(case.kind, case.params, todo)
-    # the fast contenders are timed in alternating blocks (their ratio is the figure that matters);
-    # the oracle, often 10-100x slower, alone after a pause (see harness.measure_interleaved)
-    fast = [c for c in todo if c != "numpy"]
-    for c in todo:
-        prog.step(f"{case.suite}: {case.name} [{c}]")
-        try:
-            if c == "numpy" or len(fast) < 2:
-                time.sleep(0.05)
-                res[c] = harness.measure(fns[c], opts.budget, opts.min_repeats)
-            elif c == fast[0]:
-                res.update(harness.measure_interleaved({f: fns[f] for f in fast}, opts.budget, opts.min_repeats))
-        except Exception as e:  # a failing contender must not sink the run
-            for f in ([c] if c == "numpy" or len(fast) < 2 else fast):
-                res[f] = {"note": f"error: {type(e).__name__}: {e}"}
+    res.update(harness.measure_contenders(fns, opts.budget, opts.min_repeats,
+                                          lambda c: prog.step(f"{case.suite}: {case.name} [{c}]")))
     for c in case.skip:
         prog.step(f"{case.suite}: {case.name} [{c}: skipped]")
     return result_rows(case, {c: res[c] for c in opts.contenders}, ceil)

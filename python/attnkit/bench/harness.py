@@ -1,4 +1,4 @@
-"""Benchmark plumbing: timing, ceilings, machine info, child-process memory probe, progress bar, table, plot."""
+"""Benchmark plumbing: timing, ratios, ceilings, machine info, child-process memory probe, progress bar, table, plot."""
 from __future__ import annotations
 
 import json
@@ -63,6 +63,51 @@ def measure_interleaved(fns: dict, budget: float, min_repeats: int = 3, max_repe
                     break
     return {name: {"median_ms": median(t) * 1e3, "min_ms": min(t) * 1e3, "runs": len(t), "out": outs[name]}
             for name, t in times.items()}
+
+
+def measure_contenders(fns: dict, budget: float, min_repeats: int = 3, on_start=None) -> dict:
+    """Time every contender of one case: the fast ones (all but the NumPy oracle "numpy") in alternating
+    blocks with ``measure_interleaved`` (their ratio is the figure that matters), the oracle, often 10-100x
+    slower, alone after a pause with ``measure``. ``on_start(name)`` is called before each contender (a
+    progress bar). A contender that raises gets ``{"note": "error: ..."}`` and does not sink the others.
+    Returns ``{name: measure-like dict}``."""
+    res, fast = {}, [c for c in fns if c != "numpy"]
+    for c in fns:
+        if on_start is not None:
+            on_start(c)
+        # the fast contenders run together when the first of them comes up
+        group = [c] if c == "numpy" or len(fast) < 2 else fast if c == fast[0] else []
+        try:
+            if len(group) == 1:
+                time.sleep(0.05)
+                res[c] = measure(fns[c], budget, min_repeats)
+            elif group:
+                res.update(measure_interleaved({f: fns[f] for f in group}, budget, min_repeats))
+        except Exception as e:
+            res.update({f: {"note": f"error: {type(e).__name__}: {e}"} for f in group})
+    return res
+
+
+def compare(res: dict) -> dict:
+    """The ratios of one case's contenders, from ``{name: measure-like dict}``: ``speedup_vs_numpy`` (oracle
+    time / its time, every other contender), ``ratio_vs_torch`` (torch time / attnkit time, attnkit's row) and
+    ``max_abs_err`` (against the oracle's output). Returns ``{name: {key: value}}``."""
+    t = {c: r["median_ms"] for c, r in res.items() if r.get("median_ms")}
+    ref = res.get("numpy", {}).get("out")
+    out = {c: {} for c in res}
+    for c in t:
+        if c != "numpy" and "numpy" in t:
+            out[c]["speedup_vs_numpy"] = t["numpy"] / t[c]
+        if c == "attnkit" and "torch" in t:
+            out[c]["ratio_vs_torch"] = t["torch"] / t[c]
+        if ref is not None and c != "numpy" and res[c].get("out") is not None:
+            out[c]["max_abs_err"] = max_abs_diff(res[c]["out"], ref)
+    return out
+
+
+def max_abs_diff(a, b) -> float:
+    """max |a - b|, a taken as float32; a and b NumPy arrays or CPU torch tensors."""
+    return float(np.max(np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b))))
 
 
 def ceilings(size: int, copy_bytes: int, budget: float) -> dict:

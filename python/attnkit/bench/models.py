@@ -11,21 +11,20 @@
 * a BERT-base-sized forward (12 layers, hidden 768, 12 heads, batch 1 x 128), random weights in memory:
   attnkit vs PyTorch (the same encoder in torch.nn.TransformerEncoder) vs NumPy (full mode only).
 
-Every contender gets ``threads`` threads (attnkit.set_num_threads, torch.set_num_threads, threadpoolctl for
-NumPy's BLAS when installed). PyTorch is optional: without it its rows are left out.
+The machinery is the other suites': every contender gets ``threads`` threads (``suites.configure``), is timed
+by ``harness.measure_contenders`` (attnkit and PyTorch in alternating blocks, the oracle alone) and compared by
+``harness.compare`` (speedup_vs_numpy, ratio_vs_torch = torch time / attnkit time, max_abs_err vs the oracle);
+attnkit's row adds max_abs_err_vs_torch. PyTorch is optional: without it its rows are left out.
 """
 from __future__ import annotations
 
-import contextlib
-import time
-from statistics import median
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 
-import attnkit
 from attnkit import nn
 from attnkit import reference as R
+from attnkit.bench import harness, suites
 from attnkit.models import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
 __all__ = ["run_model_suite"]
@@ -39,29 +38,22 @@ def _torch():
     return torch
 
 
-def _blas_threads(threads: int):
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=threads)
+def _row(case: str, contender: str, m: Dict, tokens: int, **extra) -> Dict:
+    """A result row from a harness measurement ``m``; tokens/s counts ``tokens`` per call."""
+    row = {"suite": "model", "case": case, "contender": contender, **{k: v for k, v in m.items() if k != "out"}}
+    if m.get("median_ms"):
+        row["tokens_per_s"] = tokens / m["median_ms"] * 1e3
+    return dict(row, **extra)
 
 
-def _time(fn: Callable, repeats: int, warmup: int = 1):
-    """(median ms, last output) over ``repeats`` calls after ``warmup`` untimed ones."""
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return median(times) * 1e3, out
-
-
-def _row(name: str, contender: str, median_ms: float, **extra) -> Dict:
-    return {"suite": "model", "name": name, "contender": contender, "median_ms": median_ms, **extra}
+def _compared_rows(case: str, fns: Dict, tokens: int, opts: suites.Options) -> List[Dict]:
+    """Time the contenders of one forward pass and compare them: one row per contender."""
+    res = harness.measure_contenders(fns, opts.budget, opts.min_repeats)
+    ratios = harness.compare(res)
+    ours, theirs = (res.get(c, {}).get("out") for c in ("attnkit", "torch"))
+    if ours is not None and theirs is not None:
+        ratios["attnkit"]["max_abs_err_vs_torch"] = harness.max_abs_diff(ours, theirs)
+    return [_row(case, c, r, tokens, **ratios[c]) for c, r in res.items()]
 
 
 # -------------------------------------------------------------------------------------------------
@@ -111,91 +103,74 @@ def _numpy_encoder(encoder: nn.Encoder, x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _encoder_rows(torch, quick: bool, threads: int, rng) -> List[Dict]:
-    layers, B, L, d, heads, ffn = (2 if quick else 6), 8, 128, 512, 8, 2048
-    repeats = 3 if quick else 7
-    name = f"encoder fwd {layers}L d{d} h{heads} ffn{ffn} B{B}xL{L}"
+def _encoder_rows(torch, opts: suites.Options, rng) -> List[Dict]:
+    layers, B, L, d, heads, ffn = (2 if opts.quick else 6), 8, 128, 512, 8, 2048
     encoder = _random_encoder(layers, d, heads, ffn, "relu", 1e-5, rng)
     x = rng.standard_normal((B, L, d), dtype=np.float32)
-    tokens = B * L
-    ms, ours = _time(lambda: encoder(x), repeats)
-    rows = [_row(name, "attnkit", ms, tokens_per_s=tokens / ms * 1e3)]
+    fns = {"attnkit": lambda: encoder(x)}
     if torch is not None:
-        tm = _torch_encoder(torch, encoder)
-        xt = torch.from_numpy(x)
+        tm, xt = _torch_encoder(torch, encoder), torch.from_numpy(x)
+        fns["torch"] = lambda: _no_grad(torch, tm, xt)
+    fns["numpy"] = lambda: _numpy_encoder(encoder, x)
+    return _compared_rows(f"encoder fwd {layers}L d{d} h{heads} ffn{ffn} B{B}xL{L}", fns, B * L, opts)
 
-        def run_torch():
-            with torch.inference_mode():
-                return tm(xt)
-        ms_t, ref = _time(run_torch, repeats)
-        err = float(np.abs(ours - ref.numpy()).max())
-        rows.append(_row(name, "torch", ms_t, tokens_per_s=tokens / ms_t * 1e3))
-        rows[0].update(speedup_vs_torch=ms_t / ms, max_abs_err_vs_torch=err)
-    with _blas_threads(threads):
-        ms_n, ref = _time(lambda: _numpy_encoder(encoder, x), 1 if quick else 3, warmup=0 if quick else 1)
-    rows.append(_row(name, "numpy", ms_n, tokens_per_s=tokens / ms_n * 1e3))
-    rows[0].update(speedup_vs_numpy=ms_n / ms, max_abs_err_vs_numpy=float(np.abs(ours - ref).max()))
-    return rows
+
+def _no_grad(torch, fn, *args):
+    with torch.inference_mode():
+        return fn(*args)
 
 
 # -------------------------------------------------------------------------------------------------
 # Generation
 # -------------------------------------------------------------------------------------------------
-def _generation_rows(quick: bool, rng) -> List[Dict]:
+def _generation_rows(opts: suites.Options, rng) -> List[Dict]:
+    quick = opts.quick
     config = GPT2Config(vocab_size=8192, n_positions=1024, n_embd=512, n_layer=4 if quick else 6, n_head=8)
     model = GPT2LMHeadModel.from_config(config, rng=rng, std=0.05)
     label = f"gpt2-like {config.n_layer}L d{config.n_embd} h{config.n_head} V{config.vocab_size}"
     prompt_len, new = 32, (16 if quick else 64)
     prompt = rng.integers(0, config.vocab_size, (1, prompt_len))
-    rows = []
 
-    ms_c, with_cache = _time(lambda: model.generate(prompt, new), 1 if quick else 3)
-    ms_r, without = _time(lambda: model.generate(prompt, new, use_cache=False), 1, warmup=0 if quick else 1)
+    cached = harness.measure(lambda: model.generate(prompt, new), opts.budget, opts.min_repeats)
+    recomputed = harness.measure(lambda: model.generate(prompt, new, use_cache=False), opts.budget, opts.min_repeats)
     name = f"{label} greedy {prompt_len}+{new} tok"
-    same = bool(np.array_equal(with_cache, without))
-    rows.append(_row(name + ", KV cache", "attnkit", ms_c, tokens_per_s=new / ms_c * 1e3, kv_cache=True,
-                     same_tokens=same, note=f"same tokens as recomputing: {same}"))
-    rows.append(_row(name + ", recompute", "attnkit", ms_r, tokens_per_s=new / ms_r * 1e3, kv_cache=False,
-                     note=f"{ms_r / ms_c:.1f}x the cached time"))
+    same = bool(np.array_equal(cached["out"], recomputed["out"]))
+    rows = [_row(name + ", KV cache", "attnkit", cached, new, kv_cache=True, same_tokens=same,
+                 note=f"same tokens as recomputing: {same}"),
+            _row(name + ", recompute", "attnkit", recomputed, new, kv_cache=False,
+                 note=f"{recomputed['median_ms'] / cached['median_ms']:.1f}x the cached time")]
 
     steps = 8 if quick else 24
-    base: Optional[float] = None
+    base = None
     for prefix in (32, 128, 512):
         ids = rng.integers(0, config.vocab_size, (1, prefix))
-        cache = model.new_cache(1, prefix + steps + 2)
+        cache = model.new_cache(1, prefix + steps + 2)                         # room for 2 warm-up steps
         model.hidden_states(ids, cache=cache)                                  # prefill
         token = np.array([[1]])
-        times = []
-        for _ in range(steps):                                                 # one decoding step each
-            t0 = time.perf_counter()
-            model.logits(model.hidden_states(token, cache=cache)[:, -1])
-            times.append(time.perf_counter() - t0)
-        ms = median(times[1:]) * 1e3
+        step = harness.measure(lambda: model.logits(model.hidden_states(token, cache=cache)[:, -1]),
+                               opts.budget, min_repeats=steps, max_repeats=steps)   # each call: one more position
+        ms = step["median_ms"]
         base = ms if base is None else base
-        rows.append(_row(f"{label} step @{prefix}, KV cache", "attnkit", ms, tokens_per_s=1e3 / ms,
-                         prefix=prefix, vs_prefix_32=ms / base, kv_cache=True,
-                         note=f"{ms / base:.2f}x the step @32"))
-        ms_full, _ = _time(lambda: model.logits(model.hidden_states(np.concatenate([ids, token], 1))[:, -1]),
-                           2 if quick else 3)
-        rows.append(_row(f"{label} step @{prefix}, recompute", "attnkit", ms_full, tokens_per_s=1e3 / ms_full,
-                         prefix=prefix, kv_cache=False, note=f"{ms_full / ms:.1f}x the cached step"))
+        rows.append(_row(f"{label} step @{prefix}, KV cache", "attnkit", step, 1, prefix=prefix,
+                         vs_prefix_32=ms / base, kv_cache=True, note=f"{ms / base:.2f}x the step @32"))
+        full = harness.measure(lambda: model.logits(model.hidden_states(np.concatenate([ids, token], 1))[:, -1]),
+                               opts.budget, opts.min_repeats)
+        rows.append(_row(f"{label} step @{prefix}, recompute", "attnkit", full, 1, prefix=prefix, kv_cache=False,
+                         note=f"{full['median_ms'] / ms:.1f}x the cached step"))
     return rows
 
 
 # -------------------------------------------------------------------------------------------------
 # BERT-base
 # -------------------------------------------------------------------------------------------------
-def _bert_rows(torch, quick: bool, threads: int, rng) -> List[Dict]:
+def _bert_rows(torch, opts: suites.Options, rng) -> List[Dict]:
     config = BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                         intermediate_size=3072, max_position_embeddings=512)
     model = BertModel.from_config(config, rng=rng)
     B, L = 1, 128
     ids = rng.integers(0, config.vocab_size, (B, L))
-    name = f"BERT-base fwd 12L d768 h12 ffn3072 B{B}xL{L}"
-    repeats = 3 if quick else 7
-    ms, ours = _time(lambda: model(ids), repeats)
-    rows = [_row(name, "attnkit", ms, tokens_per_s=B * L / ms * 1e3)]
     emb = model.embeddings
+    fns = {"attnkit": lambda: model(ids)}
     if torch is not None:
         tm = _torch_encoder(torch, model.encoder)
         word, pos, typ = (torch.from_numpy(a) for a in (emb.word, emb.position, emb.token_type))
@@ -203,43 +178,25 @@ def _bert_rows(torch, quick: bool, threads: int, rng) -> List[Dict]:
         ids_t = torch.from_numpy(ids)
 
         def run_torch():
-            with torch.inference_mode():
-                x = word[ids_t] + pos[:L] + typ[0]
-                x = torch.nn.functional.layer_norm(x, (768,), ln_w, ln_b, config.layer_norm_eps)
-                return tm(x)
-        ms_t, ref = _time(run_torch, repeats)
-        rows.append(_row(name, "torch", ms_t, tokens_per_s=B * L / ms_t * 1e3))
-        rows[0].update(speedup_vs_torch=ms_t / ms, max_abs_err_vs_torch=float(np.abs(ours - ref.numpy()).max()))
-    if not quick:
+            x = word[ids_t] + pos[:L] + typ[0]
+            return tm(torch.nn.functional.layer_norm(x, (768,), ln_w, ln_b, config.layer_norm_eps))
+        fns["torch"] = lambda: _no_grad(torch, run_torch)
+    if not opts.quick:
         def run_numpy():
             x = emb.word[ids] + emb.position[:L] + emb.token_type[0]
             x = R.layer_norm(x, (768,), emb.norm.weight, emb.norm.bias, config.layer_norm_eps)
             return _numpy_encoder(model.encoder, x)
-        with _blas_threads(threads):
-            ms_n, ref = _time(run_numpy, 1)
-        rows.append(_row(name, "numpy", ms_n, tokens_per_s=B * L / ms_n * 1e3))
-        rows[0].update(speedup_vs_numpy=ms_n / ms, max_abs_err_vs_numpy=float(np.abs(ours - ref).max()))
-    return rows
+        fns["numpy"] = run_numpy
+    return _compared_rows(f"BERT-base fwd 12L d768 h12 ffn3072 B{B}xL{L}", fns, B * L, opts)
 
 
 def run_model_suite(quick: bool, threads: int) -> List[Dict]:
     """Measure the model suite in this process with ``threads`` threads per contender; returns result rows."""
     torch = _torch()
-    previous = attnkit.get_num_threads()
-    attnkit.set_num_threads(threads)
-    torch_threads = None
-    if torch is not None:
-        torch_threads = torch.get_num_threads()
-        torch.set_num_threads(threads)
+    opts = suites.Options(quick=quick, threads=threads)
+    suites.configure(threads, None, ["attnkit", "numpy"] + (["torch"] if torch is not None else []))
     rng = np.random.default_rng(0)
-    try:
-        rows = _encoder_rows(torch, quick, threads, rng)
-        rows += _generation_rows(quick, rng)
-        rows += _bert_rows(torch, quick, threads, rng)
-    finally:
-        attnkit.set_num_threads(previous)
-        if torch is not None:
-            torch.set_num_threads(torch_threads)
+    rows = _encoder_rows(torch, opts, rng) + _generation_rows(opts, rng) + _bert_rows(torch, opts, rng)
     for r in rows:
         r["threads"] = threads
     return rows

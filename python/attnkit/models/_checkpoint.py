@@ -2,8 +2,8 @@
 
 A checkpoint directory holds ``config.json`` and either ``model.safetensors`` or the shards listed in
 ``model.safetensors.index.json``. Tensors are read with ``safetensors.numpy.load_file`` into a plain dict;
-:class:`Tensors` hands them out by name with their expected shapes, so that a missing or misshapen tensor is
-reported by its full name, and :func:`field` does the same for configuration fields.
+``attnkit.nn.StateDict`` hands them out by name with their expected shapes, so that a missing or misshapen
+tensor is reported by its full name, and :func:`field` does the same for configuration fields.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["load_config", "load_tensors", "load_pretrained", "Tensors", "field", "Pretrained"]
+__all__ = ["load_config", "load_tensors", "load_pretrained", "field", "Pretrained"]
 
 _MISSING = object()
 
@@ -76,32 +76,6 @@ def field(config: Dict[str, Any], name: str, kind, default: Any = _MISSING, *, c
     if choices is not None and value not in choices:
         raise ValueError(f"{where}: field '{name}' = {value!r} is not supported (supported: {sorted(choices)})")
     return value
-
-
-class Tensors:
-    """Hands out checkpoint tensors by name, converted to ``dtype`` and checked against expected shapes."""
-
-    def __init__(self, tensors: Dict[str, Any], prefix: str = "", *, dtype=np.float32, origin: str = "checkpoint"):
-        self.tensors, self.prefix, self.dtype, self.origin = tensors, prefix, np.dtype(dtype), origin
-
-    def has(self, name: str) -> bool:
-        return self.prefix + name in self.tensors
-
-    def __call__(self, name: str, shape: Tuple[int, ...], *, transpose: bool = False) -> np.ndarray:
-        """The tensor ``prefix + name`` with ``shape`` (after the optional transpose), C-contiguous."""
-        key = self.prefix + name
-        if key not in self.tensors:
-            raise KeyError(f"{self.origin}: missing tensor '{key}'")
-        array = np.asarray(self.tensors[key])
-        if array.dtype.kind != "f":
-            raise ValueError(f"{self.origin}: tensor '{key}' has dtype {array.dtype}, expected floating point")
-        if transpose:
-            array = array.T
-        if array.shape != tuple(shape):
-            stored = array.T.shape if transpose else array.shape
-            raise ValueError(f"{self.origin}: tensor '{key}' has shape {stored}, expected "
-                             f"{tuple(reversed(shape)) if transpose else tuple(shape)}")
-        return np.ascontiguousarray(array, dtype=self.dtype)
 
 
 class Pretrained:

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import nn
 from ..nn.layers import AttentionMask
-from ._checkpoint import Pretrained, Tensors, field
+from ._checkpoint import Pretrained, field
 
 __all__ = ["BertConfig", "BertEmbeddings", "BertModel"]
 
@@ -138,7 +138,7 @@ class BertModel(Pretrained, nn.Module):
         if prefix is None:
             raise KeyError(f"{origin}: missing tensor 'embeddings.word_embeddings.weight' (also looked under "
                            f"'bert.' and 'roberta.')")
-        t = Tensors(_rename_gamma_beta(tensors), prefix, dtype=dtype, origin=origin)
+        t = nn.StateDict(_rename_gamma_beta(tensors), prefix, dtype=dtype, origin=origin)
         E, F = c.hidden_size, c.intermediate_size
 
         def norm(name):

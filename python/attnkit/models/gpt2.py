@@ -20,7 +20,8 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..nn.layers import AttentionMask
-from ._checkpoint import Pretrained, Tensors, field
+from ..nn.transformer import sublayer_connections
+from ._checkpoint import Pretrained, field
 
 __all__ = ["GPT2Config", "GPT2Block", "GPT2LMHeadModel"]
 
@@ -75,12 +76,9 @@ class GPT2Block(nn.Module):
 
     def __call__(self, x, mask: AttentionMask, cache=None):
         """x (B, L, E) -> (B, L, E). With a LayerKVCache, x holds the new positions and attends to the cache."""
-        h = self.ln_1(x)
-        a = self.attn(h, mask=mask) if cache is None else self.attn.cached(h, cache)   # 1) attend
-        y, x = self.ln_2(a, residual=x, return_sum=True)                                # x <- x + a, y = LN2(x)
-        out = self.mlp(y)                                                               # 2) MLP
-        out += x
-        return out
+        return sublayer_connections(x, [(self.ln_1, lambda h: self.attn(h, mask=mask, cache=cache)),   # 1) attend
+                                        (self.ln_2, self.mlp)],                                       # 2) MLP
+                                    norm_first=True)
 
 
 class GPT2LMHeadModel(Pretrained, nn.Module):
@@ -118,7 +116,7 @@ class GPT2LMHeadModel(Pretrained, nn.Module):
                         origin: str = "state dict") -> "GPT2LMHeadModel":
         c = config
         prefix = "transformer." if "transformer.wte.weight" in tensors else ""
-        t = Tensors(tensors, prefix, dtype=dtype, origin=origin)
+        t = nn.StateDict(tensors, prefix, dtype=dtype, origin=origin)
         E, V, Fd = c.n_embd, c.vocab_size, c.n_inner or 4 * c.n_embd
         act = _ACTIVATIONS[c.activation_function]
 
@@ -144,7 +142,7 @@ class GPT2LMHeadModel(Pretrained, nn.Module):
             raise ValueError(f"{origin}: more blocks than n_layer = {c.n_layer}")
         lm_head = None
         if not c.tie_word_embeddings or "lm_head.weight" in tensors:
-            lm_head = Tensors(tensors, "", dtype=dtype, origin=origin)("lm_head.weight", (V, E))
+            lm_head = nn.StateDict(tensors, "", dtype=dtype, origin=origin)("lm_head.weight", (V, E))
         return cls(c, t("wte.weight", (V, E)), t("wpe.weight", (c.n_positions, E)), blocks, norm("ln_f"), lm_head)
 
     # -- forward -------------------------------------------------------------------------------------
@@ -194,7 +192,7 @@ class GPT2LMHeadModel(Pretrained, nn.Module):
     # -- generation ----------------------------------------------------------------------------------
     def new_cache(self, batch_size: int, max_len: int) -> nn.KVCache:
         first = self.blocks[0].attn
-        return nn.KVCache(len(self.blocks), batch_size, first.num_heads, first.head_dim, max_len, self.dtype)
+        return nn.KVCache(len(self.blocks), batch_size, first.num_kv_heads, first.head_dim, max_len, self.dtype)
 
     def generate(self, input_ids, max_new_tokens: int, *, attention_mask=None, num_beams: int = 1,
                  eos_token_id: Optional[int] = None, pad_token_id: Optional[int] = None,
@@ -286,15 +284,10 @@ class _GPT2Decoding:
         return self._last_logits(hidden)                                        # later steps overwrite the pad
 
     def _recompute(self) -> np.ndarray:
+        """The whole prefix again, each row cut at its own length (right padding)."""
         S = int(self.lengths.max())
-        mask = AttentionMask(is_causal=True, kv_lengths=self.lengths)
-        ids = self.tokens[:, :S]
-        m = self.model
-        x = m.wte[ids]                                                          # (R, S, E)
-        x += m.wpe[np.arange(S)]
-        for block in m.blocks:
-            x = block(x, mask)
-        return self._last_logits(m.ln_f(x))
+        real = np.arange(S) < self.lengths[:, None]                             # (R, S)
+        return self._last_logits(self.model.hidden_states(self.tokens[:, :S], attention_mask=real))
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         if self.cache is None:

@@ -6,6 +6,7 @@ One class per box of the paper's Figure 1 (weights are NumPy arrays held by the 
     EncoderLayer, DecoderLayer, Encoder, Decoder                          the stacks
     Transformer, TransformerConfig                                        the encoder-decoder
     KVCache, AttentionMask                                                incremental decoding, masks
+    StateDict                                                             named tensors of a checkpoint
     greedy_search, beam_search                                            generation loops
 """
 
@@ -13,11 +14,11 @@ from .cache import KVCache, LayerKVCache
 from .generation import beam_search, greedy_search
 from .layers import (AttentionMask, Embeddings, FeedForward, Generator, LayerNorm, MultiHeadAttention,
                      sinusoidal_positional_encoding)
-from .module import Module
+from .module import Module, StateDict
 from .transformer import Decoder, DecoderLayer, Encoder, EncoderLayer, Transformer, TransformerConfig
 
 __all__ = [
     "Module", "LayerNorm", "FeedForward", "MultiHeadAttention", "AttentionMask", "Embeddings", "Generator",
     "sinusoidal_positional_encoding", "EncoderLayer", "DecoderLayer", "Encoder", "Decoder", "Transformer",
-    "TransformerConfig", "KVCache", "LayerKVCache", "greedy_search", "beam_search",
+    "TransformerConfig", "KVCache", "LayerKVCache", "StateDict", "greedy_search", "beam_search",
 ]

@@ -192,39 +192,48 @@ class FeedForward(Module):
 class MultiHeadAttention(Module):
     """MultiHead(Q, K, V) = Concat(head_1, ..., head_H) W^O,  head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
 
-    Weights in ``torch.nn.MultiheadAttention``'s layout: in_proj_weight (3E, E) = [W^Q; W^K; W^V],
-    in_proj_bias (3E,), out_proj_weight (E, E), out_proj_bias (E,).
+    Weights in ``torch.nn.MultiheadAttention``'s layout: in_proj_weight ((H + 2 Hk) Dh, E) = [W^Q; W^K; W^V],
+    in_proj_bias ((H + 2 Hk) Dh,), out_proj_weight (E, E), out_proj_bias (E,); Dh = E / H. num_kv_heads
+    Hk < H (a divisor of H) gives grouped-query attention: query head h reads K/V head h // (H / Hk).
 
     * self attention   ``mha(x, mask=...)``: one packed QKV GEMM, Q, K, V are strided views of its output.
     * cross attention  ``mha(x, memory, mask=...)``, or ``mha.project_kv(memory)`` once and then
                        ``mha.attend(mha.project_q(x), k, v, mask)`` at every decoding step.
-    * causal           ``mask=AttentionMask(is_causal=True)``; incrementally with ``mha.cached(x, cache)``.
+    * causal           ``mask=AttentionMask(is_causal=True)``; incrementally with ``mha(x, cache=cache)``.
+
+    The computation is ``attnkit.functional``'s, shared with ``attnkit.multi_head_attention``.
     """
 
     def __init__(self, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads: int,
-                 *, scale: Optional[float] = None):
+                 *, num_kv_heads: Optional[int] = None, scale: Optional[float] = None):
         dtype = _float_dtype(in_proj_weight)
         self.in_proj_weight = as_float_array(in_proj_weight, dtype, "MultiHeadAttention.in_proj_weight",
                                              (None, None))
-        e3, d_model = self.in_proj_weight.shape
-        if e3 != 3 * d_model:
+        rows, d_model = self.in_proj_weight.shape
+        H, Hk = int(num_heads), int(num_heads if num_kv_heads is None else num_kv_heads)
+        if rows * H != (H + 2 * Hk) * d_model:                              # rows = (H + 2 Hk) * Dh, Dh = E / H
             raise ValueError(f"MultiHeadAttention.in_proj_weight: has shape {self.in_proj_weight.shape}, "
-                             f"expected ({3 * d_model}, {d_model}) = [W_q; W_k; W_v]")
-        if num_heads <= 0 or d_model % num_heads:
+                             f"expected ({(H + 2 * Hk) * d_model // max(H, 1)}, {d_model}) = [W_q; W_k; W_v]")
+        if H <= 0 or d_model % H:
             raise ValueError(f"num_heads: {num_heads} does not divide d_model={d_model}")
-        self.in_proj_bias = as_float_array(in_proj_bias, dtype, "MultiHeadAttention.in_proj_bias", (e3,))
+        if Hk <= 0 or H % Hk:
+            raise ValueError(f"num_kv_heads: expected a positive divisor of num_heads={H}, got {num_kv_heads!r}")
+        self.in_proj_bias = as_float_array(in_proj_bias, dtype, "MultiHeadAttention.in_proj_bias", (rows,))
         self.out_proj_weight = as_float_array(out_proj_weight, dtype, "MultiHeadAttention.out_proj_weight",
                                               (d_model, d_model))
         self.out_proj_bias = as_float_array(out_proj_bias, dtype, "MultiHeadAttention.out_proj_bias", (d_model,))
-        self.num_heads = int(num_heads)
-        self.head_dim = d_model // num_heads
+        self.num_heads, self.num_kv_heads = H, Hk
+        self.head_dim = d_model // H
         self.scale = 1.0 / math.sqrt(self.head_dim) if scale is None else float(scale)
 
     @classmethod
-    def init(cls, d_model: int, num_heads: int, *, rng=None, dtype=np.float32) -> "MultiHeadAttention":
+    def init(cls, d_model: int, num_heads: int, *, num_kv_heads: Optional[int] = None, rng=None,
+             dtype=np.float32) -> "MultiHeadAttention":
         rng = np.random.default_rng(rng)
-        return cls(_uniform(rng, (3 * d_model, d_model), dtype), _small(rng, 3 * d_model, dtype),
-                   _uniform(rng, (d_model, d_model), dtype), _small(rng, d_model, dtype), num_heads)
+        rows = (num_heads + 2 * (num_kv_heads or num_heads)) * (d_model // num_heads)   # (H + 2 Hk) * Dh
+        return cls(_uniform(rng, (rows, d_model), dtype), _small(rng, rows, dtype),
+                   _uniform(rng, (d_model, d_model), dtype), _small(rng, d_model, dtype), num_heads,
+                   num_kv_heads=num_kv_heads)
 
     @property
     def d_model(self) -> int:
@@ -232,39 +241,37 @@ class MultiHeadAttention(Module):
 
     # 1) project ----------------------------------------------------------------------------------
     def project_qkv(self, x) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """x (B, L, E) -> q, k, v, each a (B, H, L, Dh) view of one packed GEMM's output (no copies)."""
-        B, L, _ = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)                # (B, L, 3E)
-        qkv = qkv.reshape(B, L, 3, self.num_heads, self.head_dim)                # (B, L, 3, H, Dh)
-        return tuple(qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))      # 3 x (B, H, L, Dh)
+        """x (B, L, E) -> q (B, H, L, Dh), k, v (B, Hk, L, Dh): views of one packed GEMM's output (no copies)."""
+        return tuple(F.project_heads(x, self.in_proj_weight, self.in_proj_bias,
+                                     (self.num_heads, self.num_kv_heads, self.num_kv_heads), self.head_dim))
 
     def project_q(self, x) -> np.ndarray:
         """x (B, L, E) -> q (B, H, L, Dh), a view."""
-        B, L, E = x.shape
-        q = F.linear(x, self.in_proj_weight[:E], self.in_proj_bias[:E])          # (B, L, E)
-        return q.reshape(B, L, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)   # (B, H, L, Dh)
+        n = self.num_heads * self.head_dim
+        (q,) = F.project_heads(x, self.in_proj_weight[:n], self.in_proj_bias[:n], (self.num_heads,), self.head_dim)
+        return q
 
     def project_kv(self, memory) -> Tuple[np.ndarray, np.ndarray]:
-        """memory (B, S, E) -> k, v (B, H, S, Dh), views of one GEMM with [W^K; W^V]."""
-        B, S, E = memory.shape
-        kv = F.linear(memory, self.in_proj_weight[E:], self.in_proj_bias[E:])    # (B, S, 2E)
-        kv = kv.reshape(B, S, 2, self.num_heads, self.head_dim)                  # (B, S, 2, H, Dh)
-        return kv[:, :, 0].transpose(0, 2, 1, 3), kv[:, :, 1].transpose(0, 2, 1, 3)   # 2 x (B, H, S, Dh)
+        """memory (B, S, E) -> k, v (B, Hk, S, Dh), views of one GEMM with [W^K; W^V]."""
+        n = self.num_heads * self.head_dim
+        return tuple(F.project_heads(memory, self.in_proj_weight[n:], self.in_proj_bias[n:],
+                                     (self.num_kv_heads, self.num_kv_heads), self.head_dim))
 
-    # 2) attend  3) merge the heads and project ----------------------------------------------------
+    # 2) attend  3) merge the heads and project back -----------------------------------------------
     def attend(self, q, k, v, mask: AttentionMask = NO_MASK) -> np.ndarray:
-        """q (B, H, L, Dh), k, v (B, H, S, Dh) -> (B, L, E)."""
-        B, H, L, Dh = q.shape
-        heads = np.empty((B, L, H, Dh), dtype=q.dtype)        # merged-head layout: Concat is a free reshape
-        F.scaled_dot_product_attention(
-            q, k, v, mask.attn_mask, is_causal=mask.is_causal, scale=self.scale,
-            causal_alignment=mask.causal_alignment, kv_lengths=mask.kv_lengths,
-            out=heads.transpose(0, 2, 1, 3))                  # written through a (B, H, L, Dh) view
-        concat = heads.reshape(B, L, H * Dh)                  # (B, L, E)
+        """q (B, H, L, Dh), k, v (B, Hk, S, Dh) -> (B, L, E)."""
+        concat = F.attend_heads(q, k, v, mask.attn_mask, mask.is_causal, self.scale,
+                                causal_alignment=mask.causal_alignment, kv_lengths=mask.kv_lengths)   # (B, L, E)
         return F.linear(concat, self.out_proj_weight, self.out_proj_bias)
 
-    def __call__(self, x, memory=None, *, mask: AttentionMask = NO_MASK) -> np.ndarray:
-        """Self attention (memory None) or cross attention on memory (B, S, E). x (B, L, E) -> (B, L, E)."""
+    def __call__(self, x, memory=None, *, mask: AttentionMask = NO_MASK, cache=None) -> np.ndarray:
+        """Self attention (memory None) or cross attention on memory (B, S, E). x (B, L, E) -> (B, L, E).
+
+        cache: a LayerKVCache; x then holds new positions only and attends causally to everything cached
+        (mask is not used), see :meth:`cached`.
+        """
+        if cache is not None:
+            return self.cached(x, cache)
         if memory is None:
             q, k, v = self.project_qkv(x)
         else:
@@ -278,8 +285,8 @@ class MultiHeadAttention(Module):
         views of it, bottom-right aligned (new query i sees cached keys j <= i + length_b) and cut at each
         sequence's own length.
         """
-        q, k, v = self.project_qkv(x)                          # (B, H, n, Dh) each
-        keys, values, lengths = cache.append(k, v)             # (B, H, S, Dh) views, lengths (B,)
+        q, k, v = self.project_qkv(x)                          # (B, H, n, Dh), (B, Hk, n, Dh)
+        keys, values, lengths = cache.append(k, v)             # (B, Hk, S, Dh) views, lengths (B,)
         mask = AttentionMask(is_causal=True, causal_alignment="bottom_right", kv_lengths=lengths)
         return self.attend(q, keys, values, mask)
 

@@ -2,17 +2,19 @@
 
 There is no autograd and no parameter registry. A module's weights are its ndarray attributes, its
 sub-layers are its Module attributes (or lists of them), and :meth:`Module.named_parameters` finds
-both by walking ``vars(self)``, the way ``torch.nn.Module.state_dict`` names them.
+both by walking ``vars(self)``, the way ``torch.nn.Module.state_dict`` names them. :class:`StateDict` is the one
+reader of named tensors (torch.nn.Transformer state dicts and Hugging Face checkpoints alike).
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Iterator, Tuple
+import os
+from typing import Iterator, List, Set, Tuple
 
 import numpy as np
 
-__all__ = ["Module", "as_float_array"]
+__all__ = ["Module", "as_float_array", "StateDict"]
 
 
 def as_float_array(value, dtype, name: str, shape=None) -> np.ndarray:
@@ -23,18 +25,76 @@ def as_float_array(value, dtype, name: str, shape=None) -> np.ndarray:
     """
     if value is None:
         raise ValueError(f"{name}: missing (got None)")
+    array = np.ascontiguousarray(_to_numpy(value), dtype=dtype)
+    _check_shape(array, shape, f"{name}: has")
+    return array
+
+
+def _to_numpy(value) -> np.ndarray:
+    """A NumPy view of an array or a (CPU) torch tensor; bfloat16 tensors become float32 (NumPy has none)."""
     if not isinstance(value, np.ndarray) and hasattr(value, "detach"):
         value = value.detach().cpu()
-        if "bfloat16" in str(value.dtype):          # NumPy has no bfloat16
+        if "bfloat16" in str(value.dtype):
             value = value.float()
         value = value.numpy()
-    array = np.ascontiguousarray(np.asarray(value), dtype=dtype)
-    if shape is not None:
-        shape = tuple(shape)
-        if array.ndim != len(shape) or any(e is not None and e != s for s, e in zip(array.shape, shape)):
-            expected = "(" + ", ".join("*" if e is None else str(e) for e in shape) + ")"
-            raise ValueError(f"{name}: has shape {array.shape}, expected {expected}")
-    return array
+    return np.asarray(value)
+
+
+def _check_shape(array: np.ndarray, shape, what: str) -> None:
+    """ValueError "{what} shape (..), expected (..)" unless array matches ``shape`` (None entries: any size)."""
+    if shape is None:
+        return
+    shape = tuple(shape)
+    if array.ndim != len(shape) or any(e is not None and e != s for s, e in zip(array.shape, shape)):
+        expected = "(" + ", ".join("*" if e is None else str(e) for e in shape) + ")"
+        raise ValueError(f"{what} shape {array.shape}, expected {expected}")
+
+
+class StateDict:
+    """Hands out the tensors of a state dict by name, converted to ``dtype`` and checked against their shapes.
+
+    tensors: a mapping of names to NumPy arrays or torch tensors, or the path of a .safetensors file. Names are
+    looked up as ``prefix + name``; errors name that key after ``origin`` ("state dict", a file path). Every
+    tensor handed out is remembered, for :meth:`unused`.
+    """
+
+    def __init__(self, tensors, prefix: str = "", *, dtype=np.float32, origin: str = "state dict"):
+        if isinstance(tensors, (str, os.PathLike)):
+            from safetensors.numpy import load_file
+            tensors = load_file(os.fspath(tensors))
+        if not hasattr(tensors, "keys"):
+            raise TypeError(f"state_dict: expected a mapping of names to arrays, got {type(tensors).__name__}")
+        self.tensors, self.prefix, self.dtype, self.origin = tensors, prefix, np.dtype(dtype), origin
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype: float32 or float64, got {self.dtype}")
+        self.used: Set[str] = set()
+
+    def has(self, name: str) -> bool:
+        return self.prefix + name in self.tensors
+
+    def names(self) -> List[str]:
+        """The names under ``prefix``, without it."""
+        return [k[len(self.prefix):] for k in self.tensors if k.startswith(self.prefix)]
+
+    def unused(self) -> List[str]:
+        """The keys under ``prefix`` never handed out, sorted."""
+        return sorted(k for k in self.tensors if k.startswith(self.prefix) and k not in self.used)
+
+    def __call__(self, name: str, shape, *, transpose: bool = False) -> np.ndarray:
+        """The tensor ``prefix + name``: a C-contiguous ``dtype`` array of ``shape`` (None entries: any size).
+
+        transpose: stored transposed (a Conv1D weight (in, out) for an (out, in) linear), so checked against
+        the reversed shape and handed out transposed.
+        """
+        key = self.prefix + name
+        if key not in self.tensors:
+            raise KeyError(f"{self.origin}: missing tensor '{key}'")
+        array = _to_numpy(self.tensors[key])
+        if array.dtype.kind != "f":
+            raise ValueError(f"{self.origin}: tensor '{key}' has dtype {array.dtype}, expected floating point")
+        _check_shape(array, tuple(shape)[::-1] if transpose else shape, f"{self.origin}: tensor '{key}' has")
+        self.used.add(key)
+        return np.ascontiguousarray(array.T if transpose else array, dtype=self.dtype)
 
 
 class Module:

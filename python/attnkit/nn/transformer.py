@@ -13,10 +13,9 @@ The paper's model is post-LN with ReLU and sinusoidal positions; :class:`Transfo
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -24,9 +23,9 @@ from .cache import KVCache
 from .generation import beam_search, greedy_search
 from .layers import (ACTIVATIONS, NO_MASK, AttentionMask, Embeddings, FeedForward, Generator, LayerNorm,
                      MultiHeadAttention)
-from .module import Module
+from .module import Module, StateDict
 
-__all__ = ["TransformerConfig", "EncoderLayer", "DecoderLayer", "Encoder", "Decoder", "Transformer"]
+__all__ = ["TransformerConfig", "sublayer_connections", "EncoderLayer", "DecoderLayer", "Encoder", "Decoder", "Transformer"]
 
 MemoryKV = List[Tuple[np.ndarray, np.ndarray]]   # per decoder layer: K, V of the encoder memory (B, H, S, Dh)
 
@@ -66,6 +65,33 @@ class TransformerConfig:
 
 
 # --------------------------------------------------------------------------------------------------
+# "Add & Norm": the residual connection around every sublayer
+# --------------------------------------------------------------------------------------------------
+
+Sublayer = Callable[[np.ndarray], np.ndarray]
+
+
+def sublayer_connections(x, steps: Sequence[Tuple[LayerNorm, Sublayer]], *, norm_first: bool) -> np.ndarray:
+    """x (B, L, E) through (norm, sublayer) steps, each wrapped in a residual connection -> (B, L, E).
+
+    post-LN (the paper):  x <- LN(x + Sublayer(x)) per step.
+    pre-LN (norm_first):  x <- x + Sublayer(LN(x)) per step; each residual add is fused into the next
+                          step's LayerNorm (``return_sum``), only the last one is a separate add.
+    """
+    if not norm_first:
+        for norm, sublayer in steps:
+            x = norm(sublayer(x), residual=x)                            # LN(x + Sublayer(x))
+        return x
+    (norm, sublayer), *rest = steps
+    h = sublayer(norm(x))
+    for norm, sublayer in rest:
+        y, x = norm(h, residual=x, return_sum=True)                      # x <- x + h, y = LN(x)
+        h = sublayer(y)
+    h += x                                                               # x + h
+    return h
+
+
+# --------------------------------------------------------------------------------------------------
 # The two layer boxes of Figure 1
 # --------------------------------------------------------------------------------------------------
 
@@ -80,14 +106,9 @@ class EncoderLayer(Module):
 
     def __call__(self, x, mask: AttentionMask = NO_MASK):
         """x (B, L, E) -> (B, L, E)."""
-        if self.norm_first:                                              # pre-LN: x + Sublayer(LN(x))
-            h = self.self_attn(self.norm1(x), mask=mask)                 # 1) attend
-            y, x = self.norm2(h, residual=x, return_sum=True)            #    x <- x + h, y = LN(x)
-            out = self.feed_forward(y)                                   # 2) feed forward
-            out += x                                                     #    x + h
-            return out
-        x = self.norm1(self.self_attn(x, mask=mask), residual=x)         # 1) LN(x + SelfAttention(x))
-        return self.norm2(self.feed_forward(x), residual=x)              # 2) LN(x + FFN(x))
+        return sublayer_connections(x, [(self.norm1, lambda h: self.self_attn(h, mask=mask)),   # 1) attend
+                                        (self.norm2, self.feed_forward)],                      # 2) feed forward
+                                    norm_first=self.norm_first)
 
 
 class DecoderLayer(Module):
@@ -105,23 +126,14 @@ class DecoderLayer(Module):
 
         cache: a LayerKVCache; x then holds the new positions only and self attention runs over the cache.
         """
-        def self_attention(h):
-            return self.self_attn(h, mask=self_mask) if cache is None else self.self_attn.cached(h, cache)
-
         def cross_attention(h):
             return self.cross_attn.attend(self.cross_attn.project_q(h), *memory_kv, memory_mask)
 
-        if self.norm_first:                                              # pre-LN
-            h = self_attention(self.norm1(x))                            # 1) masked self attention
-            y, x = self.norm2(h, residual=x, return_sum=True)
-            h = cross_attention(y)                                       # 2) attend to the encoder memory
-            y, x = self.norm3(h, residual=x, return_sum=True)
-            out = self.feed_forward(y)                                   # 3) feed forward
-            out += x
-            return out
-        x = self.norm1(self_attention(x), residual=x)                    # 1) LN(x + MaskedSelfAttention(x))
-        x = self.norm2(cross_attention(x), residual=x)                   # 2) LN(x + CrossAttention(x, memory))
-        return self.norm3(self.feed_forward(x), residual=x)              # 3) LN(x + FFN(x))
+        return sublayer_connections(
+            x, [(self.norm1, lambda h: self.self_attn(h, mask=self_mask, cache=cache)),   # 1) masked self attention
+                (self.norm2, cross_attention),                                         # 2) attend to the memory
+                (self.norm3, self.feed_forward)],                                      # 3) feed forward
+            norm_first=self.norm_first)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -145,10 +157,8 @@ class Encoder(Module):
                               norm_first: bool = False, layer_norm_eps: float = 1e-5, dtype=np.float32,
                               strict: bool = True) -> "Encoder":
         """Load a ``torch.nn.TransformerEncoder`` state dict (keys ``layers.0.self_attn.in_proj_weight`` ...)."""
-        sd = _TorchStateDict(state_dict, prefix, dtype)
-        encoder = sd.encoder("", nhead, activation, norm_first, layer_norm_eps)
-        if strict:
-            sd.check_all_used()
+        (encoder,) = _from_torch(state_dict, prefix, dtype, strict, [""], nhead, activation, norm_first,
+                                 layer_norm_eps)
         return encoder
 
 
@@ -248,11 +258,8 @@ class Transformer(Module):
         match the torch model's. Keys outside ``prefix`` are ignored; with ``strict`` an unknown key under it,
         a missing tensor or a tensor of the wrong shape raises, naming the tensor.
         """
-        sd = _TorchStateDict(state_dict, prefix, dtype)
-        encoder = sd.encoder("encoder.", nhead, activation, norm_first, layer_norm_eps)
-        decoder = sd.decoder("decoder.", nhead, activation, norm_first, layer_norm_eps)
-        if strict:
-            sd.check_all_used()
+        encoder, decoder = _from_torch(state_dict, prefix, dtype, strict, ["encoder.", "decoder."], nhead, activation,
+                                       norm_first, layer_norm_eps)
         first = encoder.layers[0] if encoder.layers else None
         config = TransformerConfig(
             d_model=decoder.layers[0].self_attn.d_model if decoder.layers else first.self_attn.d_model,
@@ -362,7 +369,7 @@ class _Seq2SeqDecoding:
         self.tokens = np.empty((B, 0), dtype=np.int64)
         if use_cache:
             first = model.decoder.layers[0].self_attn
-            self.cache = KVCache(len(model.decoder.layers), B, first.num_heads, first.head_dim, max_len,
+            self.cache = KVCache(len(model.decoder.layers), B, first.num_kv_heads, first.head_dim, max_len,
                                  dtype=memory.dtype)
 
     def _memory_mask(self) -> AttentionMask:
@@ -401,100 +408,60 @@ class _Seq2SeqDecoding:
 # torch.nn.Transformer state dicts
 # --------------------------------------------------------------------------------------------------
 
-class _TorchStateDict:
-    """Takes tensors out of a torch.nn.Transformer(-Encoder/-Decoder) state dict, checking names and shapes."""
+def _from_torch(state_dict, prefix: str, dtype, strict: bool, stacks: Sequence[str], nhead: int, activation: str,
+                norm_first: bool, eps: float) -> list:
+    """The Encoder/Decoder ``stacks`` ("encoder.", "decoder.", or "" for a TransformerEncoder alone) of a
+    torch.nn.Transformer(-Encoder) state dict; with ``strict`` a tensor left over raises, naming it."""
+    t = StateDict(state_dict, prefix, dtype=dtype)
+    loaded = [_torch_stack(t, stack, stack == "decoder.", nhead, activation, norm_first, eps) for stack in stacks]
+    unused = t.unused()
+    if strict and unused:
+        shown = ", ".join(f"'{k}'" for k in unused[:8])
+        raise KeyError(f"state dict: unexpected tensors {shown}{' ...' if len(unused) > 8 else ''} "
+                       f"(not part of a torch.nn.Transformer; use prefix= or strict=False)")
+    return loaded
 
-    def __init__(self, state_dict, prefix: str, dtype):
-        if isinstance(state_dict, (str, os.PathLike)):
-            from safetensors.numpy import load_file
-            state_dict = load_file(os.fspath(state_dict))
-        if not hasattr(state_dict, "keys"):
-            raise TypeError(f"state_dict: expected a mapping of names to arrays, got {type(state_dict).__name__}")
-        self.tensors = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        self.prefix, self.dtype, self.used = prefix, np.dtype(dtype), set()
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype: float32 or float64, got {self.dtype}")
 
-    def take(self, name: str, shape) -> np.ndarray:
-        from .module import as_float_array
-        if name not in self.tensors:
-            raise KeyError(f"state dict: missing tensor '{self.prefix}{name}'")
-        self.used.add(name)
-        return as_float_array(self.tensors[name], self.dtype, f"state dict tensor '{self.prefix}{name}'", shape)
+def _torch_stack(t: StateDict, stack: str, decoder: bool, nhead: int, activation: str, norm_first: bool,
+                 eps: float):
+    """An Encoder (or Decoder) from the tensors '{stack}layers.{i}.*' and the optional '{stack}norm.*'."""
+    pattern = re.compile(re.escape(stack) + r"layers\.(\d+)\.")
+    found = {int(m.group(1)) for k in t.names() for m in [pattern.match(k)] if m}
+    if found != set(range(len(found))):
+        raise KeyError(f"state dict: layers of '{t.prefix}{stack}layers' are not numbered 0..n-1: {sorted(found)}")
+    if not found:
+        raise KeyError(f"state dict: no tensors '{t.prefix}{stack}layers.0.*'")
+    E = t(f"{stack}layers.0.self_attn.in_proj_weight", (None, None)).shape[1]          # d_model
 
-    def has(self, name: str) -> bool:
-        return name in self.tensors
+    def norm(name: str) -> LayerNorm:
+        return LayerNorm(t(f"{name}.weight", (E,)), t(f"{name}.bias", (E,)), eps)
 
-    def count_layers(self, stack: str) -> int:
-        pattern = re.compile(re.escape(stack) + r"layers\.(\d+)\.")
-        found = {int(m.group(1)) for k in self.tensors for m in [pattern.match(k)] if m}
-        if found and found != set(range(len(found))):
-            raise KeyError(f"state dict: layers of '{self.prefix}{stack}layers' are not numbered 0..n-1: "
-                           f"{sorted(found)}")
-        return len(found)
-
-    def check_all_used(self) -> None:
-        unused = sorted(set(self.tensors) - self.used)
-        if unused:
-            shown = ", ".join(f"'{self.prefix}{k}'" for k in unused[:8])
-            raise KeyError(f"state dict: unexpected tensors {shown}{' ...' if len(unused) > 8 else ''} "
-                           f"(not part of a torch.nn.Transformer; use prefix= or strict=False)")
-
-    def norm(self, name: str, d_model: int, eps: float) -> LayerNorm:
-        return LayerNorm(self.take(f"{name}.weight", (d_model,)), self.take(f"{name}.bias", (d_model,)), eps)
-
-    def attention(self, name: str, nhead: int, d_model: int) -> MultiHeadAttention:
-        if self.has(f"{name}.q_proj_weight"):
-            raise ValueError(f"state dict: '{self.prefix}{name}' has separate q/k/v projections "
+    def attention(name: str) -> MultiHeadAttention:
+        if t.has(f"{name}.q_proj_weight"):
+            raise ValueError(f"state dict: '{t.prefix}{name}' has separate q/k/v projections "
                              f"(kdim/vdim != d_model); only packed in_proj_weight is supported")
-        if d_model % nhead:
-            raise ValueError(f"nhead: {nhead} does not divide d_model={d_model}")
-        return MultiHeadAttention(self.take(f"{name}.in_proj_weight", (3 * d_model, d_model)),
-                                  self.take(f"{name}.in_proj_bias", (3 * d_model,)),
-                                  self.take(f"{name}.out_proj.weight", (d_model, d_model)),
-                                  self.take(f"{name}.out_proj.bias", (d_model,)), nhead)
+        if E % nhead:
+            raise ValueError(f"nhead: {nhead} does not divide d_model={E}")
+        return MultiHeadAttention(t(f"{name}.in_proj_weight", (3 * E, E)), t(f"{name}.in_proj_bias", (3 * E,)),
+                                  t(f"{name}.out_proj.weight", (E, E)), t(f"{name}.out_proj.bias", (E,)), nhead)
 
-    def feed_forward(self, name: str, d_model: int, activation: str) -> FeedForward:
-        w1 = self.take(f"{name}linear1.weight", (None, d_model))
-        d_ff = w1.shape[0]
+    def feed_forward(p: str) -> FeedForward:
+        w1 = t(f"{p}linear1.weight", (None, E))                           # (F, E)
         if activation not in ("relu", "gelu"):
             raise ValueError(f"activation: torch.nn.Transformer supports 'relu' or 'gelu', got {activation!r}")
-        return FeedForward(w1, self.take(f"{name}linear1.bias", (d_ff,)),
-                           self.take(f"{name}linear2.weight", (d_model, d_ff)),
-                           self.take(f"{name}linear2.bias", (d_model,)), activation)
+        d_ff = w1.shape[0]
+        return FeedForward(w1, t(f"{p}linear1.bias", (d_ff,)), t(f"{p}linear2.weight", (E, d_ff)),
+                           t(f"{p}linear2.bias", (E,)), activation)
 
-    def _d_model(self, stack: str, n: int) -> int:
-        if n == 0:
-            raise KeyError(f"state dict: no tensors '{self.prefix}{stack}layers.0.*'")
-        key = f"{stack}layers.0.self_attn.in_proj_weight"
-        if key not in self.tensors:
-            raise KeyError(f"state dict: missing tensor '{self.prefix}{key}'")
-        return int(np.shape(self.tensors[key])[-1])
-
-    def _final_norm(self, stack: str, d_model: int, eps: float) -> Optional[LayerNorm]:
-        return self.norm(f"{stack}norm", d_model, eps) if self.has(f"{stack}norm.weight") else None
-
-    def encoder(self, stack: str, nhead, activation, norm_first, eps) -> Encoder:
-        n = self.count_layers(stack)
-        E = self._d_model(stack, n)
-        layers = []
-        for i in range(n):
-            p = f"{stack}layers.{i}."
-            layers.append(EncoderLayer(self.attention(p + "self_attn", nhead, E),
-                                       self.feed_forward(p, E, activation),
-                                       self.norm(p + "norm1", E, eps), self.norm(p + "norm2", E, eps),
+    layers = []
+    for i in range(len(found)):
+        p = f"{stack}layers.{i}."
+        if decoder:
+            layers.append(DecoderLayer(attention(p + "self_attn"), attention(p + "multihead_attn"), feed_forward(p),
+                                       norm(p + "norm1"), norm(p + "norm2"), norm(p + "norm3"),
                                        norm_first=norm_first))
-        return Encoder(layers, self._final_norm(stack, E, eps))
-
-    def decoder(self, stack: str, nhead, activation, norm_first, eps) -> Decoder:
-        n = self.count_layers(stack)
-        E = self._d_model(stack, n)
-        layers = []
-        for i in range(n):
-            p = f"{stack}layers.{i}."
-            layers.append(DecoderLayer(self.attention(p + "self_attn", nhead, E),
-                                       self.attention(p + "multihead_attn", nhead, E),
-                                       self.feed_forward(p, E, activation),
-                                       self.norm(p + "norm1", E, eps), self.norm(p + "norm2", E, eps),
-                                       self.norm(p + "norm3", E, eps), norm_first=norm_first))
-        return Decoder(layers, self._final_norm(stack, E, eps))
+        else:
+            layers.append(EncoderLayer(attention(p + "self_attn"), feed_forward(p), norm(p + "norm1"),
+                                       norm(p + "norm2"), norm_first=norm_first))
+    final = norm(f"{stack}norm") if t.has(f"{stack}norm.weight") else None
+    return (Decoder if decoder else Encoder)(layers, final)
