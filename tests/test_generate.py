@@ -87,7 +87,7 @@ def make_seq2seq(rng, *, norm_first=False, dtype=np.float32):
                                   dim_feedforward=64, norm_first=norm_first, final_norm=norm_first,
                                   src_vocab_size=30, tgt_vocab_size=25, dtype=np.dtype(dtype).name)
     model = nn.Transformer.from_config(config, rng=rng)
-    model.generator.weight *= 4                                         # peaked, varied next-token choices
+    model.generator = nn.Generator(np.asarray(model.generator.weight) * 4, model.generator.bias)  # peaked, varied choices
     return model
 
 

@@ -144,11 +144,11 @@ py::object py_softmax(py::handle x, int axis, py::handle mask) {
   return run_rows(plan, false);
 }
 
-py::object py_linear(py::handle x, py::handle weight, py::handle bias, const std::string& act) {
+py::object py_linear(py::handle x, py::handle weight, py::handle bias, const std::string& act, py::handle out_arg) {
   TensorView xv = required_view(x, "x"), wv = required_view(weight, "weight"), bv = view_of(bias, "bias");
   GemmPlan plan;
   linear_prepare(xv, wv, bv, parse_activation(act), plan);
-  py::object out = new_output(plan.out);
+  py::object out = out_arg.is_none() ? new_output(plan.out) : py::reinterpret_borrow<py::object>(out_arg);
   TensorView ov = view_of(out, "out");
   without_gil([&] { linear_run(plan, ov); });
   return out;
@@ -161,11 +161,12 @@ PackedWeight py_pack_linear(py::handle weight) {
   return packed;
 }
 
-py::object py_linear_packed(py::handle x, PackedWeight& weight, py::handle bias, const std::string& act) {
+py::object py_linear_packed(py::handle x, PackedWeight& weight, py::handle bias, const std::string& act,
+                            py::handle out_arg) {
   TensorView xv = required_view(x, "x"), bv = view_of(bias, "bias");
   GemmPlan plan;
   linear_prepare_packed(xv, weight, bv, parse_activation(act), plan);  // with the GIL: may repack `weight`
-  py::object out = new_output(plan.out);
+  py::object out = out_arg.is_none() ? new_output(plan.out) : py::reinterpret_borrow<py::object>(out_arg);
   TensorView ov = view_of(out, "out");
   without_gil([&] { linear_run(plan, ov); });
   return out;
@@ -206,7 +207,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("sdpa", &py_sdpa, py::arg("query"), py::arg("key"), py::arg("value"), py::arg("attn_mask"), py::arg("causal"),
         py::arg("scale"), py::arg("enable_gqa"), py::arg("kv_lengths"), py::arg("return_lse"), py::arg("out"));
   m.def("softmax", &py_softmax, py::arg("x"), py::arg("axis"), py::arg("mask"));
-  m.def("linear", &py_linear, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("activation"));
+  m.def("linear", &py_linear, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("activation"),
+        py::arg("out") = py::none());
   py::class_<PackedWeight>(m, "PackedWeight", "A linear weight (N, K) packed for the kernels (attnkit.pack_linear)")
       .def_property_readonly("shape", [](const PackedWeight& w) { return py::make_tuple(w.N, w.K); })
       .def_property_readonly("dtype", [](const PackedWeight& w) {
@@ -218,7 +220,15 @@ PYBIND11_MODULE(_core, m) {
         return w.layout >= 0 && w.layout < static_cast<int>(names.size()) ? names[w.layout] : std::string("?");
       });
   m.def("pack_linear", &py_pack_linear, py::arg("weight"));
-  m.def("linear_packed", &py_linear_packed, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("activation"));
+  m.def("unpack_linear", [](const PackedWeight& w) {
+    const int64_t shape[2] = {w.N, w.K};
+    py::object out = new_array(w.dtype, shape, 2);
+    TensorView ov = view_of(out, "out");
+    without_gil([&] { linear_unpack(w, ov); });
+    return out;
+  }, py::arg("weight"));
+  m.def("linear_packed", &py_linear_packed, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("activation"),
+        py::arg("out") = py::none());
   m.def("layer_norm", &py_layer_norm, py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("bias"), py::arg("eps"),
         py::arg("return_sum"));
   m.def("activation", &py_activation, py::arg("x"), py::arg("activation"));

@@ -1,6 +1,7 @@
 // The CPU backend: runs a problem on the kernel table of the instruction-set path in use.
 #include "attnkit/backend.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 #include <new>
@@ -35,7 +36,24 @@ void pack(const GemmProblem& p, PackedWeight& dst) {
   check(k.pack(p, mem));
 }
 
-const Backend kBackend = {"cpu", supports, attention, gemm, rows, weight_layout, pack};
+// W[n][k] from the panels of any layout (panel width pc, depth block kb): plain code, no ISA.
+template <class T>
+void unpack_as(const PackedWeight& w, T* dst) {
+  const int64_t pc = w.panel_cols, kb = w.depth_block, npan = (w.N + pc - 1) / pc;
+  const T* src = static_cast<const T*>(w.data.get());
+  for (int64_t n = 0; n < w.N; ++n)
+    for (int64_t k = 0; k < w.K; ++k) {
+      const int64_t kc = k / kb, klen = std::min(kb, w.K - kc * kb);
+      dst[n * w.K + k] = src[kc * kb * npan * pc + (n / pc) * klen * pc + (k % kb) * pc + n % pc];
+    }
+}
+
+void unpack(const PackedWeight& w, void* dst) {
+  if (w.dtype == DType::f64) unpack_as(w, static_cast<double*>(dst));
+  else unpack_as(w, static_cast<float*>(dst));
+}
+
+const Backend kBackend = {"cpu", supports, attention, gemm, rows, weight_layout, pack, unpack};
 
 }  // namespace
 }  // namespace cpu

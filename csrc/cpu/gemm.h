@@ -52,13 +52,13 @@ inline int64_t gemm_row_offset(const GemmProblem& p, int64_t m) {
   return off;
 }
 
-// rows x cols of C (row stride N) starting at column n0: += bias, then the activation.
+// rows x cols of C (row stride ldc) starting at column n0: += bias, then the activation.
 template <class T>
 void gemm_epilogue(const GemmRun<T>& run, T* c, int64_t rows, int64_t cols, int64_t n0) {
   const GemmProblem& p = *run.p;
   if (!run.bias && p.act == Activation::none) return;
   for (int64_t r = 0; r < rows; ++r) {
-    T* row = c + r * p.N;
+    T* row = c + r * p.ldc;
     if (!run.bias || p.bias_s == 1) {
       act_row(row, run.bias ? run.bias + n0 : nullptr, row, cols, p.act);
     } else {
@@ -125,16 +125,16 @@ void gemm_task(void* ctx, int64_t begin, int64_t end, int tid) {
         const T* b = bk + pn * klen * NR;
         for (int64_t ip = 0; ip < nip; ++ip) {
           const int rows = static_cast<int>(imin(kMR, mlen - ip * kMR));
-          T* c = run.out + (m0 + ip * kMR) * p.N + pn * NR;
+          T* c = run.out + (m0 + ip * kMR) * p.ldc + pn * NR;
           const T* a = run.a_direct ? run.a + (m0 + ip * kMR) * run.lda + k0 : Ap + ip * klen * kMR;
           const int64_t lda = run.a_direct ? run.lda : kMR;
           T* dst = c;
-          int64_t ldc = p.N;
+          int64_t ldc = p.ldc;
           if (cols < NR) {  // a partial panel: through a full-width tile
             dst = tile;
             ldc = NR;
             if (!first)
-              for (int64_t r = 0; r < rows; ++r) std::memcpy(tile + r * NR, c + r * p.N, cols * sizeof(T));
+              for (int64_t r = 0; r < rows; ++r) std::memcpy(tile + r * NR, c + r * p.ldc, cols * sizeof(T));
           }
           if (run.a_direct) {
             if (first) micro_rows<T, false, false>(rows, klen, a, lda, b, NR, dst, ldc);
@@ -147,7 +147,7 @@ void gemm_task(void* ctx, int64_t begin, int64_t end, int tid) {
             else micro_rows<T, true, true>(rows, klen, a, lda, b, NR, dst, ldc);
           }
           if (cols < NR)
-            for (int64_t r = 0; r < rows; ++r) std::memcpy(c + r * p.N, tile + r * NR, cols * sizeof(T));
+            for (int64_t r = 0; r < rows; ++r) std::memcpy(c + r * p.ldc, tile + r * NR, cols * sizeof(T));
           if (last) gemm_epilogue(run, c, rows, cols, pn * NR);
         }
       }
@@ -179,7 +179,7 @@ void gemv_task(void* ctx, int64_t begin, int64_t end, int) {
       for (int t = 0; t < W; ++t) s += acc[m][t];
       for (int64_t t = kk; t < p.K; ++t) s += rows[m][t] * wr[t];
       if (run.bias) s += run.bias[n * p.bias_s];
-      run.out[m * p.N + n] = act_scalar(s, p.act);
+      run.out[m * p.ldc + n] = act_scalar(s, p.act);
     }
   }
 }

@@ -101,6 +101,18 @@ void linear_pack(const TensorView& weight, PackedWeight& packed) {
   be.pack(p, packed);
 }
 
+void linear_unpack(const PackedWeight& weight, const TensorView& out) {
+  OutputSpec spec;
+  spec.dtype = weight.dtype;
+  spec.device = weight.device;
+  spec.ndim = 2;
+  spec.shape[0] = weight.N;
+  spec.shape[1] = weight.K;
+  ops::require_output(out, "out", spec);
+  if (!ops::is_contiguous(out)) throw ValueError("out: expected a C-contiguous array");
+  packing_backend(weight.device).unpack(weight, out.data);
+}
+
 void linear_prepare_packed(const TensorView& x, PackedWeight& weight, const TensorView& bias, Activation act,
                            GemmPlan& plan, void* stream) {
   const Backend& be = prepare_common(x, weight.dtype, weight.device, weight.N, weight.K, bias, act, plan, stream);
@@ -118,10 +130,28 @@ void linear_prepare_packed(const TensorView& x, PackedWeight& weight, const Tens
   plan.problem.packed = &plan.packed;
 }
 
+// The row stride of out (..., N) when its rows are evenly spaced with unit stride along N (a
+// contiguous array, or columns of a wider one); else ValueError.
+int64_t output_row_stride(const TensorView& out) {
+  const int64_t N = out.size(-1);
+  if (N > 1 && out.stride(-1) != 1) throw ValueError("out: expected unit stride along the last dim");
+  int64_t stride = -1, expect = -1;
+  for (int d = out.ndim - 2; d >= 0; --d) {
+    if (out.shape[d] == 1) continue;
+    if (stride < 0) stride = expect = out.strides[d];
+    else if (out.strides[d] != expect)
+      throw ValueError("out: expected evenly spaced rows (a contiguous array, or a column slice of one)");
+    expect *= out.shape[d];
+  }
+  if (stride < 0) return N;
+  if (stride < N) throw ValueError("out: rows overlap (row stride " + std::to_string(stride) + " < " + std::to_string(N) + ")");
+  return stride;
+}
+
 void linear_run(GemmPlan& plan, const TensorView& out) {
   ops::require_output(out, "out", plan.out);
-  if (!ops::is_contiguous(out)) throw ValueError("out: expected a C-contiguous array");
   GemmProblem& p = plan.problem;
+  p.ldc = ops::checked_numel(out.shape, out.ndim, "out") == 0 ? p.N : output_row_stride(out);
   p.out = out.data;
   if (p.M == 0 || p.N == 0) return;
   backend_for(plan.out.device, "x").gemm(p);

@@ -153,6 +153,19 @@ class PackedLinear:
         """The kernel path whose layout it is in now."""
         return self._packed.isa
 
+    def unpack(self) -> np.ndarray:
+        """The weight (out_features, in_features) read back from the panels (a new array)."""
+        return _core.unpack_linear(self._packed)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """np.asarray(packed): the weight, read back (see unpack)."""
+        w = self.unpack()
+        return w if dtype is None else w.astype(dtype)
+
+    def astype(self, dtype) -> "PackedLinear":
+        """The same layer packed in another dtype (float32 or float64)."""
+        return PackedLinear(self.unpack().astype(dtype), None if self.bias is None else self.bias.astype(dtype))
+
     def __repr__(self) -> str:
         return f"PackedLinear(shape={self.shape}, dtype={self.dtype}, bias={self.bias is not None}, isa={self.isa!r})"
 
@@ -162,18 +175,25 @@ def pack_linear(weight: np.ndarray, bias: Optional[np.ndarray] = None) -> Packed
     return PackedLinear(weight, bias)
 
 
-def linear(x: np.ndarray, weight, bias: Optional[np.ndarray] = None, *, activation: Optional[str] = None) -> np.ndarray:
+def linear(x: np.ndarray, weight, bias: Optional[np.ndarray] = None, *, activation: Optional[str] = None,
+           out: Optional[np.ndarray] = None) -> np.ndarray:
     """x @ weight.T + bias, PyTorch's weight layout (out_features, in_features); x (..., in_features).
 
     weight: an array, or a :class:`PackedLinear` from ``pack_linear`` (then its bias is used, and
     passing another one is an error). activation: None, 'relu', 'gelu' (erf) or 'gelu_tanh',
-    applied in the GEMM's epilogue."""
+    applied in the GEMM's epilogue. out: optional (..., out_features) array of x's dtype to write
+    into, with evenly spaced rows and a contiguous last dim (e.g. a column slice of a wider array),
+    sharing no memory with x."""
     act = "none" if activation is None else activation
+    if out is not None:
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out: expected a numpy.ndarray, got {type(out).__name__}")
+        _check_out_disjoint(out, x=x, weight=weight, bias=bias)
     if isinstance(weight, PackedLinear):
         if bias is not None and weight.bias is not None:
             raise ValueError("bias: the packed weight holds a bias already")
-        return _core.linear_packed(x, weight._packed, weight.bias if bias is None else bias, act)
-    return _core.linear(x, weight, bias, act)
+        return _core.linear_packed(x, weight._packed, weight.bias if bias is None else bias, act, out)
+    return _core.linear(x, weight, bias, act, out)
 
 
 def layer_norm(
@@ -317,13 +337,17 @@ def multi_head_attention(
 # The two halves of multi-head attention, shared with attnkit.nn.MultiHeadAttention. They check nothing:
 # multi_head_attention and the layer's constructor have done that.
 
-def project_heads(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray], heads: Sequence[int],
+def project_heads(x: np.ndarray, weight, bias: Optional[np.ndarray], heads: Sequence[int],
                   head_dim: int) -> List[np.ndarray]:
     """x (B, L, E) through one GEMM with weight (sum(heads) * Dh, E), its output split into one view
     (B, h, L, Dh) per entry h of ``heads`` (no copies): heads (Hq, Hk, Hk) gives q, k, v of packed self
     attention, (Hq,) q alone, (Hk, Hk) k and v of a cross-attention memory."""
-    B, L, _ = x.shape
-    y = linear(x, weight, bias)                                           # (B, L, sum(heads)*Dh)
+    return split_heads(linear(x, weight, bias), heads, head_dim)          # (B, L, sum(heads)*Dh) in
+
+
+def split_heads(y: np.ndarray, heads: Sequence[int], head_dim: int) -> List[np.ndarray]:
+    """y (B, L, sum(heads) * Dh) -> one view (B, h, L, Dh) per entry h of ``heads`` (no copies)."""
+    B, L, _ = y.shape
     y = y.reshape(B, L, sum(heads), head_dim).transpose(0, 2, 1, 3)       # (B, sum(heads), L, Dh)
     return np.split(y, np.cumsum(heads)[:-1], axis=1)                     # each (B, h, L, Dh)
 

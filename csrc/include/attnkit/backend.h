@@ -18,6 +18,7 @@ struct Backend {
   // dtype are set; pack fills layout, panel_cols, depth_block, data and bytes.
   int (*weight_layout)();
   void (*pack)(const GemmProblem& p, PackedWeight& dst);
+  void (*unpack)(const PackedWeight& w, void* dst);  // W (N, K), row-major, of w.dtype
 };
 
 // The backends, defined in csrc/cpu and csrc/cuda.

@@ -63,6 +63,8 @@ void linear_run(GemmPlan& plan, const TensorView& out);
 // a PackedWeight reads no W and packs nothing. If the layout in force changed since (the cpu's
 // set_isa), linear_prepare_packed repacks `weight` in place first.
 void linear_pack(const TensorView& weight, PackedWeight& packed);
+// W back from its panels into out (N, K), contiguous, of its dtype.
+void linear_unpack(const PackedWeight& weight, const TensorView& out);
 void linear_prepare_packed(const TensorView& x, PackedWeight& weight, const TensorView& bias, Activation act,
                            GemmPlan& plan, void* stream = nullptr);
 

@@ -59,7 +59,7 @@ struct PackedWeight {
   size_t bytes = 0;
 };
 
-// out (M, N), contiguous = act(A (M, K) @ W (N, K)^T + bias (N)). A's M rows are reached
+// out (M, N) = act(A (M, K) @ W (N, K)^T + bias (N)), out's rows ldc apart (unit stride along N). A's M rows are reached
 // through up to kMaxDims leading dims with their strides (any strided x of shape (..., K)).
 struct GemmProblem {
   DType dtype = DType::f32;          // of a, w, bias and out
@@ -74,6 +74,7 @@ struct GemmProblem {
   const void* bias = nullptr;        // optional
   int64_t bias_s = 1;
   void* out = nullptr;
+  int64_t ldc = 0;                   // out's row stride, >= N
   int64_t M = 0, N = 0, K = 0;
   Activation act = Activation::none;
   void* stream = nullptr;

@@ -167,11 +167,12 @@ class FeedForward(Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {sorted(ACTIVATIONS)}, got {activation!r}")
         dtype = _float_dtype(w1)
-        self.w1 = as_float_array(w1, dtype, "FeedForward.w1", (None, None))
-        d_ff, d_model = self.w1.shape
+        w1 = as_float_array(w1, dtype, "FeedForward.w1", (None, None))
+        d_ff, d_model = w1.shape
         self.b1 = as_float_array(b1, dtype, "FeedForward.b1", (d_ff,))
-        self.w2 = as_float_array(w2, dtype, "FeedForward.w2", (d_model, d_ff))
+        w2 = as_float_array(w2, dtype, "FeedForward.w2", (d_model, d_ff))
         self.b2 = as_float_array(b2, dtype, "FeedForward.b2", (d_model,))
+        self.w1, self.w2 = F.pack_linear(w1), F.pack_linear(w2)       # packed once, only the packed copy kept
         self.activation = activation
 
     @classmethod
@@ -207,23 +208,28 @@ class MultiHeadAttention(Module):
     def __init__(self, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads: int,
                  *, num_kv_heads: Optional[int] = None, scale: Optional[float] = None):
         dtype = _float_dtype(in_proj_weight)
-        self.in_proj_weight = as_float_array(in_proj_weight, dtype, "MultiHeadAttention.in_proj_weight",
-                                             (None, None))
-        rows, d_model = self.in_proj_weight.shape
+        in_proj_weight = as_float_array(in_proj_weight, dtype, "MultiHeadAttention.in_proj_weight", (None, None))
+        rows, d_model = in_proj_weight.shape
         H, Hk = int(num_heads), int(num_heads if num_kv_heads is None else num_kv_heads)
         if rows * H != (H + 2 * Hk) * d_model:                              # rows = (H + 2 Hk) * Dh, Dh = E / H
-            raise ValueError(f"MultiHeadAttention.in_proj_weight: has shape {self.in_proj_weight.shape}, "
+            raise ValueError(f"MultiHeadAttention.in_proj_weight: has shape {in_proj_weight.shape}, "
                              f"expected ({(H + 2 * Hk) * d_model // max(H, 1)}, {d_model}) = [W_q; W_k; W_v]")
         if H <= 0 or d_model % H:
             raise ValueError(f"num_heads: {num_heads} does not divide d_model={d_model}")
         if Hk <= 0 or H % Hk:
             raise ValueError(f"num_kv_heads: expected a positive divisor of num_heads={H}, got {num_kv_heads!r}")
         self.in_proj_bias = as_float_array(in_proj_bias, dtype, "MultiHeadAttention.in_proj_bias", (rows,))
-        self.out_proj_weight = as_float_array(out_proj_weight, dtype, "MultiHeadAttention.out_proj_weight",
-                                              (d_model, d_model))
+        out_proj_weight = as_float_array(out_proj_weight, dtype, "MultiHeadAttention.out_proj_weight",
+                                         (d_model, d_model))
         self.out_proj_bias = as_float_array(out_proj_bias, dtype, "MultiHeadAttention.out_proj_bias", (d_model,))
         self.num_heads, self.num_kv_heads = H, Hk
         self.head_dim = d_model // H
+        # packed once, only the packed copies kept: W^Q apart from [W^K; W^V], so that cross
+        # attention projects the query and the memory with no copy of either
+        n = H * self.head_dim
+        self.q_proj_weight = F.pack_linear(in_proj_weight[:n])
+        self.kv_proj_weight = F.pack_linear(in_proj_weight[n:])
+        self.out_proj_weight = F.pack_linear(out_proj_weight)
         self.scale = 1.0 / math.sqrt(self.head_dim) if scale is None else float(scale)
 
     @classmethod
@@ -239,22 +245,39 @@ class MultiHeadAttention(Module):
     def d_model(self) -> int:
         return self.out_proj_weight.shape[0]
 
+    @property
+    def in_proj_weight(self) -> np.ndarray:
+        """[W^Q; W^K; W^V] ((H + 2 Hk) Dh, E), read back from the packed weights (a new array)."""
+        return np.concatenate([self.q_proj_weight.unpack(), self.kv_proj_weight.unpack()])
+
+    def _weights(self, prefix: str = ""):
+        """torch.nn.MultiheadAttention's names: in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias."""
+        yield prefix + "in_proj_weight", self.in_proj_weight
+        yield prefix + "in_proj_bias", self.in_proj_bias
+        yield prefix + "out_proj_weight", self.out_proj_weight
+        yield prefix + "out_proj_bias", self.out_proj_bias
+
     # 1) project ----------------------------------------------------------------------------------
     def project_qkv(self, x) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """x (B, L, E) -> q (B, H, L, Dh), k, v (B, Hk, L, Dh): views of one packed GEMM's output (no copies)."""
-        return tuple(F.project_heads(x, self.in_proj_weight, self.in_proj_bias,
-                                     (self.num_heads, self.num_kv_heads, self.num_kv_heads), self.head_dim))
+        """x (B, L, E) -> q (B, H, L, Dh), k, v (B, Hk, L, Dh): views of one buffer that the two packed
+        projections (W^Q, then [W^K; W^V]) write side by side (no copies)."""
+        B, L, _ = x.shape
+        H, Hk, n = self.num_heads, self.num_kv_heads, self.num_heads * self.head_dim
+        y = np.empty((B, L, self.in_proj_bias.shape[0]), x.dtype)              # (B, L, (H + 2 Hk) Dh)
+        F.linear(x, self.q_proj_weight, self.in_proj_bias[:n], out=y[..., :n])
+        F.linear(x, self.kv_proj_weight, self.in_proj_bias[n:], out=y[..., n:])
+        return tuple(F.split_heads(y, (H, Hk, Hk), self.head_dim))
 
     def project_q(self, x) -> np.ndarray:
         """x (B, L, E) -> q (B, H, L, Dh), a view."""
         n = self.num_heads * self.head_dim
-        (q,) = F.project_heads(x, self.in_proj_weight[:n], self.in_proj_bias[:n], (self.num_heads,), self.head_dim)
+        (q,) = F.project_heads(x, self.q_proj_weight, self.in_proj_bias[:n], (self.num_heads,), self.head_dim)
         return q
 
     def project_kv(self, memory) -> Tuple[np.ndarray, np.ndarray]:
         """memory (B, S, E) -> k, v (B, Hk, S, Dh), views of one GEMM with [W^K; W^V]."""
         n = self.num_heads * self.head_dim
-        return tuple(F.project_heads(memory, self.in_proj_weight[n:], self.in_proj_bias[n:],
+        return tuple(F.project_heads(memory, self.kv_proj_weight, self.in_proj_bias[n:],
                                      (self.num_kv_heads, self.num_kv_heads), self.head_dim))
 
     # 2) attend  3) merge the heads and project back -----------------------------------------------
@@ -361,9 +384,9 @@ class Generator(Module):
     """The final "Linear" (d_model -> vocabulary) whose softmax gives next-token probabilities."""
 
     def __init__(self, weight, bias=None):
-        self.weight = as_float_array(weight, _float_dtype(weight), "Generator.weight", (None, None))
-        self.bias = None if bias is None else as_float_array(bias, self.weight.dtype, "Generator.bias",
-                                                             (self.weight.shape[0],))
+        weight = as_float_array(weight, _float_dtype(weight), "Generator.weight", (None, None))
+        self.bias = None if bias is None else as_float_array(bias, weight.dtype, "Generator.bias", (weight.shape[0],))
+        self.weight = F.pack_linear(weight)   # packed once, only the packed copy kept
 
     @classmethod
     def init(cls, d_model: int, vocab_size: int, *, rng=None, dtype=np.float32) -> "Generator":

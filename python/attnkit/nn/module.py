@@ -14,6 +14,8 @@ from typing import Iterator, List, Set, Tuple
 
 import numpy as np
 
+from ..functional import PackedLinear
+
 __all__ = ["Module", "as_float_array", "StateDict"]
 
 
@@ -100,29 +102,36 @@ class StateDict:
 class Module:
     """Base of every layer. Subclasses keep weights as ndarray attributes and sub-layers as attributes."""
 
-    def named_parameters(self, prefix: str = "") -> Iterator[Tuple[str, np.ndarray]]:
-        """Yield ``(dotted name, array)`` for every weight, sub-layers included (lists as ``name.i``)."""
+    def _weights(self, prefix: str = ""):
+        """(dotted name, ndarray or PackedLinear) for every weight, sub-layers included (lists as ``name.i``)."""
         for name, value in vars(self).items():
             if name.startswith("_"):
                 continue
-            if isinstance(value, np.ndarray):
+            if isinstance(value, (np.ndarray, PackedLinear)):
                 yield prefix + name, value
             elif isinstance(value, Module):
-                yield from value.named_parameters(f"{prefix}{name}.")
+                yield from value._weights(f"{prefix}{name}.")
             elif isinstance(value, (list, tuple)):
                 for i, item in enumerate(value):
                     if isinstance(item, Module):
-                        yield from item.named_parameters(f"{prefix}{name}.{i}.")
+                        yield from item._weights(f"{prefix}{name}.{i}.")
+
+    def named_parameters(self, prefix: str = "") -> Iterator[Tuple[str, np.ndarray]]:
+        """Yield ``(dotted name, array)`` for every weight, sub-layers included (lists as ``name.i``).
+
+        Packed weights (``PackedLinear``) are read back from their panels into new arrays."""
+        for name, value in self._weights(prefix):
+            yield name, value.unpack() if isinstance(value, PackedLinear) else value
 
     def num_parameters(self) -> int:
-        return sum(int(a.size) for _, a in self.named_parameters())
+        return sum(int(np.prod(a.shape)) for _, a in self._weights())
 
     @property
     def dtype(self) -> np.dtype:
         """The floating dtype of the weights (the dtype inputs are computed in)."""
-        for _, array in self.named_parameters():
+        for _, array in self._weights():
             if array.dtype.kind == "f":
-                return array.dtype
+                return np.dtype(array.dtype)
         return np.dtype(np.float32)
 
     def astype(self, dtype) -> "Module":
@@ -133,6 +142,8 @@ class Module:
         new = copy.copy(self)
         for name, value in vars(self).items():
             if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                setattr(new, name, value.astype(dtype))
+            elif isinstance(value, PackedLinear):
                 setattr(new, name, value.astype(dtype))
             elif isinstance(value, Module):
                 setattr(new, name, value.astype(dtype))
