@@ -18,6 +18,7 @@ from .functional import (
     softmax,
 )
 from . import reference
+from . import cuda
 
 __version__ = _core.__version__
 
@@ -34,6 +35,7 @@ __all__ = [
     "set_isa",
     "get_config",
     "reference",
+    "cuda",
     "__version__",
 ]
 
