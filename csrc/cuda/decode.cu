@@ -87,7 +87,10 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_split(const AttnPara
     for (int e = 0; e < VEC; ++e) o[r][e] = 0.f;
   }
 
-  for (int64_t j0 = jbeg + int64_t(grp) * U; j0 < jend; j0 += int64_t(GROUPS) * U) {
+  // The loop bound is warp-uniform (the shuffles below need every lane): a warp takes KPW * U
+  // consecutive keys per step, lane group (lane / LPK) the U keys at j0.
+  for (int64_t jw = jbeg + int64_t(warp) * KPW * U; jw < jend; jw += int64_t(GROUPS) * U) {
+    const int64_t j0 = jw + int64_t(lane / LPK) * U;
     float kv[U][VEC], vv[U][VEC];
 #pragma unroll
     for (int u = 0; u < U; ++u) {

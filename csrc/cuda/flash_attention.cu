@@ -379,12 +379,10 @@ bool rows_vector_aligned(const AttnParams& p) {
   return true;
 }
 
+// Warps per block of the tensor-core kernel (16 query rows each): 4 unless ATTNKIT_CUDA_FA_WARPS=8.
 int tc_warps() {
-  static const int w = [] {
-    const char* s = std::getenv("ATTNKIT_CUDA_FA_WARPS");
-    return s && std::strcmp(s, "8") == 0 ? 8 : 4;
-  }();
-  return w;
+  const char* s = std::getenv("ATTNKIT_CUDA_FA_WARPS");
+  return s && std::strcmp(s, "8") == 0 ? 8 : 4;
 }
 
 template <class T, int D, int NW>
