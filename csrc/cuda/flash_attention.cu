@@ -152,15 +152,15 @@ __global__ void __launch_bounds__(NW * 32) flash_fwd_tc(const AttnParams p) {
       mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 1));
       mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 2));
       base[rr] = mx[rr] == -INFINITY ? 0.f : mx[rr];   // a row that saw nothing yet: exp2(-inf) = 0
-      alpha[rr] = exp2f(m_run[rr] - base[rr]);
+      alpha[rr] = fast_exp2(m_run[rr] - base[rr]);
       m_run[rr] = mx[rr];
     }
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt) {
-      s[nt][0] = exp2f(s[nt][0] - base[0]);
-      s[nt][1] = exp2f(s[nt][1] - base[0]);
-      s[nt][2] = exp2f(s[nt][2] - base[1]);
-      s[nt][3] = exp2f(s[nt][3] - base[1]);
+      s[nt][0] = fast_exp2(s[nt][0] - base[0]);
+      s[nt][1] = fast_exp2(s[nt][1] - base[0]);
+      s[nt][2] = fast_exp2(s[nt][2] - base[1]);
+      s[nt][3] = fast_exp2(s[nt][3] - base[1]);
       rs[0] += s[nt][0] + s[nt][1];
       rs[1] += s[nt][2] + s[nt][3];
     }

@@ -35,6 +35,8 @@ def _check_bool(value, name: str) -> bool:
 
 
 def _int64_lengths(kv_lengths) -> np.ndarray:
+    if _cuda_route.is_device_array(kv_lengths):
+        raise TypeError("kv_lengths: expected host memory (a NumPy array or a sequence of ints), got a GPU array")
     arr = np.asarray(kv_lengths)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"kv_lengths: expected an integer array, got dtype {arr.dtype}")
