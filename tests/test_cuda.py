@@ -82,7 +82,7 @@ def torch_sdpa(q, k, v, vis, scale=None, mask_add=None):
     G = q.shape[-3] // k.shape[-3]
     kk = k.float().repeat_interleave(G, dim=-3)
     vv = v.float().repeat_interleave(G, dim=-3)
-    m = torch.from_numpy(np.broadcast_to(vis, vis.shape)).cuda()
+    m = torch.from_numpy(np.array(vis)).cuda()
     bias = torch.zeros(m.shape, device="cuda").masked_fill(~m, float("-inf"))
     if mask_add is not None:
         bias = bias + mask_add.float()

@@ -23,7 +23,7 @@ struct DecodeShape {
   static constexpr int LPK = D / VEC;                     // lanes per key
   static constexpr int KPW = 32 / LPK;                    // keys per warp step
   static constexpr int GROUPS = kDecodeWarps * KPW;       // lane groups per block
-  static constexpr int U = ROWS * VEC > 32 ? 2 : ROWS == 1 ? 8 : 4;   // keys per lane group in flight
+  static constexpr int U = ROWS * VEC > 32 ? 2 : 4;   // keys per lane group in flight (8 for one row: measured slower)
   static constexpr int KEYS_PER_STEP = GROUPS * U;
   static constexpr int SMEM = GROUPS * ROWS * (D + 2) * int(sizeof(float));
 };
