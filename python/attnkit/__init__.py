@@ -20,6 +20,7 @@ from .functional import (
     softmax,
 )
 from . import reference
+from . import cuda
 
 __version__ = _core.__version__
 
@@ -38,6 +39,7 @@ __all__ = [
     "set_isa",
     "get_config",
     "reference",
+    "cuda",
     "__version__",
 ]
 

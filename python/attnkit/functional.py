@@ -8,6 +8,12 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _core
+from . import cuda as _cuda_route
+
+
+def _on_gpu(*arrays) -> bool:
+    """True when any argument is a GPU array: the call then runs on attnkit.cuda."""
+    return any(a is not None and not isinstance(a, np.ndarray) and _cuda_route.is_device_array(a) for a in arrays)
 
 __all__ = [
     "scaled_dot_product_attention",
@@ -31,6 +37,8 @@ def _check_bool(value, name: str) -> bool:
 
 
 def _int64_lengths(kv_lengths) -> np.ndarray:
+    if _cuda_route.is_device_array(kv_lengths):
+        raise TypeError("kv_lengths: expected host memory (a NumPy array or a sequence of ints), got a GPU array")
     arr = np.asarray(kv_lengths)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"kv_lengths: expected an integer array, got dtype {arr.dtype}")
@@ -88,6 +96,10 @@ def scaled_dot_product_attention(
         kv_lengths = _int64_lengths(kv_lengths)
     if isinstance(scale, (bool, np.bool_)):
         raise TypeError("scale: expected a float, got bool")
+    if _on_gpu(query, key, value, attn_mask, out):
+        return _cuda_route.scaled_dot_product_attention(
+            query, key, value, attn_mask, causal_alignment if is_causal else "none", scale, enable_gqa,
+            kv_lengths, return_lse, out)
     if out is not None:
         if not isinstance(out, np.ndarray):
             raise TypeError(f"out: expected a numpy.ndarray, got {type(out).__name__}")
@@ -111,6 +123,8 @@ def softmax(x: np.ndarray, axis: int = -1, mask: Optional[np.ndarray] = None) ->
     masked entries get 0 and a row with every entry masked gives zeros."""
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
         raise TypeError(f"axis: expected an int, got {type(axis).__name__}")
+    if _on_gpu(x, mask):
+        return _cuda_route.softmax(x, int(axis), mask)
     return _core.softmax(x, int(axis), mask)
 
 
@@ -185,6 +199,10 @@ def linear(x: np.ndarray, weight, bias: Optional[np.ndarray] = None, *, activati
     into, with evenly spaced rows and a contiguous last dim (e.g. a column slice of a wider array),
     sharing no memory with x."""
     act = "none" if activation is None else activation
+    if _on_gpu(x, weight, bias):
+        if out is not None or isinstance(weight, PackedLinear):
+            raise TypeError("linear: out= and packed weights are for NumPy arrays (the GPU path has neither)")
+        return _cuda_route.linear(x, weight, bias, act)
     if out is not None:
         if not isinstance(out, np.ndarray):
             raise TypeError(f"out: expected a numpy.ndarray, got {type(out).__name__}")
@@ -212,10 +230,12 @@ def layer_norm(
     result is (layer_norm(x + residual), x + residual), as a pre-LN block needs.
     """
     shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
-    last = x.shape[-1:] if isinstance(x, np.ndarray) else None
+    last = tuple(x.shape[-1:]) if isinstance(x, np.ndarray) or _on_gpu(x) else None
     if last is not None and shape != tuple(last):
         raise ValueError(f"normalized_shape: only the last dim can be normalised: expected ({last[0] if last else ''},), got {shape}")
     return_sum = _check_bool(return_sum, "return_sum")
+    if _on_gpu(x, residual, weight, bias):
+        return _cuda_route.layer_norm(x, residual, weight, bias, float(eps), return_sum)
     return _core.layer_norm(x, residual, weight, bias, float(eps), return_sum)
 
 
@@ -223,12 +243,13 @@ def gelu(x: np.ndarray, approximate: str = "none") -> np.ndarray:
     """GELU: x * Phi(x) (approximate='none', erf) or its tanh approximation ('tanh')."""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
-    return _core.activation(x, "gelu" if approximate == "none" else "gelu_tanh")
+    name = "gelu" if approximate == "none" else "gelu_tanh"
+    return _cuda_route.activation(x, name) if _on_gpu(x) else _core.activation(x, name)
 
 
 def relu(x: np.ndarray) -> np.ndarray:
     """max(x, 0)."""
-    return _core.activation(x, "relu")
+    return _cuda_route.activation(x, "relu") if _on_gpu(x) else _core.activation(x, "relu")
 
 
 def multi_head_attention(
@@ -259,6 +280,10 @@ def multi_head_attention(
     scaled_dot_product_attention. Returns (B, Lq, E_out) (or (B, Lq, num_heads*Dh) without
     out_proj_weight).
     """
+    if _on_gpu(query, key, value, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, attn_mask):
+        return _cuda_route.multi_head_attention(
+            query, key, value, num_heads, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
+            num_kv_heads, attn_mask, _check_bool(is_causal, "is_causal"), causal_alignment, kv_lengths, scale)
     for name, arr in (("query", query), ("key", key), ("value", value), ("in_proj_weight", in_proj_weight)):
         if not isinstance(arr, np.ndarray):
             raise TypeError(f"{name}: expected a numpy.ndarray, got {type(arr).__name__}")

@@ -60,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="write all rows, machine info and ceilings as JSON")
     p.add_argument("--plot", metavar="PATH", help="PNG of GFLOP/s by sequence length per contender (matplotlib)")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when importable")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: attnkit's CUDA kernels against PyTorch on the GPU (attnkit/bench/cuda.py)")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # toy sizes, for the smoke test
     a = p.parse_args(argv)
     names = list(suites.SUITES) if a.suite == "all" else [s.strip() for s in a.suite.split(",") if s.strip()]
@@ -148,6 +150,9 @@ def run_memory(case, opts, prog, ceil) -> list[dict]:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    if a.device == "cuda":
+        from .cuda import main as cuda_main
+        return cuda_main(quick=a.quick, json_path=a.json)
     for var in THROTTLE_VARS:
         if os.environ.get(var):
             print(f"WARNING: {var}={os.environ[var]} is set. NumPy is throttled: unset OPENBLAS_CORETYPE and "

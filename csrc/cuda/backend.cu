@@ -1,0 +1,33 @@
+// The CUDA backend record: which element types it runs, and its three entry points. A problem
+// carries its dtype; each entry point switches on it once (one case per dtype).
+#include <map>
+#include <mutex>
+
+#include "cuda/backend.h"
+#include "cuda/common.cuh"
+
+namespace attnkit { namespace cuda {
+
+namespace {
+// float64 is not offered on the GPU (consumer and datacenter GPUs alike run it far below the
+// fp32 rate, and the CPU backend has it): ops raise TypeError naming the supported types.
+bool supports(DType d) { return d == DType::f32 || d == DType::f16 || d == DType::bf16; }
+}  // namespace
+
+int device_sm_count() {
+  static std::mutex m;
+  static std::map<int, int> counts;
+  int dev = 0;
+  AK_CUDA(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(m);
+  auto it = counts.find(dev);
+  if (it != counts.end()) return it->second;
+  int n = 0;
+  AK_CUDA(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  counts[dev] = n;
+  return n;
+}
+
+const Backend backend = {"cuda", &supports, &attention, &gemm, &rows};
+
+}}  // namespace attnkit::cuda

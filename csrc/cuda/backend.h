@@ -1,0 +1,17 @@
+// The CUDA backend's entry points (one per problem kind) and the Backend record that
+// attnkit._cuda registers for Device::cuda.
+#pragma once
+#include "attnkit/backend.h"
+#include "attnkit/problems.h"
+
+namespace attnkit { namespace cuda {
+
+void attention(const AttnProblem& p);   // flash_attention.cu (decode.cu for few query rows)
+void gemm(const GemmProblem& p);        // gemm.cu (cuBLASLt)
+void rows(const RowProblem& p);         // rowwise.cu
+
+int device_sm_count();                  // of the current device, cached per device
+
+extern const Backend backend;           // backend.cu
+
+}}  // namespace attnkit::cuda
