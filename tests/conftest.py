@@ -99,6 +99,38 @@ def as64(x):
 
 
 # ---------------------------------------------------------------------------------------------
+# What the kernel tests run over: dtypes (ids f32, f64 in test names) and memory layouts.
+# ---------------------------------------------------------------------------------------------
+DTYPES = [np.float32, np.float64]
+DTYPE_IDS = {"float64": "f64", "float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=[DTYPE_IDS[dtype_name(d)] for d in DTYPES])
+# sizes below, at, above and at multiples of the vector widths (4, 8, 16 lanes; 32 and 64 wide tiles)
+WIDTH_SIZES = [1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129]
+
+
+def laid_out(a, layout):
+    """The values of ``a`` in another memory layout: a view of a fresh buffer (``a`` itself when contiguous)."""
+    a = np.asarray(a)
+    if layout == "contiguous" or a.ndim == 0:
+        return a
+    if layout == "fortran":                       # every axis reversed in memory
+        return np.asfortranarray(a)
+    if layout == "column_major":                  # each matrix of the last two axes stored by columns
+        return np.ascontiguousarray(np.swapaxes(a, -1, -2)).swapaxes(-1, -2)
+    if layout == "interleaved":                   # axes -3, -2 swapped: an (..., L, H, E) buffer seen as (..., H, L, E)
+        return np.ascontiguousarray(np.swapaxes(a, -3, -2)).swapaxes(-3, -2)
+    if layout == "strided":                       # every other element along each axis of a buffer twice as large
+        view = np.zeros(tuple(2 * n for n in a.shape), a.dtype)[(slice(None, None, 2),) * a.ndim]
+        view[...] = a
+        return view
+    if layout == "reversed":                      # negative strides on the last axis
+        return np.ascontiguousarray(a[..., ::-1])[..., ::-1]
+    if layout == "rows_reversed":                 # negative strides on the second-to-last axis
+        return np.ascontiguousarray(a[..., ::-1, :])[..., ::-1, :]
+    raise ValueError(layout)
+
+
+# ---------------------------------------------------------------------------------------------
 # The oracle: attnkit.reference, or the source file itself when the core is not built.
 # ---------------------------------------------------------------------------------------------
 def load_reference():

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 
 import attnkit
-from conftest import as64, assert_close, load_reference
+from conftest import as64, assert_close, dtypes, load_reference
 
 ref = load_reference()
 sdpa = attnkit.scaled_dot_product_attention
 F32, F64 = np.float32, np.float64
-dtypes = pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
 
 
 def qkv(B=2, Hq=2, Hk=2, Lq=5, Lk=7, E=8, Ev=None, dtype=F32, batch=None):

@@ -7,12 +7,10 @@ import pytest
 from hypothesis import given, strategies as st
 
 import attnkit
-from conftest import as64, assert_close, load_reference
+from conftest import as64, assert_close, dtypes, laid_out, load_reference
 
 ref = load_reference()
 mha = attnkit.multi_head_attention
-DTYPES = [np.float32, np.float64]
-dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 
 
 def make_weights(rng, E, H, Hkv, Dh, E_out, dtype, bias=True, out_proj=True):
@@ -101,10 +99,10 @@ def test_standard_shapes(isa, dtype, E, H, Hkv, kind, rng):
 @dtypes
 def test_non_contiguous_inputs(isa, dtype, rng):
     B, L, E, H = 3, 21, 32, 4
-    x = np.ascontiguousarray(rng.standard_normal((L, B, E)).astype(dtype)).transpose(1, 0, 2)   # (B, L, E)
-    mem = rng.standard_normal((B, 2 * 30, E)).astype(dtype)[:, ::2]                            # (B, 30, E)
+    x = laid_out(rng.standard_normal((B, L, E)).astype(dtype), "interleaved")   # an (L, B, E) buffer
+    mem = rng.standard_normal((B, 2 * 30, E)).astype(dtype)[:, ::2]              # (B, 30, E), every other row
     w_in, b_in, w_out, b_out = make_weights(rng, E, H, H, 8, E, dtype)
-    w_in = np.asfortranarray(w_in)
+    w_in = laid_out(w_in, "fortran")
     check_mha(x, x, x, H, (w_in, b_in, w_out, b_out), is_causal=True)
     check_mha(x, mem, mem, H, (w_in, b_in, w_out, b_out))
 

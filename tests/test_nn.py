@@ -7,13 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from conftest import as64, assert_close, load_reference
+from conftest import as64, assert_close, dtypes, load_reference
 
 R = load_reference()
 nn = pytest.importorskip("attnkit.nn")
 pytestmark = pytest.mark.filterwarnings("ignore:enable_nested_tensor:UserWarning")   # torch, norm_first
-
-DTYPES = [np.float32, np.float64]
 
 
 # -------------------------------------------------------------------------------------------------
@@ -106,7 +104,7 @@ def random_norm(rng, d, dtype, eps=1e-5):
 # -------------------------------------------------------------------------------------------------
 # The boxes
 # -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", DTYPES)
+@dtypes
 def test_layer_norm_with_fused_residual(rng, dtype):
     ln = random_norm(rng, 24, dtype, eps=1e-6)
     x, r = rng.standard_normal((2, 5, 24)).astype(dtype), rng.standard_normal((2, 5, 24)).astype(dtype)
@@ -118,7 +116,7 @@ def test_layer_norm_with_fused_residual(rng, dtype):
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh"])
-@pytest.mark.parametrize("dtype", DTYPES)
+@dtypes
 def test_feed_forward(rng, activation, dtype):
     ff = nn.FeedForward.init(16, 40, activation, rng=rng, dtype=dtype)
     x = rng.standard_normal((3, 7, 16)).astype(dtype)
@@ -127,7 +125,7 @@ def test_feed_forward(rng, activation, dtype):
     assert_close(out, ref_feed_forward(ff, x), dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@dtypes
 @pytest.mark.parametrize("case", ["self", "self-right-padding", "self-left-padding", "causal", "cross",
                                   "cross-padding"])
 def test_multi_head_attention(rng, dtype, case):
@@ -207,7 +205,7 @@ def make_model(rng, dtype, *, norm_first=False, activation="relu", final_norm=Fa
     return model
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@dtypes
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
 def test_encoder_and_decoder_layers(rng, dtype, norm_first):
     model = make_model(rng, dtype, norm_first=norm_first, activation="gelu" if norm_first else "relu", layers=1)
@@ -223,7 +221,7 @@ def test_encoder_and_decoder_layers(rng, dtype, norm_first):
     assert_close(out, ref_decoder_layer(dec, y, x, allowed), dtype, what="decoder layer")
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@dtypes
 @pytest.mark.parametrize("variant", ["paper", "pre-LN+gelu+final-norm+learned-positions"])
 def test_transformer_end_to_end(rng, dtype, variant):
     """Token ids -> logits through Figure 1, against the NumPy reference."""
@@ -282,7 +280,7 @@ def torch_transformer(torch, seed, dtype, **kw):
     return model.to(torch.float64 if dtype == np.float64 else torch.float32).eval()
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@dtypes
 @pytest.mark.parametrize("norm_first,activation", [(False, "relu"), (True, "gelu")], ids=["post-LN", "pre-LN-gelu"])
 @pytest.mark.parametrize("masks", ["float-causal", "bool-causal", "is_causal", "none"])
 def test_matches_torch_transformer(rng, dtype, norm_first, activation, masks):
@@ -405,7 +403,7 @@ def test_kv_cache_fills_in_place_and_reorders(rng):
         cache.append(0, *(2 * [np.zeros((6, 2, 5, 4), np.float32)]))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@dtypes
 def test_cached_self_attention_equals_causal_attention(rng, dtype):
     """A ragged batch fed through the cache in chunks of 3, 2, 1, 2, ... positions = causal attention over
     each whole sequence (bottom-right alignment with per-sequence lengths)."""

@@ -7,33 +7,14 @@ import pytest
 from hypothesis import given, strategies as st
 
 import attnkit
-from conftest import as64, assert_close, load_reference
+from conftest import WIDTH_SIZES, as64, assert_close, dtypes, laid_out, load_reference
 
 ref = load_reference()
-DTYPES = [np.float32, np.float64]
-dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-WIDTH_SIZES = [1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129]
 SIZES = st.one_of(st.integers(1, 9), st.sampled_from([15, 16, 17, 31, 32, 33, 63, 64, 65, 100]))
 ACTIVATIONS = [None, "relu", "gelu", "gelu_tanh"]
 
 
-def laid_out(a, layout):
-    """The same values as ``a`` in another memory layout (a view of a fresh buffer)."""
-    if layout == "contiguous" or a.ndim == 0:
-        return a
-    if layout == "transposed":                        # reversed axis order in memory
-        return np.ascontiguousarray(a.transpose()).transpose()
-    if layout == "strided":                           # every other element along each axis
-        buf = np.zeros(tuple(2 * n for n in a.shape), a.dtype)
-        view = buf[tuple(slice(None, None, 2) for _ in a.shape)]
-        view[...] = a
-        return view
-    if layout == "reversed":                          # negative strides on the last axis
-        return np.ascontiguousarray(a[..., ::-1])[..., ::-1]
-    raise ValueError(layout)
-
-
-LAYOUTS = ["contiguous", "transposed", "strided", "reversed"]
+LAYOUTS = ["contiguous", "fortran", "strided", "reversed"]
 
 
 def call_unmodified(fn, *args, **kwargs):

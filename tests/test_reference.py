@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from conftest import assert_close, load_reference, seed_for
+from conftest import assert_close, laid_out, load_reference, seed_for
 
 ref = load_reference()
 F64 = np.float64
@@ -294,3 +294,14 @@ def test_mha_gqa_matches_repeated_heads():
     want = ref.multi_head_attention(x, x, x, H, np.concatenate([Wq, rep(Wk), rep(Wv)]),
                                     np.concatenate([bq, rep(bk), rep(bv)]), Wo, is_causal=True)
     assert_close(got, want, F64)
+
+
+# --------------------------------------------------------------------------------------------
+# The layouts the kernel tests use are what they say: the same values, not C-contiguous.
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["fortran", "column_major", "interleaved", "strided", "reversed", "rows_reversed"])
+def test_laid_out_keeps_values_and_changes_the_layout(layout, rng):
+    a = rng.standard_normal((2, 3, 4, 5))
+    b = laid_out(a, layout)
+    np.testing.assert_array_equal(b, a)
+    assert not b.flags.c_contiguous and not np.shares_memory(a, b)

@@ -12,33 +12,18 @@ import pytest
 from hypothesis import given, strategies as st
 
 import attnkit
-from conftest import as64, assert_close, load_reference, tolerance
+from conftest import DTYPES, WIDTH_SIZES, as64, assert_close, dtypes, laid_out, load_reference, tolerance
 
 ref = load_reference()
 sdpa = attnkit.scaled_dot_product_attention
-DTYPES = [np.float32, np.float64]
-dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 
 
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
 def randn(rng, shape, dtype, layout="contiguous"):
-    """Standard-normal array of ``shape`` (..., L, E), laid out as asked (always a view of a bigger
-    or differently ordered buffer for the non-contiguous layouts)."""
-    shape = tuple(shape)
-    if layout == "contiguous" or len(shape) < 3:
-        return rng.standard_normal(shape).astype(dtype)
-    *lead, H, L, E = shape
-    if layout == "transposed":                         # (..., L, H, E) buffer seen as (..., H, L, E)
-        return np.swapaxes(rng.standard_normal((*lead, L, H, E)).astype(dtype), -3, -2)
-    if layout == "strided":                            # every other row and column of a bigger buffer
-        return rng.standard_normal((*lead, H, 2 * L, 2 * E)).astype(dtype)[..., ::2, ::2]
-    if layout == "reversed":                           # negative strides on the sequence axis
-        return rng.standard_normal(shape).astype(dtype)[..., ::-1, :]
-    if layout == "fortran":
-        return np.asfortranarray(rng.standard_normal(shape).astype(dtype))
-    raise ValueError(layout)
+    """Standard-normal array of ``shape`` (..., H, L, E) in ``dtype``, laid out as asked (conftest.laid_out)."""
+    return laid_out(rng.standard_normal(tuple(shape)).astype(dtype), layout)
 
 
 def make_qkv(rng, batch, Hq, Hk, Lq, Lk, E, Ev=None, dtype=np.float64, layouts=("contiguous",) * 3):
@@ -79,7 +64,7 @@ def bool_keep(rng, shape, p=0.7):
 # --------------------------------------------------------------------------------------------
 HEAD_DIMS = [1, 3, 17, 64, 80, 96, 128, 256]
 LENGTHS = st.one_of(st.integers(1, 9), st.sampled_from([15, 16, 17, 31, 33, 64, 65, 100, 129]))
-LAYOUTS = ["contiguous", "transposed", "strided", "reversed", "fortran"]
+LAYOUTS = ["contiguous", "interleaved", "strided", "rows_reversed", "fortran"]
 
 
 @st.composite
@@ -97,7 +82,7 @@ def sdpa_cases(draw):
     full = batch + (Hk * group, Lq, Lk)
     mask_ndim = draw(st.integers(0, len(full)))
     mask_shape = tuple(n if draw(st.booleans()) else 1 for n in full[len(full) - mask_ndim:])
-    mask_layout = draw(st.sampled_from(["contiguous", "broadcast_view", "transposed"]))
+    mask_layout = draw(st.sampled_from(["contiguous", "broadcast_view", "column_major"]))
     is_causal = draw(st.booleans())
     align = draw(st.sampled_from(["top_left", "bottom_right"]))
     lengths = draw(st.one_of(st.none(), st.lists(st.integers(0, Lk), min_size=1, max_size=1)))
@@ -125,8 +110,8 @@ def build_case(c, dtype):
                 mask[rng.random(shape) < 0.3] = -np.inf
         if c["mask_layout"] == "broadcast_view":     # zero strides, read-only
             mask = np.broadcast_to(mask, full)
-        elif c["mask_layout"] == "transposed" and mask.ndim >= 2:
-            mask = np.ascontiguousarray(np.swapaxes(mask, -1, -2)).swapaxes(-1, -2)
+        elif c["mask_layout"] == "column_major" and mask.ndim >= 2:
+            mask = laid_out(mask, "column_major")
     kv_lengths = None
     if c["lengths"] is not None:
         kv_lengths = rng.integers(0, c["Lk"] + 1, size=batch)
@@ -150,7 +135,6 @@ def test_generated_cases(isa, dtype, case):
 # --------------------------------------------------------------------------------------------
 # Sizes below, at, above and at multiples of the vector widths (4, 8, 16, 32, 64) and tiles.
 # --------------------------------------------------------------------------------------------
-WIDTH_SIZES = [1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129]
 
 
 @dtypes
@@ -308,7 +292,7 @@ def test_non_contiguous_views(isa, dtype, layout, rng):
     B, H, L, E = 2, 4, 37, 24
     if layout == "mixed":
         q, k, v = make_qkv(rng, (B,), H, H, L, L + 5, E, dtype=dtype,
-                           layouts=("transposed", "strided", "reversed"))
+                           layouts=("interleaved", "strided", "rows_reversed"))
     elif layout == "broadcast_kv":                    # one KV head repeated by a zero stride
         q = randn(rng, (B, H, L, E), dtype)
         k = np.broadcast_to(randn(rng, (B, 1, L, E), dtype), (B, H, L, E))
