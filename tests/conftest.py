@@ -1,10 +1,12 @@
-"""Shared test machinery: the seeded rng, the tolerance table, assert_close, the ISA parametrization.
+"""Shared test machinery: the seeded rng, the tolerance table, assert_close, dtypes and layouts, and
+the backend fixture that runs every kernel test on every CPU instruction set (and GPU) this machine has.
 
 attnkit itself is imported lazily (inside fixtures and hooks), so the oracle's own tests collect and
 run even when the compiled core has not been built.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -169,25 +171,159 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "attnkit"))
 
 
 # ---------------------------------------------------------------------------------------------
-# ISA: every kernel test runs once per usable instruction-set path.
+# Backends: every kernel test takes the ``backend`` fixture and so runs once per entry of BACKENDS
+# (ids cpu:avx512, cpu:avx2, cpu:generic, cuda). Every entry is generated on every machine, so the
+# test count does not depend on the machine; an entry this machine cannot run skips, saying why.
+# A new backend is one line in BACKENDS (and, for a new kind of device, a Backend subclass that says
+# how arrays get there and back and when the machine has it).
 # ---------------------------------------------------------------------------------------------
-def pytest_generate_tests(metafunc):
-    if "isa" in metafunc.fixturenames:
-        import attnkit  # a test that asks for an ISA needs the core: failing to import is an error
+class Backend:
+    """Where a kernel test runs.
 
-        isas = list(attnkit.get_config()["usable_isas"])
-        metafunc.parametrize("isa", isas, ids=[f"isa={name}" for name in isas], indirect=True)
+    name: the test id; dtypes: the dtype names it computes in (other dtypes skip);
+    to_device(a) / to_numpy(a): a NumPy array to the backend's kind of array, and a result back
+    (asserting that it is of the backend's kind); selected(): the context a test body runs in;
+    unavailable(): None, or why this machine cannot run the backend.
+    """
+    name = "?"
+    dtypes = ("float64", "float32")
+
+    def unavailable(self):
+        return None
+
+    def to_device(self, a):
+        raise NotImplementedError
+
+    def to_numpy(self, a):
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def selected(self):
+        yield
+
+    def call(self, fn, *args, **kwargs):
+        """fn(*args, **kwargs) run here: NumPy arguments moved to the device (one device array per
+        NumPy array, so q is k is v stays true; ``out`` is passed as given), the result (or each of
+        a tuple of results) back as NumPy. Asserts that no moved argument was written to."""
+        moved = {}                                     # id(NumPy array) -> (name, device array, copy)
+
+        def move(name, a):
+            if not isinstance(a, np.ndarray):
+                return a
+            if id(a) not in moved:
+                moved[id(a)] = (name, self.to_device(a), a.copy())
+            return moved[id(a)][1]
+
+        args = [move(f"argument {i}", a) for i, a in enumerate(args)]
+        kwargs = {k: a if k == "out" else move(k, a) for k, a in kwargs.items()}
+        res = fn(*args, **kwargs)
+        for name, on_device, before in moved.values():
+            np.testing.assert_array_equal(self.to_numpy(on_device), before, err_msg=f"{name} was modified")
+        return tuple(map(self.to_numpy, res)) if isinstance(res, tuple) else self.to_numpy(res)
+
+    def __repr__(self):
+        return f"<backend {self.name}>"
+
+
+class CpuBackend(Backend):
+    """attnkit's CPU kernels on one instruction-set path (attnkit.set_isa; the previous one restored)."""
+
+    def __init__(self, isa):
+        self.isa, self.name = isa, f"cpu:{isa}"
+
+    def unavailable(self):
+        import attnkit  # a kernel test needs the core: failing to import is an error, not a skip
+
+        config = attnkit.get_config()
+        if self.isa not in config["compiled_isas"]:
+            return f"{self.isa} is not compiled into this build (compiled: {', '.join(config['compiled_isas'])})"
+        if self.isa not in config["usable_isas"]:
+            return f"this CPU cannot run {self.isa} (usable: {', '.join(config['usable_isas'])})"
+        return None
+
+    def to_device(self, a):
+        return a
+
+    def to_numpy(self, a):
+        assert isinstance(a, np.ndarray), f"{self.name}: a result of type {type(a).__name__}, not a NumPy array"
+        return a
+
+    @contextlib.contextmanager
+    def selected(self):
+        import attnkit
+
+        previous = attnkit.get_config()["isa"]
+        attnkit.set_isa(self.isa)
+        assert attnkit.get_config()["isa"] == self.isa
+        try:
+            yield
+        finally:
+            attnkit.set_isa(previous)
+
+
+class CudaBackend(Backend):
+    """attnkit.cuda on the current GPU. Test inputs go there as CuPy arrays or, without CuPy, as torch
+    CUDA tensors (contiguous copies: the host layouts are not rebuilt on the device); attnkit returns
+    the caller's kind of array."""
+
+    name = "cuda"
+    dtypes = ("float32", "float16", "bfloat16")   # an assumption until attnkit.cuda says what it computes in
+
+    def _array_library(self):
+        try:
+            import cupy
+            return cupy
+        except ImportError:
+            pass
+        try:
+            import torch
+        except ImportError:
+            return None
+        return torch if torch.cuda.is_available() else None
+
+    def unavailable(self):
+        import attnkit
+
+        cuda = getattr(attnkit, "cuda", None)        # the module is written elsewhere: code defensively
+        if cuda is None or not hasattr(cuda, "is_available"):
+            return "attnkit.cuda is missing (attnkit was built without ATTNKIT_CUDA)"
+        if not cuda.is_available():
+            return "attnkit.cuda.is_available() is False (no GPU, or no driver)"
+        if self._array_library() is None:
+            return "no array library to put test inputs on the GPU (install cupy, or torch built with CUDA)"
+        return None
+
+    def to_device(self, a):
+        lib = self._array_library()
+        if lib.__name__ == "cupy":
+            return lib.asarray(a)
+        return lib.from_numpy(np.ascontiguousarray(a)).to("cuda")
+
+    def to_numpy(self, a):
+        assert hasattr(a, "__cuda_array_interface__"), (
+            f"{self.name}: a result of type {type(a).__name__}, not a CUDA array")
+        return a.get() if hasattr(a, "get") else a.cpu().numpy()
+
+
+BACKENDS = [CpuBackend("avx512"), CpuBackend("avx2"), CpuBackend("generic"), CudaBackend()]
+_UNAVAILABLE = {}                                      # backend name -> why not (None: available), once a session
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", BACKENDS, ids=[b.name for b in BACKENDS], indirect=True)
 
 
 @pytest.fixture
-def isa(request):
-    """Switch attnkit to the requested ISA for the test; restore the previous one afterwards."""
-    import attnkit
-
-    previous = attnkit.get_config()["isa"]
-    attnkit.set_isa(request.param)
-    assert attnkit.get_config()["isa"] == request.param
-    try:
-        yield request.param
-    finally:
-        attnkit.set_isa(previous)
+def backend(request):
+    """The backend of this test's id, selected for the test's body (skipped where it cannot run)."""
+    b = request.param
+    if b.name not in _UNAVAILABLE:
+        _UNAVAILABLE[b.name] = b.unavailable()
+    if _UNAVAILABLE[b.name]:
+        pytest.skip(f"{b.name}: {_UNAVAILABLE[b.name]}")
+    dtype = request.node.callspec.params.get("dtype")
+    if dtype is not None and dtype_name(dtype) not in b.dtypes:
+        pytest.skip(f"{b.name} does not compute in {dtype_name(dtype)}")
+    with b.selected():
+        yield b
