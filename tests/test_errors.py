@@ -197,12 +197,49 @@ OVERFLOW_SCRIPT = textwrap.dedent(r"""
 """)
 
 
+def run_child(code, timeout=120, **kwargs):
+    """Run ``code`` in a fresh Python; a crash there (SIGSEGV, abort) fails the test, not the run."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
 def test_sizes_whose_products_overflow_are_refused():
-    proc = subprocess.run([sys.executable, "-c", OVERFLOW_SCRIPT], capture_output=True, text=True, timeout=120)
+    proc = run_child(OVERFLOW_SCRIPT)
     assert proc.returncode == 0, f"child died with {proc.returncode}: {proc.stderr[-2000:]}"
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     bad = {name: r for name, r in results.items() if r[0] not in ("ValueError", "MemoryError", "OverflowError")}
     assert not bad, bad
+
+
+def test_head_dim_too_large_is_a_value_error_not_a_crash():
+    proc = run_child("""
+        import numpy as np, attnkit
+        q = np.broadcast_to(np.float32(1), (1, 1, 2**60))
+        try:
+            attnkit.scaled_dot_product_attention(q, q, np.ones((1, 1, 16), np.float32))
+        except ValueError as e:
+            print("ValueError", e)
+    """)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ValueError" in proc.stdout and "2^31" in proc.stdout
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_out_of_memory_in_linear_is_a_memory_error_not_an_abort(dtype):
+    proc = run_child(f"""
+        import numpy as np, attnkit
+        x = np.broadcast_to(np.{dtype}(1), (128, 2**50))
+        w = np.broadcast_to(np.{dtype}(1), (3, 2**50))
+        try:
+            attnkit.linear(x, w)
+        except MemoryError:
+            print("MemoryError")
+        # the pool still works afterwards, with both threads
+        a = np.random.default_rng(0).standard_normal((300, 64)).astype(np.{dtype})
+        print(np.allclose(attnkit.softmax(a), np.exp(a) / np.exp(a).sum(-1, keepdims=True)))
+    """)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["MemoryError", "True"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,6 +310,17 @@ def test_nan_hidden_by_a_mask_does_not_leak(backend, dtype):
     clean = backend.call(sdpa, q, k, v, attn_mask=keep)
     k[..., 20, :] = np.nan
     np.testing.assert_array_equal(backend.call(sdpa, q, k, v, attn_mask=keep), clean)
+
+
+@dtypes
+def test_nan_behind_a_full_mask_does_not_reach_a_row_that_sees_nothing(backend, dtype, rng):
+    q, k, v = (rng.standard_normal((1, 1, 4, 8)).astype(dtype) for _ in range(3))
+    v[0, 0, 2] = np.nan                             # only rows that may see key 2 can be spoiled
+    mask = np.ones((4, 4), bool)
+    mask[0] = False                                 # row 0 sees nothing: zeros, never NaN
+    out = backend.call(sdpa, q, k, v, attn_mask=mask)
+    assert np.all(out[0, 0, 0] == 0)
+    assert np.isnan(out[0, 0, 1:]).all()            # rows that see key 2 are spoiled, as in the oracle
 
 
 @dtypes
@@ -425,7 +473,7 @@ def test_environment_variable_forces_the_isa_at_import():
     code = "import attnkit; print(attnkit.get_config()['isa'])"
     for name in attnkit.get_config()["usable_isas"]:
         env = dict(os.environ, ATTNKIT_ISA=name)
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+        proc = run_child(code, timeout=60, env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert proc.stdout.strip() == name
 
@@ -434,7 +482,7 @@ def test_environment_variable_sets_the_thread_count():
     code = "import attnkit; print(attnkit.get_num_threads())"
     for n in (1, 3):
         env = dict(os.environ, ATTNKIT_NUM_THREADS=str(n))
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+        proc = run_child(code, timeout=60, env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert proc.stdout.strip() == str(n)
 

@@ -2,12 +2,14 @@
 relu against the float64 oracle, once per backend (conftest.BACKENDS)."""
 from __future__ import annotations
 
+import multiprocessing as mp
+
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
 import attnkit
-from conftest import WIDTH_SIZES, as64, assert_close, dtypes, laid_out, load_reference
+from conftest import WIDTH_SIZES, as64, assert_close, dtypes, laid_out, load_reference, tolerance
 
 ref = load_reference()
 SIZES = st.one_of(st.integers(1, 9), st.sampled_from([15, 16, 17, 31, 32, 33, 63, 64, 65, 100]))
@@ -265,3 +267,24 @@ def test_empty_arrays(backend, dtype):
             assert got.shape == shape and got.dtype == dtype
     x = np.zeros((0, 6), dtype)
     assert backend.call(attnkit.layer_norm, x, 6).shape == (0, 6)
+
+
+# --------------------------------------------------------------------------------------------
+# The thread pool after fork
+# --------------------------------------------------------------------------------------------
+def _softmax_in_child(queue):
+    x = np.random.default_rng(1).standard_normal((256, 64)).astype(np.float32)
+    queue.put(float(np.abs(attnkit.softmax(x).sum(-1) - 1).max()))
+
+
+def test_kernels_work_in_a_forked_child():
+    attnkit.softmax(np.ones((256, 64), np.float32))  # the pool exists before the fork
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_softmax_in_child, args=(queue,))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("a kernel called in a forked child hung")
+    assert child.exitcode == 0 and queue.get(timeout=5) < tolerance(np.float32)

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 import attnkit
-from conftest import DTYPES, WIDTH_SIZES, as64, assert_close, dtypes, laid_out, load_reference, tolerance
+from conftest import (DTYPES, WIDTH_SIZES, as64, assert_close, dtypes, laid_out, load_reference, relative_error,
+                      tolerance)
 
 ref = load_reference()
 sdpa = attnkit.scaled_dot_product_attention
@@ -241,6 +242,18 @@ def test_fully_masked_rows_give_zeros_and_lse_minus_inf(backend, dtype, rng):
     assert np.all(out == 0) and np.all(lse == -np.inf)
 
 
+@dtypes
+def test_a_row_masked_with_the_lowest_float_averages_the_values(backend, dtype, rng):
+    # HF-style "masked" is finfo.min added, not -inf: a row masked that way everywhere sees every key
+    # equally (the logits all round to finfo.min), so its output is the mean of the values.
+    q, k, v = make_qkv(rng, (1,), 2, 2, 4, 4, 8, dtype=dtype)
+    mask = np.zeros((4, 4), dtype)
+    mask[1] = np.finfo(dtype).min
+    mask[2, :2] = np.finfo(dtype).min
+    out, _ = check_sdpa(backend, q, k, v, attn_mask=mask)
+    assert_close(out[0, :, 1], as64(v[0]).mean(axis=1), dtype, what="row 1")
+
+
 # --------------------------------------------------------------------------------------------
 # kv_lengths
 # --------------------------------------------------------------------------------------------
@@ -278,6 +291,14 @@ def test_kv_lengths_ignore_cache_padding(backend, dtype, rng):
         v[b, :, n:] = np.inf
     dirty = backend.call(sdpa, q, k, v, kv_lengths=lengths)
     np.testing.assert_array_equal(dirty, clean)
+
+
+def test_strided_kv_lengths_are_read_through_their_strides(rng):
+    # The binding itself (the Python wrapper would make a contiguous copy first): CPU only.
+    q, k, v = make_qkv(rng, (2,), 3, 3, 6, 6, 8, dtype=np.float32)
+    lengths = np.array([4, 99, 2, 99])[::2]          # a strided view: [4, 2]
+    out = attnkit._core.sdpa(q, k, v, None, "none", None, False, lengths, False, None)
+    assert_close(out, ref.scaled_dot_product_attention(as64(q), as64(k), as64(v), kv_lengths=[4, 2]), np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -464,6 +485,38 @@ def test_one_and_two_threads_agree(backend, dtype, rng, restore_threads):
         assert_close(results[n][0], want, dtype)
     for a, b in zip(results[1], results[2]):
         assert_close(a, as64(b), dtype)
+
+
+def test_pool_resized_while_kernels_run(rng, restore_threads):
+    q, k, v = make_qkv(rng, (2,), 4, 4, 200, 200, 32, dtype=np.float32)
+    want = ref.scaled_dot_product_attention(as64(q), as64(k), as64(v))
+    errors, stop = [], threading.Event()
+
+    def resize():
+        n = 1
+        while not stop.is_set():
+            attnkit.set_num_threads(n % 4 + 1)
+            n += 1
+
+    def work():
+        try:
+            for _ in range(30):
+                err = relative_error(sdpa(q, k, v), want)
+                if err > tolerance(np.float32):
+                    errors.append(err)
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    resizer = threading.Thread(target=resize)
+    workers = [threading.Thread(target=work) for _ in range(3)]
+    resizer.start()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    stop.set()
+    resizer.join()
+    assert not errors
 
 
 def test_concurrent_python_threads(backend, rng):
