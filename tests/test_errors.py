@@ -19,9 +19,11 @@ sdpa = attnkit.scaled_dot_product_attention
 F32, F64 = np.float32, np.float64
 
 
-def qkv(B=2, Hq=2, Hk=2, Lq=5, Lk=7, E=8, Ev=None, dtype=F32, batch=None):
+def qkv(B=2, Hq=2, Hk=2, Lq=5, Lk=7, E=8, Ev=None, dtype=F32, batch=None, rng=None):
+    """Random q, k, v: from the test's rng where there is one (the bad-argument tables, built at
+    collection, draw from a generator seeded by the shape)."""
     batch = (B,) if batch is None else batch
-    rng = np.random.default_rng(len(batch) * 1000 + Hq * 100 + Lq * 10 + Lk)
+    rng = np.random.default_rng(len(batch) * 1000 + Hq * 100 + Lq * 10 + Lk) if rng is None else rng
     Ev = E if Ev is None else Ev
     return (rng.standard_normal((*batch, Hq, Lq, E)).astype(dtype),
             rng.standard_normal((*batch, Hk, Lk, E)).astype(dtype),
@@ -253,9 +255,9 @@ ZERO_SHAPES = {  # (batch, Hq, Hk, Lq, Lk, E, Ev)
 
 @dtypes
 @pytest.mark.parametrize("name", list(ZERO_SHAPES))
-def test_zero_length_dims_give_empty_results(backend, dtype, name):
+def test_zero_length_dims_give_empty_results(backend, dtype, name, rng):
     batch, Hq, Hk, Lq, Lk, E, Ev = ZERO_SHAPES[name]
-    q, k, v = qkv(Hq=Hq, Hk=Hk, Lq=Lq, Lk=Lk, E=E, Ev=Ev, dtype=dtype, batch=batch)
+    q, k, v = qkv(Hq=Hq, Hk=Hk, Lq=Lq, Lk=Lk, E=E, Ev=Ev, dtype=dtype, batch=batch, rng=rng)
     out, lse = backend.call(sdpa, q, k, v, enable_gqa=Hq != Hk, return_lse=True, is_causal=True)
     assert out.shape == (*batch, Hq, Lq, Ev) and out.dtype == dtype
     assert lse.shape == (*batch, Hq, Lq) and lse.dtype == dtype
@@ -265,8 +267,8 @@ def test_zero_length_dims_give_empty_results(backend, dtype, name):
 
 
 @dtypes
-def test_no_keys_give_zeros(backend, dtype):
-    q, k, v = qkv(Lk=0, dtype=dtype)
+def test_no_keys_give_zeros(backend, dtype, rng):
+    q, k, v = qkv(Lk=0, dtype=dtype, rng=rng)
     out, lse = backend.call(sdpa, q, k, v, return_lse=True)
     assert out.shape == (2, 2, 5, 8) and np.all(out == 0) and np.all(lse == -np.inf)
     out = backend.call(sdpa, q, k, v, is_causal=True, causal_alignment="bottom_right",
@@ -278,8 +280,8 @@ def test_no_keys_give_zeros(backend, dtype):
 # NaN stays where it belongs
 # --------------------------------------------------------------------------------------------
 @dtypes
-def test_nan_in_query_row_spoils_only_that_row(backend, dtype):
-    q, k, v = qkv(Lq=40, Lk=70, E=16, dtype=dtype)
+def test_nan_in_query_row_spoils_only_that_row(backend, dtype, rng):
+    q, k, v = qkv(Lq=40, Lk=70, E=16, dtype=dtype, rng=rng)
     clean = backend.call(sdpa, q, k, v)
     q[1, 0, 13, 5] = np.nan
     dirty = backend.call(sdpa, q, k, v)
@@ -290,8 +292,8 @@ def test_nan_in_query_row_spoils_only_that_row(backend, dtype):
 
 
 @dtypes
-def test_nan_in_key_spoils_only_rows_that_see_it(backend, dtype):
-    q, k, v = qkv(Lq=150, Lk=150, E=16, dtype=dtype)
+def test_nan_in_key_spoils_only_rows_that_see_it(backend, dtype, rng):
+    q, k, v = qkv(Lq=150, Lk=150, E=16, dtype=dtype, rng=rng)
     clean = backend.call(sdpa, q, k, v, is_causal=True)
     j = 77
     k[0, 1, j, 3] = np.nan
@@ -303,8 +305,8 @@ def test_nan_in_key_spoils_only_rows_that_see_it(backend, dtype):
 
 
 @dtypes
-def test_nan_hidden_by_a_mask_does_not_leak(backend, dtype):
-    q, k, v = qkv(Lq=6, Lk=50, E=16, dtype=dtype)
+def test_nan_hidden_by_a_mask_does_not_leak(backend, dtype, rng):
+    q, k, v = qkv(Lq=6, Lk=50, E=16, dtype=dtype, rng=rng)
     keep = np.ones((6, 50), bool)
     keep[:, 20] = False
     clean = backend.call(sdpa, q, k, v, attn_mask=keep)
@@ -324,8 +326,7 @@ def test_nan_behind_a_full_mask_does_not_reach_a_row_that_sees_nothing(backend, 
 
 
 @dtypes
-def test_nan_stays_in_its_row_for_the_other_ops(backend, dtype):
-    rng = np.random.default_rng(7)
+def test_nan_stays_in_its_row_for_the_other_ops(backend, dtype, rng):
     x = rng.standard_normal((6, 40)).astype(dtype)
     x[2, 9] = np.nan
     w = rng.standard_normal((12, 40)).astype(dtype)
