@@ -297,12 +297,14 @@ class CudaBackend(Backend):
         lib = self._array_library()
         if lib.__name__ == "cupy":
             return lib.asarray(a)
-        return lib.from_numpy(np.ascontiguousarray(a)).to("cuda")
+        return lib.from_numpy(np.array(a, order="C")).to("cuda")   # a writable copy: torch warns on read-only
 
     def to_numpy(self, a):
-        assert hasattr(a, "__cuda_array_interface__"), (
-            f"{self.name}: a result of type {type(a).__name__}, not a CUDA array")
-        return a.get() if hasattr(a, "get") else a.cpu().numpy()
+        lib = self._array_library()
+        kind = lib.ndarray if lib.__name__ == "cupy" else lib.Tensor
+        assert isinstance(a, kind) and hasattr(a, "__cuda_array_interface__"), (
+            f"{self.name}: a result of type {type(a).__name__}, not the caller's kind of CUDA array")
+        return a.get() if lib.__name__ == "cupy" else a.cpu().numpy()   # (bfloat16 will need ml_dtypes here)
 
 
 BACKENDS = [CpuBackend("avx512"), CpuBackend("avx2"), CpuBackend("generic"), CudaBackend()]
