@@ -1,13 +1,16 @@
-"""Shared test machinery: the seeded rng, the tolerance table, assert_close, the ISA parametrization.
+"""Shared test machinery: the seeded rng, the tolerance table, assert_close, dtypes and layouts, and
+the backend fixture that runs every kernel test on every CPU instruction set (and GPU) this machine has.
 
 attnkit itself is imported lazily (inside fixtures and hooks), so the oracle's own tests collect and
 run even when the compiled core has not been built.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
+from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +18,39 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 # ---------------------------------------------------------------------------------------------
-# Tolerances: relative error ||out - ref|| / ||ref|| against the float64 oracle, per dtype.
+# Tolerances: every bound on relative_error(out, ref) = ||out - ref|| / ||ref|| that a test asserts,
+# one row per dtype (the dtype the result was computed and stored in), one column per comparison:
+#   oracle      one kernel against attnkit.reference run in float64 on the same dtype-valued inputs
+#   large_mean  layer_norm of rows whose mean is ~1000 standard deviations: rounding the mean alone
+#               to float32 costs ~1e-4 of the result
+#   torch       a stack of kernels (attnkit.nn) against PyTorch computing in the same dtype: both round
+#   checkpoint  a pretrained architecture (BERT, GPT-2: more layers, larger weights) against transformers
+# float16 / bfloat16 (for the CUDA backend; kernels keep fp32 accumulators and statistics): oracle is
+# about 4 unit roundoffs of the storage type (2^-11, 2^-8), the stacks 20 and 40.
 # ---------------------------------------------------------------------------------------------
-TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+Tolerance = namedtuple("Tolerance", "oracle large_mean torch checkpoint")
+TOLERANCES = {
+    "float64": Tolerance(oracle=1e-12, large_mean=1e-12, torch=1e-10, checkpoint=1e-10),
+    "float32": Tolerance(oracle=1e-5, large_mean=1e-3, torch=1e-5, checkpoint=1e-4),
+    "float16": Tolerance(oracle=2e-3, large_mean=2e-3, torch=1e-2, checkpoint=2e-2),
+    "bfloat16": Tolerance(oracle=1.6e-2, large_mean=1.6e-2, torch=8e-2, checkpoint=1.6e-1),
+}
+
+
+def dtype_name(dtype):
+    """'float32' for np.float32, np.dtype('float32'), 'float32' or torch.float32 (bfloat16 has no NumPy type)."""
+    if isinstance(dtype, str):
+        return dtype
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return str(dtype).rpartition(".")[2]
+
+
+def tolerance(dtype, against="oracle"):
+    """The table's bound for results in ``dtype`` compared ``against`` one of its columns."""
+    return getattr(TOLERANCES[dtype_name(dtype)], against)
+
 
 BASE_SEED = 0x5EED_A77E
 
@@ -37,14 +70,15 @@ def relative_error(out, ref, scale=None):
     return diff / norm if norm > 0 else diff
 
 
-def assert_close(out, ref, dtype, *, tol=None, scale=None, what="output"):
+def assert_close(out, ref, dtype, *, against="oracle", scale=None, what="output"):
     """Assert out matches ref: same shape, same non-finite entries, relative error within the table.
 
-    ``dtype`` picks the tolerance (the dtype the kernel computed in); ``ref`` is the float64 oracle.
+    ``dtype`` (the dtype the result was computed in) and ``against`` (what ref is: the float64 oracle
+    by default) pick the tolerance.
     """
     out = np.asarray(out)
     ref = np.asarray(ref)
-    tol = TOLERANCE[np.dtype(dtype)] if tol is None else tol
+    tol = tolerance(dtype, against)
     assert out.shape == ref.shape, f"{what}: shape {out.shape}, expected {ref.shape}"
     nan_out, nan_ref = np.isnan(out), np.isnan(ref)
     assert np.array_equal(nan_out, nan_ref), (
@@ -55,7 +89,7 @@ def assert_close(out, ref, dtype, *, tol=None, scale=None, what="output"):
         f"{what}: infinities differ at {np.argwhere(np.isinf(out) != inf_ref)[:5].tolist()}")
     assert np.array_equal(out[inf_ref], ref[inf_ref]), f"{what}: infinities of the wrong sign"
     err = relative_error(out, ref, scale)
-    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.0e} ({np.dtype(dtype).name})"
+    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.0e} ({dtype_name(dtype)}, {against})"
 
 
 def as64(x):
@@ -64,6 +98,38 @@ def as64(x):
         return None
     x = np.asarray(x)
     return x.astype(np.float64) if x.dtype.kind == "f" else x
+
+
+# ---------------------------------------------------------------------------------------------
+# What the kernel tests run over: dtypes (ids f32, f64 in test names) and memory layouts.
+# ---------------------------------------------------------------------------------------------
+DTYPES = [np.float32, np.float64]
+DTYPE_IDS = {"float64": "f64", "float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=[DTYPE_IDS[dtype_name(d)] for d in DTYPES])
+# sizes below, at, above and at multiples of the vector widths (4, 8, 16 lanes; 32 and 64 wide tiles)
+WIDTH_SIZES = [1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129]
+
+
+def laid_out(a, layout):
+    """The values of ``a`` in another memory layout: a view of a fresh buffer (``a`` itself when contiguous)."""
+    a = np.asarray(a)
+    if layout == "contiguous" or a.ndim == 0:
+        return a
+    if layout == "fortran":                       # every axis reversed in memory
+        return np.asfortranarray(a)
+    if layout == "column_major":                  # each matrix of the last two axes stored by columns
+        return np.ascontiguousarray(np.swapaxes(a, -1, -2)).swapaxes(-1, -2)
+    if layout == "interleaved":                   # axes -3, -2 swapped: an (..., L, H, E) buffer seen as (..., H, L, E)
+        return np.ascontiguousarray(np.swapaxes(a, -3, -2)).swapaxes(-3, -2)
+    if layout == "strided":                       # every other element along each axis of a buffer twice as large
+        view = np.zeros(tuple(2 * n for n in a.shape), a.dtype)[(slice(None, None, 2),) * a.ndim]
+        view[...] = a
+        return view
+    if layout == "reversed":                      # negative strides on the last axis
+        return np.ascontiguousarray(a[..., ::-1])[..., ::-1]
+    if layout == "rows_reversed":                 # negative strides on the second-to-last axis
+        return np.ascontiguousarray(a[..., ::-1, :])[..., ::-1, :]
+    raise ValueError(layout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,25 +171,161 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "attnkit"))
 
 
 # ---------------------------------------------------------------------------------------------
-# ISA: every kernel test runs once per usable instruction-set path.
+# Backends: every kernel test takes the ``backend`` fixture and so runs once per entry of BACKENDS
+# (ids cpu:avx512, cpu:avx2, cpu:generic, cuda). Every entry is generated on every machine, so the
+# test count does not depend on the machine; an entry this machine cannot run skips, saying why.
+# A new backend is one line in BACKENDS (and, for a new kind of device, a Backend subclass that says
+# how arrays get there and back and when the machine has it).
 # ---------------------------------------------------------------------------------------------
-def pytest_generate_tests(metafunc):
-    if "isa" in metafunc.fixturenames:
-        import attnkit  # a test that asks for an ISA needs the core: failing to import is an error
+class Backend:
+    """Where a kernel test runs.
 
-        isas = list(attnkit.get_config()["usable_isas"])
-        metafunc.parametrize("isa", isas, ids=[f"isa={name}" for name in isas], indirect=True)
+    name: the test id; dtypes: the dtype names it computes in (other dtypes skip);
+    to_device(a) / to_numpy(a): a NumPy array to the backend's kind of array, and a result back
+    (asserting that it is of the backend's kind); selected(): the context a test body runs in;
+    unavailable(): None, or why this machine cannot run the backend.
+    """
+    name = "?"
+    dtypes = ("float64", "float32")
+
+    def unavailable(self):
+        return None
+
+    def to_device(self, a):
+        raise NotImplementedError
+
+    def to_numpy(self, a):
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def selected(self):
+        yield
+
+    def call(self, fn, *args, **kwargs):
+        """fn(*args, **kwargs) run here: NumPy arguments moved to the device (one device array per
+        NumPy array, so q is k is v stays true; ``out`` is passed as given), the result (or each of
+        a tuple of results) back as NumPy. Asserts that no moved argument was written to."""
+        moved = {}                                     # id(NumPy array) -> (name, device array, copy)
+
+        def move(name, a):
+            if not isinstance(a, np.ndarray):
+                return a
+            if id(a) not in moved:
+                moved[id(a)] = (name, self.to_device(a), a.copy())
+            return moved[id(a)][1]
+
+        args = [move(f"argument {i}", a) for i, a in enumerate(args)]
+        kwargs = {k: a if k == "out" else move(k, a) for k, a in kwargs.items()}
+        res = fn(*args, **kwargs)
+        for name, on_device, before in moved.values():
+            np.testing.assert_array_equal(self.to_numpy(on_device), before, err_msg=f"{name} was modified")
+        return tuple(map(self.to_numpy, res)) if isinstance(res, tuple) else self.to_numpy(res)
+
+    def __repr__(self):
+        return f"<backend {self.name}>"
+
+
+class CpuBackend(Backend):
+    """attnkit's CPU kernels on one instruction-set path (attnkit.set_isa; the previous one restored)."""
+
+    def __init__(self, isa):
+        self.isa, self.name = isa, f"cpu:{isa}"
+
+    def unavailable(self):
+        import attnkit  # a kernel test needs the core: failing to import is an error, not a skip
+
+        config = attnkit.get_config()
+        if self.isa not in config["compiled_isas"]:
+            return f"{self.isa} is not compiled into this build (compiled: {', '.join(config['compiled_isas'])})"
+        if self.isa not in config["usable_isas"]:
+            return f"this CPU cannot run {self.isa} (usable: {', '.join(config['usable_isas'])})"
+        return None
+
+    def to_device(self, a):
+        return a
+
+    def to_numpy(self, a):
+        assert isinstance(a, np.ndarray), f"{self.name}: a result of type {type(a).__name__}, not a NumPy array"
+        return a
+
+    @contextlib.contextmanager
+    def selected(self):
+        import attnkit
+
+        previous = attnkit.get_config()["isa"]
+        attnkit.set_isa(self.isa)
+        assert attnkit.get_config()["isa"] == self.isa
+        try:
+            yield
+        finally:
+            attnkit.set_isa(previous)
+
+
+class CudaBackend(Backend):
+    """attnkit.cuda on the current GPU. Test inputs go there as CuPy arrays or, without CuPy, as torch
+    CUDA tensors (contiguous copies: the host layouts are not rebuilt on the device); attnkit returns
+    the caller's kind of array."""
+
+    name = "cuda"
+    dtypes = ("float32", "float16", "bfloat16")   # an assumption until attnkit.cuda says what it computes in
+
+    def _array_library(self):
+        try:
+            import cupy
+            return cupy
+        except ImportError:
+            pass
+        try:
+            import torch
+        except ImportError:
+            return None
+        return torch if torch.cuda.is_available() else None
+
+    def unavailable(self):
+        import attnkit
+
+        cuda = getattr(attnkit, "cuda", None)        # the module is written elsewhere: code defensively
+        if cuda is None or not hasattr(cuda, "is_available"):
+            return "attnkit.cuda is missing (attnkit was built without ATTNKIT_CUDA)"
+        if not cuda.is_available():
+            return "attnkit.cuda.is_available() is False (no GPU, or no driver)"
+        if self._array_library() is None:
+            return "no array library to put test inputs on the GPU (install cupy, or torch built with CUDA)"
+        return None
+
+    def to_device(self, a):
+        lib = self._array_library()
+        if lib.__name__ == "cupy":
+            return lib.asarray(a)
+        return lib.from_numpy(np.array(a, order="C")).to("cuda")   # a writable copy: torch warns on read-only
+
+    def to_numpy(self, a):
+        lib = self._array_library()
+        kind = lib.ndarray if lib.__name__ == "cupy" else lib.Tensor
+        assert isinstance(a, kind) and hasattr(a, "__cuda_array_interface__"), (
+            f"{self.name}: a result of type {type(a).__name__}, not the caller's kind of CUDA array")
+        return a.get() if lib.__name__ == "cupy" else a.cpu().numpy()   # (bfloat16 will need ml_dtypes here)
+
+
+BACKENDS = [CpuBackend("avx512"), CpuBackend("avx2"), CpuBackend("generic"), CudaBackend()]
+_UNAVAILABLE = {}                                      # backend name -> why not (None: available), once a session
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", BACKENDS, ids=[b.name for b in BACKENDS], indirect=True)
 
 
 @pytest.fixture
-def isa(request):
-    """Switch attnkit to the requested ISA for the test; restore the previous one afterwards."""
-    import attnkit
-
-    previous = attnkit.get_config()["isa"]
-    attnkit.set_isa(request.param)
-    assert attnkit.get_config()["isa"] == request.param
-    try:
-        yield request.param
-    finally:
-        attnkit.set_isa(previous)
+def backend(request):
+    """The backend of this test's id, selected for the test's body (skipped where it cannot run)."""
+    b = request.param
+    if b.name not in _UNAVAILABLE:
+        _UNAVAILABLE[b.name] = b.unavailable()
+    if _UNAVAILABLE[b.name]:
+        pytest.skip(f"{b.name}: {_UNAVAILABLE[b.name]}")
+    dtype = request.node.callspec.params.get("dtype")
+    if dtype is not None and dtype_name(dtype) not in b.dtypes:
+        pytest.skip(f"{b.name} does not compute in {dtype_name(dtype)}")
+    with b.selected():
+        yield b

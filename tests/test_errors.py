@@ -12,17 +12,18 @@ import numpy as np
 import pytest
 
 import attnkit
-from conftest import as64, assert_close, load_reference
+from conftest import as64, assert_close, dtypes, load_reference
 
 ref = load_reference()
 sdpa = attnkit.scaled_dot_product_attention
 F32, F64 = np.float32, np.float64
-dtypes = pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
 
 
-def qkv(B=2, Hq=2, Hk=2, Lq=5, Lk=7, E=8, Ev=None, dtype=F32, batch=None):
+def qkv(B=2, Hq=2, Hk=2, Lq=5, Lk=7, E=8, Ev=None, dtype=F32, batch=None, rng=None):
+    """Random q, k, v: from the test's rng where there is one (the bad-argument tables, built at
+    collection, draw from a generator seeded by the shape)."""
     batch = (B,) if batch is None else batch
-    rng = np.random.default_rng(len(batch) * 1000 + Hq * 100 + Lq * 10 + Lk)
+    rng = np.random.default_rng(len(batch) * 1000 + Hq * 100 + Lq * 10 + Lk) if rng is None else rng
     Ev = E if Ev is None else Ev
     return (rng.standard_normal((*batch, Hq, Lq, E)).astype(dtype),
             rng.standard_normal((*batch, Hk, Lk, E)).astype(dtype),
@@ -124,21 +125,20 @@ def test_sdpa_bad_out_is_refused_and_untouched(kind):
         sdpa(q, k, v, out=out.tolist())
 
 
-def test_out_aliasing_an_input_is_refused_or_correct():
+def test_out_aliasing_an_input_is_refused_or_correct(backend, rng):
     # out = query: either refused (naming "out", query untouched) or the right answer, never a
     # result computed from a half-overwritten query
-    q, k, v = qkv(Lk=7)
-    q = q.copy()
-    q0 = q.copy()
+    q0, k, v = qkv(Lk=7, rng=rng)
     want = ref.scaled_dot_product_attention(as64(q0), as64(k), as64(v))
+    q = backend.to_device(q0.copy())
     try:
-        res = sdpa(q, k, v, out=q)
+        res = sdpa(q, backend.to_device(k), backend.to_device(v), out=q)
     except (TypeError, ValueError) as e:
         assert "out" in str(e)
-        np.testing.assert_array_equal(q, q0)
+        np.testing.assert_array_equal(backend.to_numpy(q), q0)
         return
     assert res is q
-    assert_close(q, want, F32)
+    assert_close(backend.to_numpy(q), want, F32)
 
 
 @pytest.mark.parametrize("bad", ["scale", "mask", "kv_lengths", "value"])
@@ -198,12 +198,49 @@ OVERFLOW_SCRIPT = textwrap.dedent(r"""
 """)
 
 
+def run_child(code, timeout=120, **kwargs):
+    """Run ``code`` in a fresh Python; a crash there (SIGSEGV, abort) fails the test, not the run."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
 def test_sizes_whose_products_overflow_are_refused():
-    proc = subprocess.run([sys.executable, "-c", OVERFLOW_SCRIPT], capture_output=True, text=True, timeout=120)
+    proc = run_child(OVERFLOW_SCRIPT)
     assert proc.returncode == 0, f"child died with {proc.returncode}: {proc.stderr[-2000:]}"
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     bad = {name: r for name, r in results.items() if r[0] not in ("ValueError", "MemoryError", "OverflowError")}
     assert not bad, bad
+
+
+def test_head_dim_too_large_is_a_value_error_not_a_crash():
+    proc = run_child("""
+        import numpy as np, attnkit
+        q = np.broadcast_to(np.float32(1), (1, 1, 2**60))
+        try:
+            attnkit.scaled_dot_product_attention(q, q, np.ones((1, 1, 16), np.float32))
+        except ValueError as e:
+            print("ValueError", e)
+    """)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ValueError" in proc.stdout and "2^31" in proc.stdout
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_out_of_memory_in_linear_is_a_memory_error_not_an_abort(dtype):
+    proc = run_child(f"""
+        import numpy as np, attnkit
+        x = np.broadcast_to(np.{dtype}(1), (128, 2**50))
+        w = np.broadcast_to(np.{dtype}(1), (3, 2**50))
+        try:
+            attnkit.linear(x, w)
+        except MemoryError:
+            print("MemoryError")
+        # the pool still works afterwards, with both threads
+        a = np.random.default_rng(0).standard_normal((300, 64)).astype(np.{dtype})
+        print(np.allclose(attnkit.softmax(a), np.exp(a) / np.exp(a).sum(-1, keepdims=True)))
+    """)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["MemoryError", "True"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,10 +254,10 @@ ZERO_SHAPES = {  # (batch, Hq, Hk, Lq, Lk, E, Ev)
 
 @dtypes
 @pytest.mark.parametrize("name", list(ZERO_SHAPES))
-def test_zero_length_dims_give_empty_results(isa, dtype, name):
+def test_zero_length_dims_give_empty_results(backend, dtype, name, rng):
     batch, Hq, Hk, Lq, Lk, E, Ev = ZERO_SHAPES[name]
-    q, k, v = qkv(Hq=Hq, Hk=Hk, Lq=Lq, Lk=Lk, E=E, Ev=Ev, dtype=dtype, batch=batch)
-    out, lse = sdpa(q, k, v, enable_gqa=Hq != Hk, return_lse=True, is_causal=True)
+    q, k, v = qkv(Hq=Hq, Hk=Hk, Lq=Lq, Lk=Lk, E=E, Ev=Ev, dtype=dtype, batch=batch, rng=rng)
+    out, lse = backend.call(sdpa, q, k, v, enable_gqa=Hq != Hk, return_lse=True, is_causal=True)
     assert out.shape == (*batch, Hq, Lq, Ev) and out.dtype == dtype
     assert lse.shape == (*batch, Hq, Lq) and lse.dtype == dtype
     _, want_lse = ref.scaled_dot_product_attention(as64(q), as64(k), as64(v), enable_gqa=Hq != Hk,
@@ -229,11 +266,12 @@ def test_zero_length_dims_give_empty_results(isa, dtype, name):
 
 
 @dtypes
-def test_no_keys_give_zeros(isa, dtype):
-    q, k, v = qkv(Lk=0, dtype=dtype)
-    out, lse = sdpa(q, k, v, return_lse=True)
+def test_no_keys_give_zeros(backend, dtype, rng):
+    q, k, v = qkv(Lk=0, dtype=dtype, rng=rng)
+    out, lse = backend.call(sdpa, q, k, v, return_lse=True)
     assert out.shape == (2, 2, 5, 8) and np.all(out == 0) and np.all(lse == -np.inf)
-    out = sdpa(q, k, v, is_causal=True, causal_alignment="bottom_right", attn_mask=np.ones((5, 0), bool))
+    out = backend.call(sdpa, q, k, v, is_causal=True, causal_alignment="bottom_right",
+                       attn_mask=np.ones((5, 0), bool))
     assert out.shape == (2, 2, 5, 8) and np.all(out == 0)
 
 
@@ -241,11 +279,11 @@ def test_no_keys_give_zeros(isa, dtype):
 # NaN stays where it belongs
 # --------------------------------------------------------------------------------------------
 @dtypes
-def test_nan_in_query_row_spoils_only_that_row(isa, dtype):
-    q, k, v = qkv(Lq=40, Lk=70, E=16, dtype=dtype)
-    clean = sdpa(q, k, v)
+def test_nan_in_query_row_spoils_only_that_row(backend, dtype, rng):
+    q, k, v = qkv(Lq=40, Lk=70, E=16, dtype=dtype, rng=rng)
+    clean = backend.call(sdpa, q, k, v)
     q[1, 0, 13, 5] = np.nan
-    dirty = sdpa(q, k, v)
+    dirty = backend.call(sdpa, q, k, v)
     assert np.isnan(dirty[1, 0, 13]).all()
     spoiled = np.zeros(dirty.shape[:-1], bool)
     spoiled[1, 0, 13] = True
@@ -253,12 +291,12 @@ def test_nan_in_query_row_spoils_only_that_row(isa, dtype):
 
 
 @dtypes
-def test_nan_in_key_spoils_only_rows_that_see_it(isa, dtype):
-    q, k, v = qkv(Lq=150, Lk=150, E=16, dtype=dtype)
-    clean = sdpa(q, k, v, is_causal=True)
+def test_nan_in_key_spoils_only_rows_that_see_it(backend, dtype, rng):
+    q, k, v = qkv(Lq=150, Lk=150, E=16, dtype=dtype, rng=rng)
+    clean = backend.call(sdpa, q, k, v, is_causal=True)
     j = 77
     k[0, 1, j, 3] = np.nan
-    dirty = sdpa(q, k, v, is_causal=True)
+    dirty = backend.call(sdpa, q, k, v, is_causal=True)
     np.testing.assert_array_equal(dirty[0, 1, :j], clean[0, 1, :j])     # rows i < j never see key j
     assert np.isnan(dirty[0, 1, j:]).any(axis=-1).all()                  # rows i >= j do
     np.testing.assert_array_equal(dirty[1], clean[1])                    # other batch elements
@@ -266,27 +304,37 @@ def test_nan_in_key_spoils_only_rows_that_see_it(isa, dtype):
 
 
 @dtypes
-def test_nan_hidden_by_a_mask_does_not_leak(isa, dtype):
-    q, k, v = qkv(Lq=6, Lk=50, E=16, dtype=dtype)
+def test_nan_hidden_by_a_mask_does_not_leak(backend, dtype, rng):
+    q, k, v = qkv(Lq=6, Lk=50, E=16, dtype=dtype, rng=rng)
     keep = np.ones((6, 50), bool)
     keep[:, 20] = False
-    clean = sdpa(q, k, v, attn_mask=keep)
+    clean = backend.call(sdpa, q, k, v, attn_mask=keep)
     k[..., 20, :] = np.nan
-    np.testing.assert_array_equal(sdpa(q, k, v, attn_mask=keep), clean)
+    np.testing.assert_array_equal(backend.call(sdpa, q, k, v, attn_mask=keep), clean)
 
 
 @dtypes
-def test_nan_stays_in_its_row_for_the_other_ops(isa, dtype):
-    rng = np.random.default_rng(7)
+def test_nan_behind_a_full_mask_does_not_reach_a_row_that_sees_nothing(backend, dtype, rng):
+    q, k, v = (rng.standard_normal((1, 1, 4, 8)).astype(dtype) for _ in range(3))
+    v[0, 0, 2] = np.nan                             # only rows that may see key 2 can be spoiled
+    mask = np.ones((4, 4), bool)
+    mask[0] = False                                 # row 0 sees nothing: zeros, never NaN
+    out = backend.call(sdpa, q, k, v, attn_mask=mask)
+    assert np.all(out[0, 0, 0] == 0)
+    assert np.isnan(out[0, 0, 1:]).all()            # rows that see key 2 are spoiled, as in the oracle
+
+
+@dtypes
+def test_nan_stays_in_its_row_for_the_other_ops(backend, dtype, rng):
     x = rng.standard_normal((6, 40)).astype(dtype)
     x[2, 9] = np.nan
     w = rng.standard_normal((12, 40)).astype(dtype)
     rows = np.arange(6) != 2
-    for name, fn in [("softmax", lambda a: attnkit.softmax(a)), ("layer_norm", lambda a: attnkit.layer_norm(a, 40)),
-                     ("linear", lambda a: attnkit.linear(a, w)),
-                     ("linear_relu", lambda a: attnkit.linear(a, w, activation="relu")),
-                     ("linear_gelu", lambda a: attnkit.linear(a, w, activation="gelu"))]:
-        y = fn(x)
+    for name, fn, args, kw in [("softmax", attnkit.softmax, (), {}), ("layer_norm", attnkit.layer_norm, (40,), {}),
+                               ("linear", attnkit.linear, (w,), {}),
+                               ("linear_relu", attnkit.linear, (w,), dict(activation="relu")),
+                               ("linear_gelu", attnkit.linear, (w,), dict(activation="gelu"))]:
+        y = backend.call(fn, x, *args, **kw)
         assert np.isnan(y[2]).all(), f"{name}: NaN row not NaN: {y[2]}"
         assert np.isfinite(y[rows]).all(), f"{name}: NaN leaked into other rows"
 
@@ -425,7 +473,7 @@ def test_environment_variable_forces_the_isa_at_import():
     code = "import attnkit; print(attnkit.get_config()['isa'])"
     for name in attnkit.get_config()["usable_isas"]:
         env = dict(os.environ, ATTNKIT_ISA=name)
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+        proc = run_child(code, timeout=60, env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert proc.stdout.strip() == name
 
@@ -434,7 +482,7 @@ def test_environment_variable_sets_the_thread_count():
     code = "import attnkit; print(attnkit.get_num_threads())"
     for n in (1, 3):
         env = dict(os.environ, ATTNKIT_NUM_THREADS=str(n))
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+        proc = run_child(code, timeout=60, env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert proc.stdout.strip() == str(n)
 

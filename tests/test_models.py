@@ -1,5 +1,6 @@
 """attnkit.models against Hugging Face transformers on small random models saved with save_pretrained
-(safetensors) into tmp_path: hidden states and logits within 1e-4 relative, the same greedy/beam tokens."""
+(safetensors) into tmp_path: hidden states and logits within the tolerance table's "checkpoint" bound
+(float32: 1e-4 relative), the same greedy/beam tokens."""
 from __future__ import annotations
 
 import json
@@ -8,15 +9,12 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import relative_error
+from conftest import assert_close
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 models = pytest.importorskip("attnkit.models")
-
-TOL = 1e-4
-
 
 def save(model, path):
     with warnings.catch_warnings():
@@ -75,10 +73,10 @@ def test_bert_matches_transformers(bert, rng):
                  token_type_ids=torch.from_numpy(types)).last_hidden_state.numpy()
     out = model(ids, attention_mask=mask, token_type_ids=types)
     assert out.shape == (3, 11, 32) and out.dtype == np.float32
-    assert relative_error(out, ref) <= TOL
+    assert_close(out, ref, np.float32, against="checkpoint")
     with torch.no_grad():
         ref = hf(torch.from_numpy(ids)).last_hidden_state.numpy()
-    assert relative_error(model(ids), ref) <= TOL
+    assert_close(model(ids), ref, np.float32, against="checkpoint")
 
 
 def test_roberta_matches_transformers(tmp_path_factory, rng):
@@ -89,7 +87,7 @@ def test_roberta_matches_transformers(tmp_path_factory, rng):
     ids[1, 6:], mask[1, 6:] = 1, 0                                      # pad id 1, right padding
     with torch.no_grad():
         ref = hf(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
-    assert relative_error(model(ids, attention_mask=mask), ref) <= TOL
+    assert_close(model(ids, attention_mask=mask), ref, np.float32, against="checkpoint")
 
 
 def test_bert_relu_and_gelu_new(tmp_path_factory, rng):
@@ -98,7 +96,7 @@ def test_bert_relu_and_gelu_new(tmp_path_factory, rng):
         ids = rng.integers(0, 99, (2, 6))
         with torch.no_grad():
             ref = hf(torch.from_numpy(ids)).last_hidden_state.numpy()
-        assert relative_error(models.BertModel.from_pretrained(path)(ids), ref) <= TOL, act
+        assert_close(models.BertModel.from_pretrained(path)(ids), ref, np.float32, against="checkpoint", what=act)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -112,7 +110,7 @@ def test_gpt2_logits_match_transformers(gpt2, rng):
         ref = hf(torch.from_numpy(ids)).logits.numpy()
     out = model(ids)
     assert out.shape == (2, 13, 64) and out.dtype == np.float32
-    assert relative_error(out, ref) <= TOL
+    assert_close(out, ref, np.float32, against="checkpoint")
 
 
 def test_gpt2_greedy_and_beam_tokens_match_transformers(gpt2, rng):
@@ -153,7 +151,7 @@ def test_gpt2_config_variants_match_transformers(tmp_path_factory, rng):
     ids = rng.integers(0, 64, (2, 9))
     with torch.no_grad():
         ref = hf(torch.from_numpy(ids)).logits.numpy()
-    assert relative_error(model(ids), ref) <= TOL
+    assert_close(model(ids), ref, np.float32, against="checkpoint")
 
 
 # -------------------------------------------------------------------------------------------------

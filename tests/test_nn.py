@@ -7,19 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from conftest import TOLERANCE, as64, load_reference, relative_error
+from conftest import as64, assert_close, dtypes, load_reference
 
 R = load_reference()
 nn = pytest.importorskip("attnkit.nn")
 pytestmark = pytest.mark.filterwarnings("ignore:enable_nested_tensor:UserWarning")   # torch, norm_first
-
-DTYPES = [np.float32, np.float64]
-
-
-def close(out, ref, dtype, what="output", tol=None):
-    err = relative_error(out, ref)
-    tol = TOLERANCE[np.dtype(dtype)] if tol is None else tol
-    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.0e} ({np.dtype(dtype).name})"
 
 
 # -------------------------------------------------------------------------------------------------
@@ -112,28 +104,28 @@ def random_norm(rng, d, dtype, eps=1e-5):
 # -------------------------------------------------------------------------------------------------
 # The boxes
 # -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", DTYPES)
+@dtypes
 def test_layer_norm_with_fused_residual(rng, dtype):
     ln = random_norm(rng, 24, dtype, eps=1e-6)
     x, r = rng.standard_normal((2, 5, 24)).astype(dtype), rng.standard_normal((2, 5, 24)).astype(dtype)
-    close(ln(x), ref_layer_norm(ln, x), dtype)
+    assert_close(ln(x), ref_layer_norm(ln, x), dtype)
     y, s = ln(x, residual=r, return_sum=True)
-    close(y, ref_layer_norm(ln, as64(x) + as64(r)), dtype, "LN(x + r)")
-    close(s, as64(x) + as64(r), dtype, "x + r")
+    assert_close(y, ref_layer_norm(ln, as64(x) + as64(r)), dtype, what="LN(x + r)")
+    assert_close(s, as64(x) + as64(r), dtype, what="x + r")
     assert y.dtype == dtype
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh"])
-@pytest.mark.parametrize("dtype", DTYPES)
+@dtypes
 def test_feed_forward(rng, activation, dtype):
     ff = nn.FeedForward.init(16, 40, activation, rng=rng, dtype=dtype)
     x = rng.standard_normal((3, 7, 16)).astype(dtype)
     out = ff(x)
     assert out.shape == (3, 7, 16) and out.dtype == dtype
-    close(out, ref_feed_forward(ff, x), dtype)
+    assert_close(out, ref_feed_forward(ff, x), dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@dtypes
 @pytest.mark.parametrize("case", ["self", "self-right-padding", "self-left-padding", "causal", "cross",
                                   "cross-padding"])
 def test_multi_head_attention(rng, dtype, case):
@@ -155,7 +147,7 @@ def test_multi_head_attention(rng, dtype, case):
     out = mha(x, memory, mask=mask)
     assert out.shape == (B, L, E) and out.dtype == dtype
     ref = ref_attention(mha, x, memory, allowed=~padding[:, None, None, :], is_causal=is_causal)
-    close(out, ref, dtype)
+    assert_close(out, ref, dtype)
 
 
 def test_cross_attention_projects_memory_once(rng):
@@ -165,7 +157,7 @@ def test_cross_attention_projects_memory_once(rng):
     k, v = mha.project_kv(memory)
     assert k.shape == v.shape == (2, 2, 7, 8)
     steps = [mha.attend(mha.project_q(x[:, i:i + 1]), k, v) for i in range(5)]
-    close(np.concatenate(steps, axis=1), ref_attention(mha, x, memory), np.float64)
+    assert_close(np.concatenate(steps, axis=1), ref_attention(mha, x, memory), np.float64)
 
 
 def test_attention_mask_from_torch_conventions(rng):
@@ -213,7 +205,7 @@ def make_model(rng, dtype, *, norm_first=False, activation="relu", final_norm=Fa
     return model
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@dtypes
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
 def test_encoder_and_decoder_layers(rng, dtype, norm_first):
     model = make_model(rng, dtype, norm_first=norm_first, activation="gelu" if norm_first else "relu", layers=1)
@@ -223,13 +215,13 @@ def test_encoder_and_decoder_layers(rng, dtype, norm_first):
     enc, dec = model.encoder.layers[0], model.decoder.layers[0]
     mask = nn.AttentionMask.from_torch(None, padding, batch_size=2, num_heads=4, q_len=7, k_len=7, dtype=dtype)
     allowed = ~padding[:, None, None, :]
-    close(enc(x, mask), ref_encoder_layer(enc, x, allowed), dtype, "encoder layer")
+    assert_close(enc(x, mask), ref_encoder_layer(enc, x, allowed), dtype, what="encoder layer")
     memory_kv = dec.cross_attn.project_kv(x)
     out = dec(y, memory_kv, nn.AttentionMask(is_causal=True), mask)
-    close(out, ref_decoder_layer(dec, y, x, allowed), dtype, "decoder layer")
+    assert_close(out, ref_decoder_layer(dec, y, x, allowed), dtype, what="decoder layer")
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@dtypes
 @pytest.mark.parametrize("variant", ["paper", "pre-LN+gelu+final-norm+learned-positions"])
 def test_transformer_end_to_end(rng, dtype, variant):
     """Token ids -> logits through Figure 1, against the NumPy reference."""
@@ -243,7 +235,7 @@ def test_transformer_end_to_end(rng, dtype, variant):
     out = model(src, tgt, src_key_padding_mask=padding, memory_key_padding_mask=padding, tgt_is_causal=True)
     assert out.shape == (3, 6, 32) and out.dtype == dtype
     logits = model.generator(out)
-    close(logits, ref_transformer_logits(model, src, tgt, padding), dtype, "logits")
+    assert_close(logits, ref_transformer_logits(model, src, tgt, padding), dtype, what="logits")
     # an explicit causal mask in either PyTorch convention gives the same
     bool_causal = np.triu(np.ones((6, 6), dtype=bool), 1)
     out2 = model(src, tgt, tgt_mask=bool_causal, src_key_padding_mask=padding, memory_key_padding_mask=padding)
@@ -288,7 +280,7 @@ def torch_transformer(torch, seed, dtype, **kw):
     return model.to(torch.float64 if dtype == np.float64 else torch.float32).eval()
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@dtypes
 @pytest.mark.parametrize("norm_first,activation", [(False, "relu"), (True, "gelu")], ids=["post-LN", "pre-LN-gelu"])
 @pytest.mark.parametrize("masks", ["float-causal", "bool-causal", "is_causal", "none"])
 def test_matches_torch_transformer(rng, dtype, norm_first, activation, masks):
@@ -317,13 +309,13 @@ def test_matches_torch_transformer(rng, dtype, norm_first, activation, masks):
     ours_kw = {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in kw.items()}
     out = model(src, tgt, src_key_padding_mask=src_pad, memory_key_padding_mask=src_pad, **ours_kw)
     assert out.dtype == dtype
-    assert relative_error(out, ref) <= 1e-5
+    assert_close(out, ref, dtype, against="torch")
 
     # the encoder alone (PyTorch's fast path zeroes padded positions: compare the real ones)
     with torch.no_grad():
         mem_ref = tm.encoder(torch.from_numpy(src), src_key_padding_mask=torch.from_numpy(src_pad)).double().numpy()
     memory = model.encode(src, src_key_padding_mask=src_pad)
-    assert relative_error(memory[~src_pad], mem_ref[~src_pad]) <= 1e-5
+    assert_close(memory[~src_pad], mem_ref[~src_pad], dtype, against="torch", what="encoder")
 
 
 def test_torch_tgt_padding_and_per_head_masks(rng):
@@ -341,7 +333,7 @@ def test_torch_tgt_padding_and_per_head_masks(rng):
         ref = tm(torch.from_numpy(src), torch.from_numpy(tgt), tgt_mask=torch.from_numpy(causal),
                  memory_mask=torch.from_numpy(memory_mask), tgt_key_padding_mask=torch.from_numpy(tgt_pad)).numpy()
     out = model(src, tgt, tgt_mask=causal, memory_mask=memory_mask, tgt_key_padding_mask=tgt_pad)
-    assert relative_error(out, ref) <= 1e-10
+    assert_close(out, ref, np.float64, against="torch")
 
 
 def test_from_torch_state_dict_errors(rng):
@@ -378,7 +370,7 @@ def test_from_torch_state_dict_safetensors_file(rng, tmp_path):
     src, tgt = rng.standard_normal((1, 4, 32)).astype(np.float32), rng.standard_normal((1, 3, 32)).astype(np.float32)
     with torch.no_grad():
         ref = tm(torch.from_numpy(src), torch.from_numpy(tgt)).numpy()
-    assert relative_error(model(src, tgt), ref) <= 1e-5
+    assert_close(model(src, tgt), ref, np.float32, against="torch")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -411,7 +403,7 @@ def test_kv_cache_fills_in_place_and_reorders(rng):
         cache.append(0, *(2 * [np.zeros((6, 2, 5, 4), np.float32)]))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@dtypes
 def test_cached_self_attention_equals_causal_attention(rng, dtype):
     """A ragged batch fed through the cache in chunks of 3, 2, 1, 2, ... positions = causal attention over
     each whole sequence (bottom-right alignment with per-sequence lengths)."""
@@ -435,7 +427,7 @@ def test_cached_self_attention_equals_causal_attention(rng, dtype):
     assert np.array_equal(pos, lengths)
     for b in range(3):
         ref = ref_attention(mha, x[b:b + 1, : lengths[b]], is_causal=True)[0]
-        close(np.concatenate(got[b]), ref, dtype, f"row {b}")
+        assert_close(np.concatenate(got[b]), ref, dtype, what=f"row {b}")
 
 
 def test_views_not_copies(rng):

@@ -2,13 +2,15 @@
 PyTorch. Needs only NumPy (and torch for the comparisons that say so); never the compiled core."""
 from __future__ import annotations
 
+import ast
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from conftest import assert_close, load_reference, seed_for
+from conftest import CpuBackend, assert_close, laid_out, load_reference, seed_for
 
 ref = load_reference()
 F64 = np.float64
@@ -294,3 +296,67 @@ def test_mha_gqa_matches_repeated_heads():
     want = ref.multi_head_attention(x, x, x, H, np.concatenate([Wq, rep(Wk), rep(Wv)]),
                                     np.concatenate([bq, rep(bk), rep(bv)]), Wo, is_causal=True)
     assert_close(got, want, F64)
+
+
+# --------------------------------------------------------------------------------------------
+# The test machinery itself (conftest): layouts are what they say, Backend.call checks what it says,
+# and every kernel call in a backend test goes through the backend.
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["fortran", "column_major", "interleaved", "strided", "reversed", "rows_reversed"])
+def test_laid_out_keeps_values_and_changes_the_layout(layout, rng):
+    a = rng.standard_normal((2, 3, 4, 5))
+    b = laid_out(a, layout)
+    np.testing.assert_array_equal(b, a)
+    assert not b.flags.c_contiguous and not np.shares_memory(a, b)
+
+
+def test_backend_call_checks_inputs_results_and_keeps_identity(rng):
+    cpu = CpuBackend("generic")                      # call() itself needs no core: to_device is the identity
+    x, y = rng.standard_normal(4), rng.standard_normal(4)
+
+    def writes_first(a, b, out=None):
+        a[0] += 1.0
+        return b
+
+    with pytest.raises(AssertionError, match="argument 0 was modified"):
+        cpu.call(writes_first, x, y)
+    with pytest.raises(AssertionError, match="not a NumPy array"):
+        cpu.call(lambda a: a.tolist(), y)
+    out = np.zeros(4)
+    assert cpu.call(lambda a, b, out: np.add(a, b, out=out), y, y, out=out) is out     # out= may be written
+    same = []                                                                          # q is k is v stays true
+
+    def records_identity(q, k, v):
+        same.append(q is k is v)
+        return q
+
+    cpu.call(records_identity, y, y, y)
+    cpu.call(records_identity, y.copy(), y, y)
+    assert same == [True, False]
+
+
+KERNELS = {"sdpa", "mha", "scaled_dot_product_attention", "multi_head_attention", "softmax", "linear", "layer_norm",
+           "gelu", "relu"}
+ORACLES = {"ref", "reference", "R", "torch", "F"}
+
+
+def test_backend_tests_call_kernels_through_the_backend():
+    """A kernel called directly with NumPy arrays inside a test that takes ``backend`` would run on the
+    CPU whatever the backend: the only direct calls allowed are the out= tests' (on to_device arrays)."""
+    direct = []
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        for fn in ast.parse(path.read_text()).body:
+            if not (isinstance(fn, ast.FunctionDef) and any(a.arg == "backend" for a in fn.args.args)):
+                continue
+            for node in ast.walk(fn):
+                if not isinstance(node, ast.Call):
+                    continue
+                f = node.func
+                name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+                owner = f.value if isinstance(f, ast.Attribute) else None
+                while isinstance(owner, ast.Attribute):                  # torch.nn.functional.x -> torch
+                    owner = owner.value
+                owner = getattr(owner, "id", None)
+                if name in KERNELS and owner not in ORACLES and not any(k.arg == "out" for k in node.keywords):
+                    direct.append(f"{path.name}:{node.lineno} {fn.name}: {ast.unparse(node)[:60]}")
+    assert not direct, "kernel calls that bypass backend.call:\n" + "\n".join(direct)
