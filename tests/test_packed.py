@@ -14,6 +14,14 @@ SHAPES = [(1, 768, 2304), (2, 5, 7), (3, 37, 41), (8, 768, 96), (13, 64, 33), (6
           (65, 129, 31), (200, 600, 130), (1, 1030, 17)]
 
 
+@pytest.fixture
+def isa(backend):
+    """The CPU path of this test's backend (packed weights are NumPy/CPU only)."""
+    if not backend.name.startswith("cpu:"):
+        pytest.skip(f"{backend.name}: prepacked weights are for the CPU kernels")
+    return backend.isa
+
+
 def gemm_scale(x, w, b):
     return 1.13 * (np.abs(as64(x)) @ np.abs(as64(w)).T + (0 if b is None else np.abs(as64(b))))
 
