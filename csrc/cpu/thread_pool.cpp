@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -30,7 +31,7 @@ class Pool {
     {
       std::lock_guard<std::mutex> lk(m_);
       stop_ = true;
-      ++generation_;
+      generation_.store(generation_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
     }
     cv_.notify_all();
     for (auto& w : workers_) w.join();
@@ -52,13 +53,19 @@ class Pool {
       fn_ = fn; ctx_ = ctx; n_ = n; grain_ = grain; width_ = width;
       error_ = nullptr;
       next_.store(0, std::memory_order_relaxed);
-      pending_ = size_ - 1;
-      ++generation_;
+      accepting_ = true;
+      generation_.store(generation_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
     }
     cv_.notify_all();
     drain(0);
+    {  // every chunk is taken: close the job to workers that have not joined yet ...
+      std::lock_guard<std::mutex> lk(m_);
+      accepting_ = false;
+    }
+    // ... and wait for those that did (they are running, so not for long)
+    spin_until([this] { return in_flight_.load(std::memory_order_acquire) == 0; });
     std::unique_lock<std::mutex> lk(m_);
-    done_cv_.wait(lk, [this] { return pending_ == 0; });
+    done_cv_.wait(lk, [this] { return in_flight_.load(std::memory_order_acquire) == 0; });
     if (error_) std::rethrow_exception(error_);
   }
 
@@ -88,31 +95,48 @@ class Pool {
       }
     }
   }
+  // Waiting threads spin for a short while before they sleep: kernels come in quick succession
+  // (a model's layers), and waking a sleeping thread (a futex and the scheduler) costs tens of
+  // microseconds, as long as a small kernel itself.
+  template <class Ready>
+  static bool spin_until(Ready ready) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+    for (int i = 0;; ++i) {
+      if (ready()) return true;
+      __builtin_ia32_pause();
+      if ((i & 63) == 63 && std::chrono::steady_clock::now() > until) return false;
+    }
+  }
   void work_loop(int tid) {
     uint64_t seen = 0;
     for (;;) {
+      spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
       {
         std::unique_lock<std::mutex> lk(m_);
-        cv_.wait(lk, [&] { return generation_ != seen; });
-        seen = generation_;
+        cv_.wait(lk, [&] { return generation_.load(std::memory_order_relaxed) != seen; });
+        seen = generation_.load(std::memory_order_relaxed);
         if (stop_) return;
+        if (!accepting_) continue;  // woke up after the caller finished alone: nothing to join
+        in_flight_.fetch_add(1, std::memory_order_relaxed);
       }
       drain(tid);
-      {
-        std::lock_guard<std::mutex> lk(m_);
-        if (--pending_ == 0) done_cv_.notify_one();
+      if (in_flight_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> lk(m_);  // the caller may be asleep on done_cv_
+        done_cv_.notify_one();
       }
     }
   }
 
+  static constexpr int kSpinMicros = 50;
   int size_;
   std::vector<std::thread> workers_;
   std::mutex busy_;  // one parallel_for at a time; others run inline
   std::mutex m_;
   std::condition_variable cv_, done_cv_;
-  uint64_t generation_ = 0;
+  std::atomic<uint64_t> generation_{0};
   bool stop_ = false;
-  int pending_ = 0;
+  bool accepting_ = false;         // the current job still takes workers (under m_)
+  std::atomic<int> in_flight_{0};  // workers that joined the current job and have not left it
   TaskFn fn_ = nullptr;
   void* ctx_ = nullptr;
   int64_t n_ = 0, grain_ = 1;

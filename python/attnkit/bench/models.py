@@ -24,7 +24,7 @@ import numpy as np
 
 from attnkit import nn
 from attnkit import reference as R
-from attnkit.bench import harness, suites
+from attnkit.bench import breakdown, harness, suites
 from attnkit.models import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
 __all__ = ["run_model_suite"]
@@ -46,13 +46,22 @@ def _row(case: str, contender: str, m: Dict, tokens: int, **extra) -> Dict:
     return dict(row, **extra)
 
 
-def _compared_rows(case: str, fns: Dict, tokens: int, opts: suites.Options) -> List[Dict]:
-    """Time the contenders of one forward pass and compare them: one row per contender."""
+def _compared_rows(case: str, fns: Dict, tokens: int, opts: suites.Options, torch=None) -> List[Dict]:
+    """Time the contenders of one forward pass and compare them: one row per contender. attnkit's and
+    PyTorch's rows also get the time per category (linear, attention, norms, other) of one call."""
     res = harness.measure_contenders(fns, opts.budget, opts.min_repeats)
     ratios = harness.compare(res)
     ours, theirs = (res.get(c, {}).get("out") for c in ("attnkit", "torch"))
     if ours is not None and theirs is not None:
         ratios["attnkit"]["max_abs_err_vs_torch"] = harness.max_abs_diff(ours, theirs)
+    parts = {}
+    if "attnkit" in fns:
+        parts["attnkit"] = breakdown.attnkit_breakdown(fns["attnkit"])
+    if "torch" in fns and torch is not None:
+        parts["torch"] = breakdown.torch_breakdown(torch, fns["torch"])
+    for c, p in parts.items():
+        ratios[c]["breakdown_ms"] = p
+        ratios[c]["note"] = breakdown.describe(p)
     return [_row(case, c, r, tokens, **ratios[c]) for c, r in res.items()]
 
 
@@ -90,17 +99,22 @@ def _torch_encoder(torch, encoder: nn.Encoder):
     return model.eval()
 
 
-def _numpy_encoder(encoder: nn.Encoder, x: np.ndarray) -> np.ndarray:
-    """The same post-LN encoder written with attnkit.reference (plain NumPy), in x's dtype."""
+def _numpy_encoder(encoder: nn.Encoder):
+    """The same post-LN encoder written with attnkit.reference (plain NumPy), in x's dtype: x -> y.
+    The weights are read back from attnkit's packed copies once, here."""
     act = {"relu": R.relu, "gelu": R.gelu, "gelu_tanh": lambda y: R.gelu(y, approximate="tanh")}
-    for lay in encoder.layers:
-        a, f = lay.self_attn, lay.feed_forward
-        h = R.multi_head_attention(x, x, x, a.num_heads, a.in_proj_weight, a.in_proj_bias, a.out_proj_weight,
-                                   a.out_proj_bias)
-        x = R.layer_norm(x + h, (x.shape[-1],), lay.norm1.weight, lay.norm1.bias, lay.norm1.eps)
-        h = R.linear(act[f.activation](R.linear(x, f.w1, f.b1)), f.w2, f.b2)
-        x = R.layer_norm(x + h, (x.shape[-1],), lay.norm2.weight, lay.norm2.bias, lay.norm2.eps)
-    return x
+    layers = [(lay, dict(lay.self_attn.named_parameters()), dict(lay.feed_forward.named_parameters()))
+              for lay in encoder.layers]
+
+    def run(x):
+        for lay, a, f in layers:
+            h = R.multi_head_attention(x, x, x, lay.self_attn.num_heads, a["in_proj_weight"], a["in_proj_bias"],
+                                       a["out_proj_weight"], a["out_proj_bias"])
+            x = R.layer_norm(x + h, (x.shape[-1],), lay.norm1.weight, lay.norm1.bias, lay.norm1.eps)
+            h = R.linear(act[lay.feed_forward.activation](R.linear(x, f["w1"], f["b1"])), f["w2"], f["b2"])
+            x = R.layer_norm(x + h, (x.shape[-1],), lay.norm2.weight, lay.norm2.bias, lay.norm2.eps)
+        return x
+    return run
 
 
 def _encoder_rows(torch, opts: suites.Options, rng) -> List[Dict]:
@@ -111,8 +125,9 @@ def _encoder_rows(torch, opts: suites.Options, rng) -> List[Dict]:
     if torch is not None:
         tm, xt = _torch_encoder(torch, encoder), torch.from_numpy(x)
         fns["torch"] = lambda: _no_grad(torch, tm, xt)
-    fns["numpy"] = lambda: _numpy_encoder(encoder, x)
-    return _compared_rows(f"encoder fwd {layers}L d{d} h{heads} ffn{ffn} B{B}xL{L}", fns, B * L, opts)
+    numpy_encoder = _numpy_encoder(encoder)
+    fns["numpy"] = lambda: numpy_encoder(x)
+    return _compared_rows(f"encoder fwd {layers}L d{d} h{heads} ffn{ffn} B{B}xL{L}", fns, B * L, opts, torch)
 
 
 def _no_grad(torch, fn, *args):
@@ -160,6 +175,49 @@ def _generation_rows(opts: suites.Options, rng) -> List[Dict]:
     return rows
 
 
+def _gpt2_small_rows(torch, opts: suites.Options, rng) -> List[Dict]:
+    """Greedy decoding with a GPT-2-small-shaped random model (12 layers, d 768, 12 heads, vocab 50257;
+    2 layers with quick): attnkit vs Hugging Face transformers (PyTorch eager) holding the same weights,
+    per new token, and one decoding step against the sum of its kernels' times."""
+    try:
+        import transformers
+    except ImportError:
+        return []
+    layers = 2 if opts.quick else 12
+    hf_config = transformers.GPT2Config(n_layer=layers, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
+    torch.manual_seed(int(rng.integers(2**31)))
+    hf = transformers.GPT2LMHeadModel(hf_config).eval()
+    config = GPT2Config(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=layers, n_head=12)
+    model = GPT2LMHeadModel.from_state_dict({k: v.numpy() for k, v in hf.state_dict().items()}, config)
+    prompt_len, new = 32, (8 if opts.quick else 32)
+    prompt = rng.integers(0, 50257, (1, prompt_len))
+    prompt_t = torch.from_numpy(prompt)
+
+    def run_hf():
+        with torch.inference_mode():
+            return hf.generate(prompt_t, max_new_tokens=new, do_sample=False, use_cache=True,
+                               attention_mask=torch.ones_like(prompt_t), pad_token_id=0)
+    fns = {"attnkit": lambda: model.generate(prompt, new), "torch": run_hf}
+    res = harness.measure_contenders(fns, opts.budget, min_repeats=2)
+    same = bool(np.array_equal(res["attnkit"]["out"], res["torch"]["out"].numpy()))
+    label = f"gpt2-small-shaped {layers}L d768 h12 V50257 greedy {prompt_len}+{new} tok"
+    ratios = harness.compare(res)
+    rows = [_row(label, c, r, new, **ratios[c], **({"same_tokens": same, "note": f"same tokens as transformers: {same}"}
+                                                   if c == "attnkit" else {})) for c, r in res.items()]
+    # one decoding step (prefix 128) against the sum of its kernels' times
+    ids = rng.integers(0, 50257, (1, 128))
+    cache = model.new_cache(1, 128 + 64)
+    model.hidden_states(ids, cache=cache)
+    token = np.array([[1]])
+    parts = breakdown.attnkit_breakdown(lambda: model.logits(model.hidden_states(token, cache=cache)[:, -1]), repeats=9)
+    kernels = parts["linear"] + parts["attention"] + parts["norms"]
+    rows.append({"suite": "model", "case": f"gpt2-small-shaped {layers}L one step @128: time / kernels' time",
+                 "contender": "attnkit", "median_ms": parts["total"], "kernel_ms": kernels,
+                 "step_over_kernels": parts["total"] / kernels, "breakdown_ms": parts,
+                 "note": f"{parts['total'] / kernels:.2f}x the kernels' {kernels:.2f} ms; " + breakdown.describe(parts)})
+    return rows
+
+
 # -------------------------------------------------------------------------------------------------
 # BERT-base
 # -------------------------------------------------------------------------------------------------
@@ -182,12 +240,14 @@ def _bert_rows(torch, opts: suites.Options, rng) -> List[Dict]:
             return tm(torch.nn.functional.layer_norm(x, (768,), ln_w, ln_b, config.layer_norm_eps))
         fns["torch"] = lambda: _no_grad(torch, run_torch)
     if not opts.quick:
+        numpy_encoder = _numpy_encoder(model.encoder)
+
         def run_numpy():
             x = emb.word[ids] + emb.position[:L] + emb.token_type[0]
             x = R.layer_norm(x, (768,), emb.norm.weight, emb.norm.bias, config.layer_norm_eps)
-            return _numpy_encoder(model.encoder, x)
+            return numpy_encoder(x)
         fns["numpy"] = run_numpy
-    return _compared_rows(f"BERT-base fwd 12L d768 h12 ffn3072 B{B}xL{L}", fns, B * L, opts)
+    return _compared_rows(f"BERT-base fwd 12L d768 h12 ffn3072 B{B}xL{L}", fns, B * L, opts, torch)
 
 
 def run_model_suite(quick: bool, threads: int) -> List[Dict]:
@@ -197,6 +257,8 @@ def run_model_suite(quick: bool, threads: int) -> List[Dict]:
     suites.configure(threads, None, ["attnkit", "numpy"] + (["torch"] if torch is not None else []))
     rng = np.random.default_rng(0)
     rows = _encoder_rows(torch, opts, rng) + _generation_rows(opts, rng) + _bert_rows(torch, opts, rng)
+    if torch is not None:
+        rows += _gpt2_small_rows(torch, opts, rng)
     for r in rows:
         r["threads"] = threads
     return rows
