@@ -155,6 +155,7 @@ def _generation_rows(opts: suites.Options, rng) -> List[Dict]:
             _row(name + ", recompute", "attnkit", recomputed, new, kv_cache=False,
                  note=f"{recomputed['median_ms'] / cached['median_ms']:.1f}x the cached time")]
 
+    rows.append(_step_over_kernels(model, label, rng))
     steps = 8 if quick else 24
     base = None
     for prefix in (32, 128, 512):
@@ -173,6 +174,20 @@ def _generation_rows(opts: suites.Options, rng) -> List[Dict]:
         rows.append(_row(f"{label} step @{prefix}, recompute", "attnkit", full, 1, prefix=prefix, kv_cache=False,
                          note=f"{full['median_ms'] / ms:.1f}x the cached step"))
     return rows
+
+
+def _step_over_kernels(model: GPT2LMHeadModel, label: str, rng, prefix: int = 128) -> Dict:
+    """One decoding step after ``prefix`` tokens: its time against the sum of its kernels' times."""
+    ids = rng.integers(0, model.config.vocab_size, (1, prefix))
+    cache = model.new_cache(1, prefix + 64)
+    model.hidden_states(ids, cache=cache)
+    token = np.array([[1]])
+    parts = breakdown.attnkit_breakdown(lambda: model.logits(model.hidden_states(token, cache=cache)[:, -1]), repeats=9)
+    kernels = parts["linear"] + parts["attention"] + parts["norms"]
+    return {"suite": "model", "case": f"{label} one step @{prefix}: time / kernels' time", "contender": "attnkit",
+            "median_ms": parts["total"], "kernel_ms": kernels, "step_over_kernels": parts["total"] / kernels,
+            "breakdown_ms": parts,
+            "note": f"{parts['total'] / kernels:.2f}x the kernels' {kernels:.2f} ms; " + breakdown.describe(parts)}
 
 
 def _gpt2_small_rows(torch, opts: suites.Options, rng) -> List[Dict]:
@@ -204,17 +219,7 @@ def _gpt2_small_rows(torch, opts: suites.Options, rng) -> List[Dict]:
     ratios = harness.compare(res)
     rows = [_row(label, c, r, new, **ratios[c], **({"same_tokens": same, "note": f"same tokens as transformers: {same}"}
                                                    if c == "attnkit" else {})) for c, r in res.items()]
-    # one decoding step (prefix 128) against the sum of its kernels' times
-    ids = rng.integers(0, 50257, (1, 128))
-    cache = model.new_cache(1, 128 + 64)
-    model.hidden_states(ids, cache=cache)
-    token = np.array([[1]])
-    parts = breakdown.attnkit_breakdown(lambda: model.logits(model.hidden_states(token, cache=cache)[:, -1]), repeats=9)
-    kernels = parts["linear"] + parts["attention"] + parts["norms"]
-    rows.append({"suite": "model", "case": f"gpt2-small-shaped {layers}L one step @128: time / kernels' time",
-                 "contender": "attnkit", "median_ms": parts["total"], "kernel_ms": kernels,
-                 "step_over_kernels": parts["total"] / kernels, "breakdown_ms": parts,
-                 "note": f"{parts['total'] / kernels:.2f}x the kernels' {kernels:.2f} ms; " + breakdown.describe(parts)})
+    rows.append(_step_over_kernels(model, f"gpt2-small-shaped {layers}L", rng))
     return rows
 
 
