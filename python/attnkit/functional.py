@@ -228,6 +228,9 @@ def layer_norm(
 
     residual: normalise x + residual instead (the add is fused); with return_sum=True the
     result is (layer_norm(x + residual), x + residual), as a pre-LN block needs.
+    eps: a finite number >= 0. A constant row has mean exactly its value and variance 0, so its
+    output is exactly ``bias`` (zeros without one) for any eps > 0; with eps=0 it is 0/0 = NaN, as
+    in PyTorch, so use eps=0 only where rows cannot be constant.
     """
     shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
     last = tuple(x.shape[-1:]) if isinstance(x, np.ndarray) or _on_gpu(x) else None
