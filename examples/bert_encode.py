@@ -19,19 +19,23 @@ import numpy as np
 from attnkit.models import BertConfig, BertModel
 
 
-def tokenize(directory, sentences):
+def tokenize(directory, sentences, demo=False):
     """(ids (B, L), attention_mask (B, L)): with DIR/tokenizer.json via `tokenizers`, else integer lists."""
     path = os.path.join(directory, "tokenizer.json")
     if os.path.isfile(path):
-        from tokenizers import Tokenizer
-
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            sys.exit("reading tokenizer.json needs the 'tokenizers' package: pip install tokenizers")
         tokenizer = Tokenizer.from_file(path)
         rows = [enc.ids for enc in tokenizer.encode_batch(sentences)]
     else:
         try:
             rows = [[int(t) for t in s.replace(",", " ").split()] for s in sentences]
         except ValueError:
-            sys.exit(f"{directory} has no tokenizer.json: pass sentences as token ids, e.g. '101 2023 102'")
+            where = "the demo model has" if demo else f"{directory} has"
+            sys.exit(f"{where} no tokenizer.json: pass sentences as token ids, e.g. '101 2023 102' "
+                     f"(or pip install tokenizers{'' if demo else ' and add a tokenizer.json'} for text)")
     width = max(len(r) for r in rows)
     ids = np.zeros((len(rows), width), dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
@@ -85,7 +89,7 @@ def main(argv=None):
             parser.error("give a checkpoint DIR and at least one sentence (or --demo)")
 
         model = BertModel.from_pretrained(directory)
-        ids, mask = tokenize(directory, sentences)
+        ids, mask = tokenize(directory, sentences, demo=args.demo)
         hidden = model(ids, attention_mask=mask)                                # (B, L, hidden)
         pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)  # mean over real tokens
         unit = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)

@@ -4,7 +4,9 @@
     python examples/gpt2_generate.py DIR --prompt "464 3290 318" --num-beams 4   # ids, without tokenizer.json
     python examples/gpt2_generate.py --demo                                       # a small random model
 
-Prints the continuation, tokens/s with the cache, and (with --compare) without it.
+Prints the continuation, tokens/s with the cache, and (with --compare, and always with --demo) without it,
+checking both give the same tokens. Text prompts need DIR/tokenizer.json and `pip install tokenizers`;
+the --demo model has no tokenizer, so its --prompt is token ids.
 """
 from __future__ import annotations
 
@@ -57,17 +59,27 @@ def main(argv=None):
             directory = tmp
             write_demo_checkpoint(directory, np.random.default_rng(0))
             args.prompt = args.prompt or "17 42 99 3 250"
-            args.compare = True
+            args.compare = True                  # the demo always checks the cache against recomputing
         if directory is None or args.prompt is None:
             parser.error("give a checkpoint DIR and --prompt (or --demo)")
 
         tokenizer = None
         if os.path.isfile(os.path.join(directory, "tokenizer.json")):
-            from tokenizers import Tokenizer
+            try:
+                from tokenizers import Tokenizer
+            except ImportError:
+                sys.exit("reading tokenizer.json needs the 'tokenizers' package: pip install tokenizers")
             tokenizer = Tokenizer.from_file(os.path.join(directory, "tokenizer.json"))
             ids = np.array([tokenizer.encode(args.prompt).ids], dtype=np.int64)
         else:
-            ids = np.array([[int(t) for t in args.prompt.replace(",", " ").split()]], dtype=np.int64)
+            where = "the --demo model has" if args.demo else f"{directory} has"
+            try:
+                ids = np.array([[int(t) for t in args.prompt.replace(",", " ").split()]], dtype=np.int64)
+            except ValueError:
+                sys.exit(f"{where} no tokenizer.json, so --prompt must be token ids, e.g. --prompt '17 42 99' "
+                         f"(for text, use a checkpoint with tokenizer.json and pip install tokenizers)")
+            if ids.size == 0 or ids.min() < 0:
+                sys.exit("--prompt: give at least one token id, each >= 0")
 
         model = GPT2LMHeadModel.from_pretrained(directory)
         c = model.config

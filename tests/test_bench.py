@@ -63,3 +63,17 @@ def test_bench_memory_and_plot(tmp_path):
 def test_bench_rejects_unknown_suite():
     p = subprocess.run([sys.executable, "-m", "attnkit.bench", "--suite", "nope"], capture_output=True, text=True)
     assert p.returncode == 2 and "unknown suite" in p.stderr
+
+
+def test_plot_without_matplotlib_fails_before_the_run(tmp_path):
+    # a child where importing matplotlib fails: --plot must say so at once, not after the benchmark
+    import subprocess, sys, time
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from attnkit.bench.__main__ import main\n"
+            f"main(['--plot', {str(tmp_path / 'x.png')!r}, '--tiny', '--suite', 'attention'])")
+    start = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "matplotlib" in res.stderr and "pip install" in res.stderr
+    assert "attention" not in res.stdout                     # no benchmark ran
+    assert time.perf_counter() - start < 20

@@ -35,3 +35,15 @@ def test_translate_greedy_demo():
     pytest.importorskip("torch")
     out = run_example("translate_greedy.py", "--demo")
     assert "PyTorch greedy decoding gives the same tokens: True" in out
+
+
+def test_examples_explain_text_prompts_without_a_tokenizer():
+    # a text prompt for a model without tokenizer.json: a one-line explanation, not a traceback
+    pytest.importorskip("safetensors")
+    import subprocess, sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "examples" / "gpt2_generate.py"
+    res = subprocess.run([sys.executable, str(script), "--demo", "--prompt", "Once upon a time"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "token ids" in res.stderr and "tokenizers" in res.stderr and "/tmp" not in res.stderr

@@ -229,6 +229,34 @@ def test_layer_norm_constant_rows(backend, dtype):
     assert_close(got, np.broadcast_to(as64(b), (3, 40)), dtype)
 
 
+@dtypes
+@pytest.mark.parametrize("n", [1, 7, 40, 768, 1000, 4096], ids=lambda n: f"n={n}")
+def test_layer_norm_constant_rows_give_exactly_the_bias(backend, dtype, n, rng):
+    # a constant row has mean exactly its value and variance 0, so the output is exactly the bias,
+    # even with eps=1e-12 where an inexact mean would be amplified by 1/sqrt(eps) (0.18 off before)
+    values = np.concatenate([rng.standard_normal(4) * 10.0 ** rng.integers(-3, 30, 4), [1000.3, 0.1, -7e20]])
+    x = np.repeat(values[:, None], n, axis=1).astype(dtype)
+    w, b = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+    for eps in (1e-12, 1e-5):
+        got = backend.call(attnkit.layer_norm, x, n, w, b, eps=eps)
+        np.testing.assert_array_equal(got, np.broadcast_to(b, x.shape))
+        got = backend.call(attnkit.layer_norm, np.zeros_like(x), n, w, b, eps=eps, residual=x)   # the fused sum
+        np.testing.assert_array_equal(got, np.broadcast_to(b, x.shape))
+
+
+@dtypes
+@pytest.mark.parametrize("ratio", [1e2, 1e3, 1e4], ids=lambda r: f"mean/std={r:g}")
+def test_layer_norm_large_mean_as_accurate_as_torch(backend, dtype, ratio, rng):
+    # the error against the float64 oracle is at most PyTorch's (same dtype) plus a little
+    torch = pytest.importorskip("torch")
+    x = (ratio + rng.standard_normal((16, 1024))).astype(dtype)
+    want = ref.layer_norm(as64(x), 1024)
+    got = backend.call(attnkit.layer_norm, x, 1024)
+    t = torch.nn.functional.layer_norm(torch.from_numpy(x), (1024,)).numpy()
+    err, terr = np.abs(got - want).max(), np.abs(t - want).max()
+    assert err <= 1.5 * terr + 10 * np.finfo(dtype).eps, f"attnkit {err:.3e}, torch {terr:.3e}"
+
+
 # --------------------------------------------------------------------------------------------
 # gelu, relu
 # --------------------------------------------------------------------------------------------

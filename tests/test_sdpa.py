@@ -254,6 +254,43 @@ def test_a_row_masked_with_the_lowest_float_averages_the_values(backend, dtype, 
     assert_close(out[0, :, 1], as64(v[0]).mean(axis=1), dtype, what="row 1")
 
 
+@dtypes
+@pytest.mark.parametrize("Lq,Lk", [(1, 2), (3, 70), (1, 1000), (130, 300)], ids=["1x2", "3x70", "decode-split", "blocks"])
+def test_huge_negative_mask_values_stay_distinct(backend, dtype, Lq, Lk, rng):
+    # every finite float-mask value is added as given: distinct values near finfo.min must not
+    # collapse into one (weights [1, 0], not [0.5, 0.5]), and ties at finfo.min average
+    fmax = np.finfo(dtype).max
+    q, k, v = make_qkv(rng, (1,), 2, 2, Lq, Lk, 16, dtype=dtype)
+    mask = (-fmax * rng.uniform(0.5, 1.0, (2, Lq, Lk))).astype(dtype)     # distinct huge negatives
+    mask[:, ::3, ::2] = -fmax                                             # ties at finfo.min
+    mask[1, ::2] = rng.standard_normal((len(range(0, Lq, 2)), Lk)).astype(dtype)   # ordinary rows
+    out, lse = check_sdpa(backend, q, k, v, attn_mask=mask, return_lse=True)
+    # the example, against the exact answer
+    two = np.array([[-2.5e38, -3.0e38]] if dtype == np.float32 else [[-1.3e308, -1.5e308]], dtype)
+    qq, kk, vv = make_qkv(rng, (1,), 1, 1, 1, 2, 4, dtype=dtype)
+    got = backend.call(sdpa, qq, kk, vv, attn_mask=two)
+    assert_close(got[0, 0, 0], as64(vv[0, 0, 0]), dtype, what="[1, 0] weights")
+
+
+@dtypes
+def test_lse_of_a_row_masked_with_the_lowest_float(backend, dtype, rng):
+    # lse = finfo.min + log(Lk) (+ the scores, lost below finfo.min's ulp): -3.40e38, not -2.36e38
+    lo = np.finfo(dtype).min
+    q, k, v = make_qkv(rng, (1,), 1, 1, 3, 40, 8, dtype=dtype)
+    mask = np.zeros((3, 40), dtype)
+    mask[1] = lo
+    out, lse = check_sdpa(backend, q, k, v, attn_mask=mask, return_lse=True)
+    assert lse[0, 0, 1] == pytest.approx(float(lo) + math.log(40), rel=1e-6)
+    try:
+        import torch
+    except ImportError:
+        return
+    if True:
+        t = torch.nn.functional.scaled_dot_product_attention(*(torch.from_numpy(a) for a in (q, k, v)),
+                                                             attn_mask=torch.from_numpy(mask))
+        assert_close(out, t.numpy().astype(np.float64), dtype, against="torch")
+
+
 # --------------------------------------------------------------------------------------------
 # kv_lengths
 # --------------------------------------------------------------------------------------------

@@ -19,13 +19,15 @@ namespace attnkit { namespace cpu { namespace ATTNKIT_ISA_NAMESPACE { namespace 
 // (row r = g*Lq + i), so K and V are read once per group. Scores are kept transposed, one row
 // per key and one column per query, so K is read in place and every softmax step is a plain
 // vector operation across queries. For each tile of kTileKeys keys:
-//   S^T = K (Q * scale * log2 e)^T     micro-kernel: K rows in place, Q^T packed once per block
+//   S^T = K (Q * scale)^T              micro-kernel: K rows in place, Q^T packed once per block
 //   mask S^T (causal bound, kv_lengths, attn_mask), only on tiles that need it
-//   online softmax in base 2, per query column: m' = max(m, max_j S); P = 2^(S - m');
-//   l = l 2^(m - m') + sum_j P
-//   O = O 2^(m - m') + P V             micro-kernel, V read in place when its rows are contiguous
-// and at the end out = O / l, lse = (m + log2 l) ln 2. Tiles past every row's causal bound are
-// never visited. For few rows (decode), the keys are split over threads and the partial
+//   online softmax per query column: m' = max(m, max_j S); P = 2^((S - m') log2 e);
+//   l = l 2^((m - m') log2 e) + sum_j P
+//   O = O 2^((m - m') log2 e) + P V    micro-kernel, V read in place when its rows are contiguous
+// and at the end out = O / l, lse = m + ln l. Scores, the mask and the running max stay in natural
+// units, so every finite float mask value is added exactly as given (scaling a mask of finfo.min
+// by log2 e would overflow); log2 e is applied only to the differences that go into exp2.
+// Tiles past every row's causal bound are never visited. For few rows (decode), the keys are split over threads and the partial
 // results merged by their log-sum-exp (flash-decoding).
 // Block sizes: kBlockRows x kTileKeys (isa_config.h).
 
@@ -102,8 +104,8 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
   T* out = static_cast<T*>(p.out);
   T* lse = static_cast<T*>(p.lse);
   const int64_t mask_elem = p.mask_bool ? 1 : static_cast<int64_t>(sizeof(T));
-  const T qscale = static_cast<T>(p.scale * kLog2e);
-  const T mask_scale = static_cast<T>(kLog2e);
+  const T qscale = static_cast<T>(p.scale);
+  const T l2e = static_cast<T>(kLog2e);
   const char* mask_rows[kBlockRows];
 
   for (int64_t it = begin; it < end; ++it) {
@@ -114,7 +116,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
     const T* vb = v + off.v + blk.hk * p.v_h;
     const int64_t n = blk.n, nqp = ceil_div(n, NR), ncols = nqp * NR, nqv = ncols / W;
 
-    // rows: pack Q^T (scaled into base-2 units), causal bounds, mask rows
+    // rows: pack Q^T (scaled), causal bounds, mask rows
     int64_t max_limit = 0, min_limit = len;
     for (int64_t rr = 0; rr < ncols; ++rr) {
       T* dst = QT + (rr / NR) * E * NR + rr % NR;
@@ -204,13 +206,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
               if (!mr[(j0 + jj) * p.m_j]) S[jj * ldS + rr] = ninf;
           } else {
             const T* mf = reinterpret_cast<const T*>(mr);
-            const T lowest = -std::numeric_limits<T>::max();
-            for (int64_t jj = 0; jj < c; ++jj) {
-              const T m = mf[(j0 + jj) * p.m_j];
-              T add = m * mask_scale;  // finfo.min * log2 e overflows: keep it finite, as the mask was
-              if (add < lowest && m >= lowest) add = lowest;
-              S[jj * ldS + rr] += add;
-            }
+            for (int64_t jj = 0; jj < c; ++jj) S[jj * ldS + rr] += mf[(j0 + jj) * p.m_j];
           }
         }
       }
@@ -230,10 +226,10 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
         for (int64_t qv = 0; qv < nqv; ++qv) {
           V e;
           if constexpr (sizeof(T) == 4) {
-            e = exp2v(vload(srow + qv * W) - base[qv]);
+            e = exp2v((vload(srow + qv * W) - base[qv]) * l2e);
           } else {
             V x = vload(srow + qv * W) - base[qv];
-            for (int t = 0; t < W; ++t) e[t] = ::exp2(x[t]);
+            for (int t = 0; t < W; ++t) e[t] = ::exp(x[t]);
           }
           vstore(srow + qv * W, e);
           sv[qv] += e;
@@ -243,9 +239,9 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
         V a;
         V mo = vload(row_max + qv * W) - base[qv];
         if constexpr (sizeof(T) == 4) {
-          a = exp2v(mo);
+          a = exp2v(mo * l2e);
         } else {
-          for (int t = 0; t < W; ++t) a[t] = ::exp2(mo[t]);
+          for (int t = 0; t < W; ++t) a[t] = ::exp(mo[t]);
         }
         vstore(alpha + qv * W, a);
         vstore(row_sum + qv * W, vload(row_sum + qv * W) * a + sv[qv]);
@@ -302,7 +298,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
         }
         if (lse)
           lse[off.l + h * p.l_h + i * p.l_i] =
-              l == 0 ? ninf : static_cast<T>(static_cast<double>(row_max[rr]) * kLn2 + std::log(static_cast<double>(l)));
+              l == 0 ? ninf : static_cast<T>(static_cast<double>(row_max[rr]) + std::log(static_cast<double>(l)));
       }
     } else {
       T* dst = run.part + static_cast<size_t>(it) * run.part_stride;
@@ -315,7 +311,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
   }
 }
 
-// Merge the nsplit partial results of each block: weights 2^(m_s - M) / L.
+// Merge the nsplit partial results of each block: weights e^(m_s - M) / L (natural units).
 template <class T>
 void attn_merge_task(void* ctx, int64_t begin, int64_t end, int) {
   AttnRun<T>& run = *static_cast<AttnRun<T>*>(ctx);
@@ -347,14 +343,14 @@ void attn_merge_task(void* ctx, int64_t begin, int64_t end, int) {
         for (int64_t s = 0; s < ns; ++s) {
           const T* part = run.part + static_cast<size_t>(blk_id * ns + s) * run.part_stride + rr * (EvPad + 2);
           if (!(part[EvPad + 1] > 0)) continue;
-          const T w = static_cast<T>(::exp2(static_cast<double>(part[EvPad]) - M));
+          const T w = static_cast<T>(::exp(static_cast<double>(part[EvPad]) - M));
           L += static_cast<double>(part[EvPad + 1]) * w;
           for (int64_t e = 0; e < p.Ev; ++e) orow[e * p.o_e] += part[e] * w;
         }
         const T inv = static_cast<T>(1.0 / L);
         for (int64_t e = 0; e < p.Ev; ++e) orow[e * p.o_e] *= inv;
       }
-      if (lse) lse[off.l + h * p.l_h + i * p.l_i] = L > 0 ? static_cast<T>(M * kLn2 + std::log(L)) : T(-INFINITY);
+      if (lse) lse[off.l + h * p.l_h + i * p.l_i] = L > 0 ? static_cast<T>(M + std::log(L)) : T(-INFINITY);
     }
   }
 }

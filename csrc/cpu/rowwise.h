@@ -80,17 +80,22 @@ inline void layer_norm_row(const T* x, int64_t n, const T* w, const T* b, double
   typedef typename Simd<T>::V V;
   constexpr int W = Simd<T>::W;
   // two passes (mean, then centred squares), each with four independent accumulators: one
-  // chain would wait on the add latency at every vector
+  // chain would wait on the add latency at every vector. The mean is summed shifted by the
+  // row's first element (mean = x0 + sum(x - x0) / n): a constant row gets exactly its value
+  // as mean, so zero variance and y = bias exactly, and the sum's rounding scales with the
+  // row's spread rather than its magnitude (large mean/std ratios stay accurate).
+  const T x0 = x[0];
+  const V x0v = vset(x0);
   V s4[4] = {V{}, V{}, V{}, V{}};
   int64_t i = 0;
   for (; i + 4 * W <= n; i += 4 * W)
-    for (int u = 0; u < 4; ++u) s4[u] += vload(x + i + u * W);
-  for (; i + W <= n; i += W) s4[0] += vload(x + i);
+    for (int u = 0; u < 4; ++u) s4[u] += vload(x + i + u * W) - x0v;
+  for (; i + W <= n; i += W) s4[0] += vload(x + i) - x0v;
   V sv = (s4[0] + s4[1]) + (s4[2] + s4[3]);
   T s = 0;
   for (int j = 0; j < W; ++j) s += sv[j];
-  for (; i < n; ++i) s += x[i];
-  const T mean = s / static_cast<T>(n);
+  for (; i < n; ++i) s += x[i] - x0;
+  const T mean = x0 + s / static_cast<T>(n);
   V q4[4] = {V{}, V{}, V{}, V{}};
   for (i = 0; i + 4 * W <= n; i += 4 * W)
     for (int u = 0; u < 4; ++u) {

@@ -2,6 +2,7 @@
 #pragma once
 #include <cmath>
 #include <string>
+#include <utility>
 
 #include "attnkit/backend.h"
 #include "attnkit/ops.h"
@@ -77,6 +78,26 @@ inline void require_output(const TensorView& out, const char* name, const Output
   for (int i = 0; i < ndim && !empty; ++i)
     if (out.strides[i] == 0 && out.shape[i] > 1)
       throw ValueError(std::string(name) + ": the array has a zero stride (a broadcast view cannot be written)");
+  // Self-overlap (an as_strided view whose elements alias each other): with the dims taken by
+  // increasing |stride|, each stride must step past everything the smaller ones span. That is
+  // every layout NumPy makes (slices, transposes, reversals); a rare exotic interleaving that does
+  // not overlap is refused too, which only costs the caller a copy.
+  int order[kMaxDims];
+  int n = 0;
+  for (int i = 0; i < ndim && !empty; ++i)
+    if (out.shape[i] > 1) order[n++] = i;
+  auto mag = [&](int i) { return out.strides[i] < 0 ? -out.strides[i] : out.strides[i]; };
+  for (int a = 1; a < n; ++a)
+    for (int b = a; b > 0 && mag(order[b]) < mag(order[b - 1]); --b) std::swap(order[b], order[b - 1]);
+  int64_t span = 0;  // the largest offset the dims so far reach
+  for (int a = 0; a < n; ++a) {
+    const int i = order[a];
+    if (mag(i) <= span)
+      throw ValueError(std::string(name) + ": the array overlaps itself (dim " + std::to_string(i) + " has stride " +
+                       std::to_string(out.strides[i]) + " elements, within the " + std::to_string(span + 1) +
+                       " elements the smaller strides span); pass an array whose elements are distinct");
+    span += mag(i) * (out.shape[i] - 1);
+  }
 }
 
 // Row-major contiguous (size-1 dims may have any stride).

@@ -36,10 +36,29 @@ def _check_bool(value, name: str) -> bool:
     return bool(value)
 
 
+def _check_float(value, name: str) -> float:
+    """A real number as a float: TypeError for other types (bool, str, complex, arrays of more than one
+    element), ValueError for one beyond float's range; both name the argument."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}"
+                        + (f" of shape {value.shape}" if isinstance(value, np.ndarray) else ""))
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name}: {value} is beyond the float range") from None
+
+
 def _int64_lengths(kv_lengths) -> np.ndarray:
     if _cuda_route.is_device_array(kv_lengths):
         raise TypeError("kv_lengths: expected host memory (a NumPy array or a sequence of ints), got a GPU array")
-    arr = np.asarray(kv_lengths)
+    try:
+        arr = np.asarray(kv_lengths)
+    except ValueError as e:                              # a ragged nesting of lists
+        raise ValueError(f"kv_lengths: expected integers of the batch shape, got a ragged sequence ({e})") from None
+    if arr.size == 0 and arr.dtype.kind == "f" and not isinstance(kv_lengths, np.ndarray):
+        arr = arr.astype(np.int64)                       # [] for a batch of size 0
     if arr.dtype.kind not in "iu":
         raise TypeError(f"kv_lengths: expected an integer array, got dtype {arr.dtype}")
     if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
@@ -90,12 +109,14 @@ def scaled_dot_product_attention(
     is_causal = _check_bool(is_causal, "is_causal")
     enable_gqa = _check_bool(enable_gqa, "enable_gqa")
     return_lse = _check_bool(return_lse, "return_lse")
+    if not isinstance(causal_alignment, str):
+        raise TypeError(f"causal_alignment: expected 'top_left' or 'bottom_right', got {type(causal_alignment).__name__}")
     if causal_alignment not in _ALIGNMENTS:
         raise ValueError(f"causal_alignment: expected 'top_left' or 'bottom_right', got {causal_alignment!r}")
     if kv_lengths is not None:
         kv_lengths = _int64_lengths(kv_lengths)
-    if isinstance(scale, (bool, np.bool_)):
-        raise TypeError("scale: expected a float, got bool")
+    if scale is not None:
+        scale = _check_float(scale, "scale")
     if _on_gpu(query, key, value, attn_mask, out):
         return _cuda_route.scaled_dot_product_attention(
             query, key, value, attn_mask, causal_alignment if is_causal else "none", scale, enable_gqa,
@@ -228,7 +249,16 @@ def layer_norm(
 
     residual: normalise x + residual instead (the add is fused); with return_sum=True the
     result is (layer_norm(x + residual), x + residual), as a pre-LN block needs.
+    eps: a finite number >= 0. A constant row has mean exactly its value and variance 0, so its
+    output is exactly ``bias`` (zeros without one) for any eps > 0; with eps=0 it is 0/0 = NaN, as
+    in PyTorch, so use eps=0 only where rows cannot be constant.
     """
+    if isinstance(normalized_shape, (bool, np.bool_)) or not (
+            isinstance(normalized_shape, (int, np.integer))
+            or (isinstance(normalized_shape, (tuple, list))
+                and all(isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_)) for n in normalized_shape))):
+        raise TypeError(f"normalized_shape: expected an int or a sequence of ints, got {normalized_shape!r}")
+    eps = _check_float(eps, "eps")
     shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
     last = tuple(x.shape[-1:]) if isinstance(x, np.ndarray) or _on_gpu(x) else None
     if last is not None and shape != tuple(last):

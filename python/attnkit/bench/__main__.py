@@ -69,6 +69,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     if unknown or a.threads < 1:
         p.error(f"unknown suite {unknown}" if unknown else "--threads must be >= 1")
     a.suites = names
+    if a.plot:  # check before the run, not after it
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            p.error("--plot needs matplotlib, which is not installed: pip install matplotlib "
+                    "(or attnkit's bench extra: pip install 'attnkit[bench]')")
     return a
 
 
@@ -88,8 +94,12 @@ def header(opts, machine: dict, ceil: dict) -> str:
         lines.append("  (threadpoolctl not installed: NumPy's BLAS kernel and threads unknown)")
     if "torch" in machine:
         lines.append(f"PyTorch    {machine['torch']['version']}  threads={machine['torch']['threads']}")
-    lines.append(f"ceilings   NumPy sgemm {ceil['sgemm_size']}^3: {ceil['sgemm_gflops']:.1f} GFLOP/s   "
-                 f"np.copyto {ceil['copy_mib']} MiB (read+write bytes): {ceil['copy_gbps']:.1f} GB/s")
+    lines.append(f"ceilings   NumPy sgemm {ceil['sgemm_size']}^3: {ceil['sgemm_gflops']:.1f} GFLOP/s "
+                 f"(best of {ceil.get('sgemm_runs', '?')}, median {ceil.get('sgemm_spread_pct', 0):+.0f}% slower)   "
+                 f"np.copyto {ceil['copy_mib']} MiB (read+write bytes): {ceil['copy_gbps']:.1f} GB/s "
+                 f"(best of {ceil.get('copy_runs', '?')}, median {ceil.get('copy_spread_pct', 0):+.0f}% slower)")
+    lines.append("           % of sgemm compares a kernel's median with this best case; a kernel above 100% does "
+                 "work sgemm cannot skip less of (causal tiles) or beats NumPy's BLAS, within the spread")
     return "\n".join(lines)
 
 

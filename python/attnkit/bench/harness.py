@@ -121,8 +121,12 @@ def ceilings(size: int, copy_bytes: int, budget: float) -> dict:
     src = np.ones(copy_bytes // 4, np.float32)
     dst = np.zeros_like(src)
     c = measure(lambda: np.copyto(dst, src), budget, min_repeats=5)
+    # the spread (median over best, in %) says how noisy each figure is: a kernel "above" a
+    # ceiling by less than the spread is noise, not a result
     return {"sgemm_size": size, "sgemm_gflops": 2 * size**3 / t["min_ms"] / 1e6,
-            "copy_mib": copy_bytes // MiB, "copy_gbps": 2 * copy_bytes / c["min_ms"] / 1e6}
+            "sgemm_spread_pct": 100 * (t["median_ms"] / t["min_ms"] - 1), "sgemm_runs": t["runs"],
+            "copy_mib": copy_bytes // MiB, "copy_gbps": 2 * copy_bytes / c["min_ms"] / 1e6,
+            "copy_spread_pct": 100 * (c["median_ms"] / c["min_ms"] - 1), "copy_runs": c["runs"]}
 
 
 # ---------------------------------------------------------------- machine

@@ -9,44 +9,93 @@ tensor is reported by its full name, and :func:`field` does the same for configu
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["load_config", "load_tensors", "load_pretrained", "field", "Pretrained"]
+__all__ = ["load_config", "load_tensors", "load_pretrained", "field", "read_fields", "check_fields", "Pretrained", "SIZE_MAX"]
 
 _MISSING = object()
 
 
+def _read_json(path: str, what: str):
+    """The JSON at ``path``; FileNotFoundError/ValueError naming the path and what is wrong."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{path}: no {what} in the checkpoint directory") from e
+    except IsADirectoryError as e:
+        raise ValueError(f"{path}: is a directory, expected the file {what}") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except OSError as e:                       # a symlink loop, no permission, ...
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from e
+
+
+def _directory(directory) -> str:
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        what = "does not exist" if not os.path.lexists(directory) else "is not a directory"
+        raise (FileNotFoundError if what == "does not exist" else ValueError)(
+            f"{directory}: {what}; expected a checkpoint directory (config.json + model.safetensors)")
+    return directory
+
+
 def load_config(directory) -> Dict[str, Any]:
-    path = os.path.join(os.fspath(directory), "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no config.json in the checkpoint directory")
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
+    path = os.path.join(_directory(directory), "config.json")
+    config = _read_json(path, "config.json")
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
     return config
+
+
+def _load_safetensors(path: str) -> Dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a directory, expected a .safetensors file")
+    if os.path.lexists(path) and not os.path.exists(path):
+        raise ValueError(f"{path}: cannot be read (a dangling symlink or a symlink loop)")
+    try:
+        return dict(load_file(path))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{path}: no such file") from e
+    except OSError as e:                       # a symlink loop, no permission, ...
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from e
+    except Exception as e:                     # safetensors' own errors: truncated, garbage header, ...
+        raise ValueError(f"{path}: not a valid safetensors file ({type(e).__name__}: {e})") from e
 
 
 def load_tensors(directory) -> Dict[str, np.ndarray]:
     """All tensors of ``model.safetensors`` (or of its shards) as NumPy arrays."""
     try:
-        from safetensors.numpy import load_file
+        import safetensors.numpy  # noqa: F401
     except ImportError as e:  # pragma: no cover - safetensors is a test dependency
         raise ImportError("reading checkpoints needs the 'safetensors' package (pip install safetensors)") from e
-    directory = os.fspath(directory)
+    directory = _directory(directory)
     single = os.path.join(directory, "model.safetensors")
     index = os.path.join(directory, "model.safetensors.index.json")
-    if os.path.isfile(single):
-        return dict(load_file(single))
-    if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+    if os.path.lexists(single):
+        return _load_safetensors(single)
+    if os.path.lexists(index):
+        content = _read_json(index, "model.safetensors.index.json")
+        weight_map = content.get("weight_map") if isinstance(content, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{index}: expected a JSON object with a non-empty 'weight_map' (tensor name -> shard file)")
+        shards = set(weight_map.values())
+        bad = [s for s in shards if not isinstance(s, str) or os.path.basename(s) != s or s in ("", ".", "..")]
+        if bad:
+            raise ValueError(f"{index}: 'weight_map' names shards that are not file names in the directory: {bad[:3]}")
         tensors: Dict[str, np.ndarray] = {}
-        for shard in shards:
-            tensors.update(load_file(os.path.join(directory, shard)))
+        for shard in sorted(shards):
+            tensors.update(_load_safetensors(os.path.join(directory, shard)))
+        missing = sorted(set(weight_map) - set(tensors))
+        if missing:
+            raise ValueError(f"{index}: tensors listed in 'weight_map' are in no shard: {missing[:3]}")
         return tensors
     raise FileNotFoundError(f"{directory}: no model.safetensors (or model.safetensors.index.json); "
                             f"save with save_pretrained(..., safe_serialization=True)")
@@ -56,9 +105,14 @@ def load_pretrained(directory) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
     return load_config(directory), load_tensors(directory)
 
 
+# Sizes in a config (widths, lengths, counts) are at most this: a larger one is a corrupt file, not a model.
+SIZE_MAX = 2**31 - 1
+
+
 def field(config: Dict[str, Any], name: str, kind, default: Any = _MISSING, *, choices: Optional[Iterable] = None,
-          where: str = "config.json"):
-    """config[name] checked to be of ``kind`` (and among ``choices``); KeyError/ValueError naming the field."""
+          where: str = "config.json", low=None, high=None):
+    """config[name] checked to be of ``kind`` (and among ``choices``, and within [low, high]; floats also
+    finite); KeyError/ValueError naming the field and ``where`` (the file)."""
     if name not in config or config[name] is None:
         if default is _MISSING:
             raise KeyError(f"{where}: missing field '{name}'")
@@ -68,14 +122,42 @@ def field(config: Dict[str, Any], name: str, kind, default: Any = _MISSING, *, c
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif kind is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
+        try:
+            value = float(value) if ok else value
+        except OverflowError:                  # an int beyond float's range
+            ok = False
+        ok = ok and math.isfinite(value)
     else:
         ok = isinstance(value, kind)
     if not ok:
-        raise ValueError(f"{where}: field '{name}' should be {kind.__name__}, got {value!r}")
+        want = "a finite number" if kind is float else kind.__name__
+        raise ValueError(f"{where}: field '{name}' should be {want}, got {value!r}")
     if choices is not None and value not in choices:
         raise ValueError(f"{where}: field '{name}' = {value!r} is not supported (supported: {sorted(choices)})")
+    if (low is not None and value < low) or (high is not None and value > high):
+        lo = "" if low is None else f"{low} <= "
+        hi = "" if high is None else f" <= {high}"
+        raise ValueError(f"{where}: field '{name}' = {value!r} is out of range (expected {lo}{name}{hi})")
     return value
+
+
+def read_fields(config: Dict[str, Any], spec: Dict[str, tuple], defaults: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """Every field of ``spec`` (name -> (kind, low, high[, choices])) read from ``config`` with :func:`field`;
+    a field without an entry in ``defaults`` is required."""
+    values = {}
+    for name, (kind, low, high, *choices) in spec.items():
+        args = (defaults[name],) if name in defaults else ()
+        values[name] = field(config, name, kind, *args, choices=choices[0] if choices else None, where=where,
+                             low=low, high=high)
+    return values
+
+
+def check_fields(obj, spec: Dict[str, tuple], where: str) -> None:
+    """Check a config dataclass's attributes against ``spec``: name -> (kind, low, high[, choices])."""
+    values = vars(obj)
+    for name, (kind, low, high, *choices) in spec.items():
+        if values.get(name) is not None:
+            field(values, name, kind, choices=choices[0] if choices else None, where=where, low=low, high=high)
 
 
 class Pretrained:
@@ -87,6 +169,8 @@ class Pretrained:
     @classmethod
     def from_pretrained(cls, directory, *, dtype=np.float32):
         """Load ``directory``/config.json + model.safetensors (as written by ``save_pretrained``)."""
-        config, tensors = load_pretrained(directory)
-        return cls.from_state_dict(tensors, cls.config_class.from_dict(config), dtype=dtype,
+        config = load_config(directory)
+        parsed = cls.config_class.from_dict(config, where=os.path.join(os.fspath(directory), "config.json"))
+        tensors = load_tensors(directory)
+        return cls.from_state_dict(tensors, parsed, dtype=dtype,
                                    origin=os.path.join(os.fspath(directory), "model.safetensors"))

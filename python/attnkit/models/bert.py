@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import nn
 from ..nn.layers import AttentionMask
-from ._checkpoint import Pretrained, field
+from ._checkpoint import SIZE_MAX, Pretrained, check_fields, field, read_fields
 
 __all__ = ["BertConfig", "BertEmbeddings", "BertModel"]
 
@@ -41,29 +41,55 @@ class BertConfig:
     pad_token_id: int = 0
     model_type: str = "bert"
 
+    def __post_init__(self):
+        check_fields(self, _FIELDS, "BertConfig")
+        _check_consistency(self, "BertConfig")
+
     @classmethod
-    def from_dict(cls, config: dict) -> "BertConfig":
-        """Read a Hugging Face config.json dict; unsupported settings raise, naming the field."""
-        model_type = field(config, "model_type", str, "bert", choices=_MODEL_TYPES)
-        field(config, "position_embedding_type", str, "absolute", choices=("absolute",))
-        if field(config, "is_decoder", bool, False) or field(config, "add_cross_attention", bool, False):
-            raise ValueError("config.json: field 'is_decoder'/'add_cross_attention' -- decoder BERTs "
+    def from_dict(cls, config: dict, *, where: str = "config.json") -> "BertConfig":
+        """Read a Hugging Face config.json dict; unsupported or impossible settings raise, naming the field
+        and ``where`` (the file)."""
+        model_type = field(config, "model_type", str, "bert", choices=_MODEL_TYPES, where=where)
+        field(config, "position_embedding_type", str, "absolute", choices=("absolute",), where=where)
+        if field(config, "is_decoder", bool, False, where=where) or field(config, "add_cross_attention", bool, False,
+                                                                           where=where):
+            raise ValueError(f"{where}: field 'is_decoder'/'add_cross_attention' -- decoder BERTs "
                              "are not supported")
-        c = cls(vocab_size=field(config, "vocab_size", int),
-                hidden_size=field(config, "hidden_size", int),
-                num_hidden_layers=field(config, "num_hidden_layers", int),
-                num_attention_heads=field(config, "num_attention_heads", int),
-                intermediate_size=field(config, "intermediate_size", int),
-                hidden_act=field(config, "hidden_act", str, "gelu", choices=_HIDDEN_ACT),
-                max_position_embeddings=field(config, "max_position_embeddings", int),
-                type_vocab_size=field(config, "type_vocab_size", int, 2),
-                layer_norm_eps=field(config, "layer_norm_eps", float, 1e-12),
-                pad_token_id=field(config, "pad_token_id", int, 1 if model_type != "bert" else 0),
-                model_type=model_type)
-        if c.hidden_size % c.num_attention_heads:
-            raise ValueError(f"config.json: field 'num_attention_heads' = {c.num_attention_heads} does not "
-                             f"divide hidden_size = {c.hidden_size}")
+        defaults = {"hidden_act": "gelu", "type_vocab_size": 2, "layer_norm_eps": 1e-12,
+                    "pad_token_id": 1 if model_type != "bert" else 0}
+        spec = {k: v for k, v in _FIELDS.items() if k != "model_type"}
+        values = read_fields(config, spec, defaults, where)
+        c = cls.__new__(cls)
+        c.__dict__.update(values, model_type=model_type)
+        _check_consistency(c, where)
         return c
+
+
+# field -> (type, lowest, highest[, choices]) of a config.json that can load
+_FIELDS = {
+    "vocab_size": (int, 1, SIZE_MAX),
+    "hidden_size": (int, 1, SIZE_MAX),
+    "num_hidden_layers": (int, 1, 100_000),
+    "num_attention_heads": (int, 1, SIZE_MAX),
+    "intermediate_size": (int, 1, SIZE_MAX),
+    "hidden_act": (str, None, None, _HIDDEN_ACT),
+    "max_position_embeddings": (int, 1, SIZE_MAX),
+    "type_vocab_size": (int, 1, SIZE_MAX),
+    "layer_norm_eps": (float, 0.0, 1.0),
+    "pad_token_id": (int, 0, SIZE_MAX),
+    "model_type": (str, None, None, _MODEL_TYPES),
+}
+
+
+def _check_consistency(c: BertConfig, where: str) -> None:
+    if c.hidden_size % c.num_attention_heads:
+        raise ValueError(f"{where}: field 'num_attention_heads' = {c.num_attention_heads} does not "
+                         f"divide hidden_size = {c.hidden_size}")
+    if c.pad_token_id >= c.vocab_size:
+        raise ValueError(f"{where}: field 'pad_token_id' = {c.pad_token_id} is not below vocab_size = {c.vocab_size}")
+    if c.model_type != "bert" and c.max_position_embeddings <= c.pad_token_id + 1:
+        raise ValueError(f"{where}: field 'max_position_embeddings' = {c.max_position_embeddings} leaves no "
+                         f"position after pad_token_id = {c.pad_token_id} ({c.model_type} numbers positions from it)")
 
 
 class BertEmbeddings(nn.Module):

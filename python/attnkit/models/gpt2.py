@@ -21,7 +21,7 @@ from .. import functional as F
 from .. import nn
 from ..nn.layers import AttentionMask
 from ..nn.transformer import sublayer_connections
-from ._checkpoint import Pretrained, field
+from ._checkpoint import SIZE_MAX, Pretrained, check_fields, field, read_fields
 
 __all__ = ["GPT2Config", "GPT2Block", "GPT2LMHeadModel"]
 
@@ -44,28 +44,52 @@ class GPT2Config:
     eos_token_id: Optional[int] = None
     pad_token_id: Optional[int] = None
 
+    def __post_init__(self):
+        check_fields(self, _FIELDS, "GPT2Config")
+        _check_consistency(self, "GPT2Config")
+
     @classmethod
-    def from_dict(cls, config: dict) -> "GPT2Config":
-        """Read a Hugging Face config.json dict; unsupported settings raise, naming the field."""
-        field(config, "model_type", str, "gpt2", choices=("gpt2",))
-        if field(config, "add_cross_attention", bool, False):
-            raise ValueError("config.json: field 'add_cross_attention' = True is not supported")
-        c = cls(vocab_size=field(config, "vocab_size", int),
-                n_positions=field(config, "n_positions", int),
-                n_embd=field(config, "n_embd", int),
-                n_layer=field(config, "n_layer", int),
-                n_head=field(config, "n_head", int),
-                n_inner=field(config, "n_inner", int, None),
-                activation_function=field(config, "activation_function", str, "gelu_new", choices=_ACTIVATIONS),
-                layer_norm_epsilon=field(config, "layer_norm_epsilon", float, 1e-5),
-                scale_attn_weights=field(config, "scale_attn_weights", bool, True),
-                scale_attn_by_inverse_layer_idx=field(config, "scale_attn_by_inverse_layer_idx", bool, False),
-                tie_word_embeddings=field(config, "tie_word_embeddings", bool, True),
-                eos_token_id=field(config, "eos_token_id", int, None),
-                pad_token_id=field(config, "pad_token_id", int, None))
-        if c.n_embd % c.n_head:
-            raise ValueError(f"config.json: field 'n_head' = {c.n_head} does not divide n_embd = {c.n_embd}")
+    def from_dict(cls, config: dict, *, where: str = "config.json") -> "GPT2Config":
+        """Read a Hugging Face config.json dict; unsupported or impossible settings raise, naming the field
+        and ``where`` (the file)."""
+        field(config, "model_type", str, "gpt2", choices=("gpt2",), where=where)
+        if field(config, "add_cross_attention", bool, False, where=where):
+            raise ValueError(f"{where}: field 'add_cross_attention' = True is not supported")
+        defaults = {"n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+                    "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+                    "tie_word_embeddings": True, "eos_token_id": None, "pad_token_id": None}
+        values = read_fields(config, _FIELDS, defaults, where)
+        c = cls.__new__(cls)
+        c.__dict__.update(values)
+        _check_consistency(c, where)
         return c
+
+
+# field -> (type, lowest, highest[, choices]) of a config.json that can load
+_FIELDS = {
+    "vocab_size": (int, 1, SIZE_MAX),
+    "n_positions": (int, 1, SIZE_MAX),
+    "n_embd": (int, 1, SIZE_MAX),
+    "n_layer": (int, 1, 100_000),
+    "n_head": (int, 1, SIZE_MAX),
+    "n_inner": (int, 1, SIZE_MAX),
+    "activation_function": (str, None, None, _ACTIVATIONS),
+    "layer_norm_epsilon": (float, 0.0, 1.0),
+    "scale_attn_weights": (bool, None, None),
+    "scale_attn_by_inverse_layer_idx": (bool, None, None),
+    "tie_word_embeddings": (bool, None, None),
+    "eos_token_id": (int, 0, SIZE_MAX),
+    "pad_token_id": (int, 0, SIZE_MAX),
+}
+
+
+def _check_consistency(c: GPT2Config, where: str) -> None:
+    if c.n_embd % c.n_head:
+        raise ValueError(f"{where}: field 'n_head' = {c.n_head} does not divide n_embd = {c.n_embd}")
+    for name in ("eos_token_id", "pad_token_id"):
+        value = getattr(c, name)
+        if value is not None and value >= c.vocab_size:
+            raise ValueError(f"{where}: field '{name}' = {value} is not below vocab_size = {c.vocab_size}")
 
 
 class GPT2Block(nn.Module):
