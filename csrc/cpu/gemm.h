@@ -155,32 +155,57 @@ void gemm_task(void* ctx, int64_t begin, int64_t end, int tid) {
   }
 }
 
-// Few rows: out[m][n] = dot(a_m, w_n), W read once and in place (rows of W contiguous).
+// s[j] = dot(x, y_j) for j < n <= kGemvRows, K long: x read once, the y_j in step with it.
+template <class T>
+inline void dots(const T* x, const T* const* ys, int64_t n, int64_t K, T* s) {
+  typedef typename Simd<T>::V V;
+  constexpr int W = Simd<T>::W;
+  V acc[kGemvRows];
+  for (int64_t j = 0; j < n; ++j) acc[j] = V{};
+  int64_t kk = 0;
+  for (; kk + W <= K; kk += W) {
+    const V xv = vload(x + kk);
+    for (int64_t j = 0; j < n; ++j) acc[j] += vload(ys[j] + kk) * xv;
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    T t = 0;
+    for (int l = 0; l < W; ++l) t += acc[j][l];
+    for (int64_t k = kk; k < K; ++k) t += ys[j][k] * x[k];
+    s[j] = t;
+  }
+}
+
+// Few rows (M <= kGemvRows): out[m][n] = dot(a_m, w_n) over n, each row of W read once, in place.
 template <class T>
 void gemv_task(void* ctx, int64_t begin, int64_t end, int) {
-  typedef typename Simd<T>::V V;
   const GemmRun<T>& run = *static_cast<const GemmRun<T>*>(ctx);
   const GemmProblem& p = *run.p;
-  constexpr int W = Simd<T>::W;
   const T* rows[kGemvRows];
+  T s[kGemvRows];
   for (int64_t m = 0; m < p.M; ++m) rows[m] = run.a + gemm_row_offset(p, m);
   for (int64_t n = begin; n < end; ++n) {
     const T* wr = run.w + n * p.w_n;
     prefetch_row(wr + kPrefetchRows * p.w_n, p.K);
-    V acc[kGemvRows];
-    for (int64_t m = 0; m < p.M; ++m) acc[m] = V{};
-    int64_t kk = 0;
-    for (; kk + W <= p.K; kk += W) {
-      const V wv = vload(wr + kk);
-      for (int64_t m = 0; m < p.M; ++m) acc[m] += vload(rows[m] + kk) * wv;
-    }
-    for (int64_t m = 0; m < p.M; ++m) {
-      T s = 0;
-      for (int t = 0; t < W; ++t) s += acc[m][t];
-      for (int64_t t = kk; t < p.K; ++t) s += rows[m][t] * wr[t];
-      if (run.bias) s += run.bias[n * p.bias_s];
-      run.out[m * p.ldc + n] = act_scalar(s, p.act);
-    }
+    dots(wr, rows, p.M, p.K, s);
+    for (int64_t m = 0; m < p.M; ++m)
+      run.out[m * p.ldc + n] = act_scalar(s[m] + (run.bias ? run.bias[n * p.bias_s] : T(0)), p.act);
+  }
+}
+
+// Few columns (N <= kGemvRows): the same over m, each row of A read once (packing W into
+// NR-wide panels would pad it NR / N times).
+template <class T>
+void gemv_columns_task(void* ctx, int64_t begin, int64_t end, int) {
+  const GemmRun<T>& run = *static_cast<const GemmRun<T>*>(ctx);
+  const GemmProblem& p = *run.p;
+  const T* wrows[kGemvRows];
+  T s[kGemvRows];
+  for (int64_t n = 0; n < p.N; ++n) wrows[n] = run.w + n * p.w_n;
+  for (int64_t m = begin; m < end; ++m) {
+    const T* ar = run.a + gemm_row_offset(p, m);
+    dots(ar, wrows, p.N, p.K, s);
+    for (int64_t n = 0; n < p.N; ++n)
+      run.out[m * p.ldc + n] = act_scalar(s[n] + (run.bias ? run.bias[n * p.bias_s] : T(0)), p.act);
   }
 }
 
@@ -229,9 +254,15 @@ int gemm_impl(const GemmProblem& p) {
   run.bias = static_cast<const T*>(p.bias);
   run.out = static_cast<T*>(p.out);
   const int nt = num_threads();
-  if (!p.packed && p.M <= kGemvRows && p.a_k == 1 && p.w_k == 1) {
-    parallel_for(p.N, 64, gemv_task<T>, &run, nt);
-    return 0;
+  if (!p.packed && p.a_k == 1 && p.w_k == 1) {
+    if (p.M <= kGemvRows) {
+      parallel_for(p.N, 64, gemv_task<T>, &run, nt);
+      return 0;
+    }
+    if (p.N <= kGemvRows) {
+      parallel_for(p.M, 16, gemv_columns_task<T>, &run, nt);
+      return 0;
+    }
   }
   run.nkc = imax(1, ceil_div(p.K, kGemmKC));
   run.npan = gemm_panels<T>(p.N);
