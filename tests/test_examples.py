@@ -35,3 +35,10 @@ def test_translate_greedy_demo():
     pytest.importorskip("torch")
     out = run_example("translate_greedy.py", "--demo")
     assert "PyTorch greedy decoding gives the same tokens: True" in out
+
+
+def test_llama_generate_demo():
+    out = run_example("llama_generate.py", "--demo", "--max-new-tokens", "6")
+    assert len(out.split()) == 4 + 6                                      # the prompt, then the streamed tokens
+    out = run_example("llama_generate.py", "--demo", "--max-new-tokens", "6", "--sample")
+    assert len(out.split()) == 4 + 6
