@@ -101,7 +101,7 @@ class LlamaConfig:
                    rms_norm_eps=field(config, "rms_norm_eps", float, 1e-6), rope=rope_parameters(config),
                    partial_rotary_factor=prf, attention_bias=qkv_bias,
                    o_bias=mt == "llama" and qkv_bias, mlp_bias=field(config, "mlp_bias", bool, False),
-                   tie_word_embeddings=field(config, "tie_word_embeddings", bool, mt == "qwen2" and False),
+                   tie_word_embeddings=field(config, "tie_word_embeddings", bool, False),
                    sliding_window=window, eos_token_id=eos, bos_token_id=field(config, "bos_token_id", int, None),
                    pad_token_id=field(config, "pad_token_id", int, None), model_type=mt)
 
