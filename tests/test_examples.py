@@ -47,3 +47,10 @@ def test_examples_explain_text_prompts_without_a_tokenizer():
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert "token ids" in res.stderr and "tokenizers" in res.stderr and "/tmp" not in res.stderr
+
+
+def test_llama_generate_demo():
+    out = run_example("llama_generate.py", "--demo", "--max-new-tokens", "6")
+    assert len(out.split()) == 4 + 6                                      # the prompt, then the streamed tokens
+    out = run_example("llama_generate.py", "--demo", "--max-new-tokens", "6", "--sample")
+    assert len(out.split()) == 4 + 6

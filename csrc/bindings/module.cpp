@@ -61,7 +61,8 @@ Activation parse_activation(const std::string& name) {
   if (name == "relu") return Activation::relu;
   if (name == "gelu") return Activation::gelu;
   if (name == "gelu_tanh") return Activation::gelu_tanh;
-  throw ValueError("activation: expected None, 'relu', 'gelu' or 'gelu_tanh', got '" + name + "'");
+  if (name == "silu") return Activation::silu;
+  throw ValueError("activation: expected None, 'relu', 'gelu', 'gelu_tanh' or 'silu', got '" + name + "'");
 }
 
 // Runs f without the GIL. The GIL is taken back in plain code, not in a destructor: when the
@@ -83,8 +84,10 @@ void without_gil(F&& f) {
 py::object new_output(const OutputSpec& spec) { return new_array(spec.dtype, spec.shape, spec.ndim); }
 
 py::object py_sdpa(py::handle query, py::handle key, py::handle value, py::handle attn_mask, const std::string& causal,
-                   py::object scale, bool enable_gqa, py::handle kv_lengths, bool return_lse, py::handle out) {
+                   py::object scale, bool enable_gqa, py::handle kv_lengths, bool return_lse, py::handle out,
+                   int64_t window) {
   SdpaArgs a;
+  a.window = window;
   a.query = view_of(query, "query");
   a.key = view_of(key, "key");
   a.value = view_of(value, "value");
@@ -179,6 +182,29 @@ py::object py_layer_norm(py::handle x, py::handle residual, py::handle weight, p
   return run_rows(plan, return_sum);
 }
 
+py::object py_rms_norm(py::handle x, py::handle residual, py::handle weight, double eps, bool return_sum) {
+  RowPlan plan;
+  rms_norm_prepare(required_view(x, "x"), view_of(residual, "residual"), view_of(weight, "weight"), eps, plan);
+  return run_rows(plan, return_sum);
+}
+
+PackedWeight py_pack_gated(py::handle gate_up) {
+  TensorView wv = required_view(gate_up, "gate_up");
+  PackedWeight packed;
+  without_gil([&] { linear_pack_gated(wv, packed); });
+  return packed;
+}
+
+py::object py_rope(py::handle x, py::handle cos, py::handle sin, py::handle positions, bool interleaved, py::handle out_arg) {
+  RopePlan plan;
+  rope_prepare(required_view(x, "x"), required_view(cos, "cos"), required_view(sin, "sin"),
+               required_view(positions, "positions"), interleaved, plan);
+  py::object out = out_arg.is_none() ? new_output(plan.out) : py::reinterpret_borrow<py::object>(out_arg);
+  TensorView ov = view_of(out, "out");
+  without_gil([&] { rope_run(plan, ov); });
+  return out;
+}
+
 py::object py_activation(py::handle x, const std::string& act) {
   TensorView xv = required_view(x, "x");
   const Activation a = parse_activation(act);
@@ -205,7 +231,7 @@ PYBIND11_MODULE(_core, m) {
     }
   });
   m.def("sdpa", &py_sdpa, py::arg("query"), py::arg("key"), py::arg("value"), py::arg("attn_mask"), py::arg("causal"),
-        py::arg("scale"), py::arg("enable_gqa"), py::arg("kv_lengths"), py::arg("return_lse"), py::arg("out"));
+        py::arg("scale"), py::arg("enable_gqa"), py::arg("kv_lengths"), py::arg("return_lse"), py::arg("out"), py::arg("window") = 0);
   m.def("softmax", &py_softmax, py::arg("x"), py::arg("axis"), py::arg("mask"));
   m.def("linear", &py_linear, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("activation"),
         py::arg("out") = py::none());
@@ -215,6 +241,7 @@ PYBIND11_MODULE(_core, m) {
         return w.dtype == DType::f64 ? py::dtype::of<double>() : py::dtype::of<float>();
       })
       .def_property_readonly("nbytes", [](const PackedWeight& w) { return w.bytes; })
+      .def_property_readonly("gated", [](const PackedWeight& w) { return w.gated; })
       .def_property_readonly("isa", [](const PackedWeight& w) {
         const std::vector<std::string> names = compiled_isas();
         return w.layout >= 0 && w.layout < static_cast<int>(names.size()) ? names[w.layout] : std::string("?");
@@ -231,6 +258,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("out") = py::none());
   m.def("layer_norm", &py_layer_norm, py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("bias"), py::arg("eps"),
         py::arg("return_sum"));
+  m.def("rms_norm", &py_rms_norm, py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("eps"),
+        py::arg("return_sum"));
+  m.def("pack_gated", &py_pack_gated, py::arg("gate_up"));
+  m.def("rope", &py_rope, py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("positions"), py::arg("interleaved"),
+        py::arg("out") = py::none());
   m.def("activation", &py_activation, py::arg("x"), py::arg("activation"));
   m.def("set_num_threads", &attnkit::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &attnkit::get_num_threads);

@@ -97,6 +97,8 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
   // may see (key_limit, absolute; tile_limit, relative to the tile, exact in T)
   alignas(64) T row_max[kBlockRows], row_sum[kBlockRows], tile_limit[kBlockRows], alpha[kBlockRows];
   int64_t key_limit[kBlockRows];
+  int64_t key_start[kBlockRows];         // sliding window: the first key each row sees (absolute)
+  alignas(64) T tile_start[kBlockRows];  // ... relative to the tile
 
   const T* q = static_cast<const T*>(p.q);
   const T* k = static_cast<const T*>(p.k);
@@ -118,6 +120,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
 
     // rows: pack Q^T (scaled), causal bounds, mask rows
     int64_t max_limit = 0, min_limit = len;
+    int64_t min_start = len, max_start = 0;  // sliding window: the band's first keys over the rows
     for (int64_t rr = 0; rr < ncols; ++rr) {
       T* dst = QT + (rr / NR) * E * NR + rr % NR;
       row_max[rr] = ninf;
@@ -125,6 +128,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       if (rr >= n) {
         for (int64_t d = 0; d < E; ++d) dst[d * NR] = 0;
         key_limit[rr] = 0;
+        key_start[rr] = 0;
         min_limit = 0;
         continue;
       }
@@ -138,14 +142,22 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       else if (p.causal == CausalAlign::bottom_right) l = i + 1 + len - p.Lq;
       l = imax(0, imin(l, len));
       key_limit[rr] = l;
+      key_start[rr] = 0;
+      if (p.window > 0) {  // keys j with pos(i) - j < window, pos(i) = (the causal bound) - 1
+        const int64_t pos = p.causal == CausalAlign::top_left ? i : i + len - p.Lq;
+        key_start[rr] = imin(imax(0, pos - p.window + 1), l);
+        min_start = imin(min_start, key_start[rr]);
+        max_start = imax(max_start, key_start[rr]);
+      }
       max_limit = imax(max_limit, l);
       min_limit = imin(min_limit, l);
       if (p.mask) mask_rows[rr] = static_cast<const char*>(p.mask) + (off.m + h * p.m_h + i * p.m_i) * mask_elem;
     }
     std::memset(O, 0, sizeof(T) * static_cast<size_t>(n * EvPad));
 
-    const int64_t kbeg = blk.s * run.split_keys;
+    int64_t kbeg = blk.s * run.split_keys;
     const int64_t kend = imin(max_limit, kbeg + run.split_keys);
+    if (p.window > 0) kbeg = imax(kbeg, imin(min_start, max_limit));  // tiles before every row's band: skipped
     for (int64_t j0 = kbeg; j0 < kend; j0 += kTileKeys) {
       const int64_t nk = imin(kTileKeys, kend - j0);
       // 1) S^T = K Q^T
@@ -186,7 +198,21 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
                                         QT + pn * E * NR, NR, S + j * ldS + pn * NR, ldS);
       }
       // 2) mask
-      if (j0 + nk > min_limit) {
+      if (p.window > 0 && j0 < max_start) {  // sliding window: keys before a row's band, then the causal bound
+        for (int64_t rr = 0; rr < ncols; ++rr) {
+          tile_limit[rr] = static_cast<T>(imax(0, imin(nk, key_limit[rr] - j0)));
+          tile_start[rr] = static_cast<T>(imax(0, imin(nk, key_start[rr] - j0)));
+        }
+        for (int64_t jj = 0; jj < nk; ++jj) {
+          const V jv = vset(static_cast<T>(jj));
+          T* srow = S + jj * ldS;
+          for (int64_t qv = 0; qv < nqv; ++qv) {
+            V x = vload(srow + qv * W);
+            x = jv < vload(tile_limit + qv * W) ? x : vset(ninf);
+            vstore(srow + qv * W, jv < vload(tile_start + qv * W) ? vset(ninf) : x);
+          }
+        }
+      } else if (j0 + nk > min_limit) {
         for (int64_t rr = 0; rr < ncols; ++rr) tile_limit[rr] = static_cast<T>(imax(0, imin(nk, key_limit[rr] - j0)));
         for (int64_t jj = 0; jj < nk; ++jj) {
           const V jv = vset(static_cast<T>(jj));

@@ -23,6 +23,7 @@ bool supports(DType d) { return d == DType::f32 || d == DType::f64; }
 void attention(const AttnProblem& p) { check(active_kernels().attention(p)); }
 void gemm(const GemmProblem& p) { check(active_kernels().gemm(p)); }
 void rows(const RowProblem& p) { check(active_kernels().rows(p)); }
+void rope(const RopeProblem& p) { check(active_kernels().rope(p)); }
 
 int weight_layout() { return static_cast<int>(current_isa()); }
 
@@ -44,7 +45,8 @@ void unpack_as(const PackedWeight& w, T* dst) {
   for (int64_t n = 0; n < w.N; ++n)
     for (int64_t k = 0; k < w.K; ++k) {
       const int64_t kc = k / kb, klen = std::min(kb, w.K - kc * kb);
-      dst[n * w.K + k] = src[kc * kb * npan * pc + (n / pc) * klen * pc + (k % kb) * pc + n % pc];
+      const int64_t c = w.gated ? gated_column(n, w.N, pc) : n;  // the panel column of row n
+      dst[n * w.K + k] = src[kc * kb * npan * pc + (c / pc) * klen * pc + (k % kb) * pc + c % pc];
     }
 }
 
@@ -53,7 +55,7 @@ void unpack(const PackedWeight& w, void* dst) {
   else unpack_as(w, static_cast<float*>(dst));
 }
 
-const Backend kBackend = {"cpu", supports, attention, gemm, rows, weight_layout, pack, unpack};
+const Backend kBackend = {"cpu", supports, attention, gemm, rows, weight_layout, pack, unpack, rope};
 
 }  // namespace
 }  // namespace cpu

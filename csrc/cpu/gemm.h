@@ -25,9 +25,11 @@ struct GemmRun {
   const T* bpack = nullptr;  // W^T as [nkc][npan][klen][NR]: prepacked, or packed for this call
   T* own_pack = nullptr;     // ... into this
   bool a_direct = false;     // A's rows read in place (row stride lda, unit stride along K)
+  const GemmProblem* gated = nullptr;  // SwiGLU: the caller's problem; p then writes a scratch of gate/up panels
   int64_t lda = 0;
   Workspace ws;
-  ~GemmRun() { std::free(own_pack); }
+  T* own_scratch = nullptr;  // gated: M x (panels * NR)
+  ~GemmRun() { std::free(own_pack); std::free(own_scratch); }
 };
 
 // W[n][k] of a weight packed in any layout (panel width pc, depth block kb).
@@ -35,7 +37,8 @@ template <class T>
 inline T packed_at(const PackedWeight& w, int64_t n, int64_t k) {
   const int64_t pc = w.panel_cols, kb = w.depth_block, npan = (w.N + pc - 1) / pc;
   const int64_t kc = k / kb, klen = imin(kb, w.K - kc * kb);
-  return static_cast<const T*>(w.data.get())[kc * kb * npan * pc + (n / pc) * klen * pc + (k % kb) * pc + n % pc];
+  const int64_t c = w.gated ? gated_column(n, w.N, pc) : n;  // the panel column of row n
+  return static_cast<const T*>(w.data.get())[kc * kb * npan * pc + (c / pc) * klen * pc + (k % kb) * pc + c % pc];
 }
 
 // The packed panels: for depth block kc, panel pn, depth kk < klen, column jj < NR.
@@ -67,6 +70,31 @@ void gemm_epilogue(const GemmRun<T>& run, T* c, int64_t rows, int64_t cols, int6
   }
 }
 
+// SwiGLU: rows of the scratch panel pn (gate features f0 .. f0 + NR/2 in its first half, the
+// same up features in its second) -> out[m][f] = silu(gate + b_gate) * (up + b_up).
+template <class T>
+void gated_epilogue(const GemmRun<T>& run, const T* c, int64_t rows, int64_t m, int64_t pn) {
+  constexpr int W = Simd<T>::W, NR = kNV * W, H = NR / 2;
+  const GemmProblem& g = *run.gated;
+  const int64_t F = g.N / 2, f0 = pn * H, nf = imin(H, F - f0);
+  const T* bias = static_cast<const T*>(g.bias);
+  T* out = static_cast<T*>(g.out);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* cr = c + r * run.p->ldc;
+    T* orow = out + (m + r) * g.ldc + f0;
+    int64_t j = 0;
+    if constexpr (sizeof(T) == 4 && H % W == 0) {
+      if (!bias && nf == H)
+        for (; j < H; j += W) vstore(orow + j, act_vec(vload(cr + j), Activation::silu) * vload(cr + H + j));
+    }
+    for (; j < nf; ++j) {
+      T gt = cr[j], up = cr[H + j];
+      if (bias) { gt += bias[(f0 + j) * g.bias_s]; up += bias[(F + f0 + j) * g.bias_s]; }
+      orow[j] = act_scalar(gt, Activation::silu) * up;
+    }
+  }
+}
+
 template <class T>
 void gemm_pack_task(void* ctx, int64_t begin, int64_t end, int) {
   GemmRun<T>& run = *static_cast<GemmRun<T>*>(ctx);
@@ -77,7 +105,11 @@ void gemm_pack_task(void* ctx, int64_t begin, int64_t end, int) {
     const int64_t k0 = kc * kGemmKC, klen = imin(kGemmKC, p.K - k0);
     T* dst = run.own_pack + kc * kGemmKC * run.npan * NR + pn * klen * NR;
     for (int jj = 0; jj < NR; ++jj) {
-      const int64_t n = pn * NR + jj;
+      int64_t n = pn * NR + jj;
+      if (p.gated) {  // gated: gate features pn*NR/2 + jj in the first half, the same up features after
+        const int64_t F = p.N / 2, f = pn * (NR / 2) + jj % (NR / 2);
+        n = f >= F ? p.N : jj < NR / 2 ? f : F + f;
+      }
       if (n < p.N && p.packed) {  // from another layout
         for (int64_t kk = 0; kk < klen; ++kk) dst[kk * NR + jj] = packed_at<T>(*p.packed, n, k0 + kk);
       } else if (n < p.N) {
@@ -149,6 +181,7 @@ void gemm_task(void* ctx, int64_t begin, int64_t end, int tid) {
           if (cols < NR)
             for (int64_t r = 0; r < rows; ++r) std::memcpy(c + r * p.ldc, tile + r * NR, cols * sizeof(T));
           if (last) gemm_epilogue(run, c, rows, cols, pn * NR);
+          if (last && run.gated) gated_epilogue(run, c, rows, m0 + ip * kMR, pn);
         }
       }
     }
@@ -254,6 +287,22 @@ int gemm_impl(const GemmProblem& p) {
   run.bias = static_cast<const T*>(p.bias);
   run.out = static_cast<T*>(p.out);
   const int nt = num_threads();
+  GemmProblem scratch_p;  // gated: the GEMM into a scratch of whole panels, out written by gated_epilogue
+  if (p.gated) {
+    scratch_p = p;
+    scratch_p.gated = false;
+    scratch_p.bias = nullptr;
+    scratch_p.act = Activation::none;
+    scratch_p.N = gemm_panels<T>(p.N) * NR;
+    scratch_p.ldc = scratch_p.N;
+    run.own_scratch = static_cast<T*>(std::malloc(sizeof(T) * static_cast<size_t>(p.M * scratch_p.N)));
+    if (!run.own_scratch) return 1;
+    scratch_p.out = run.own_scratch;
+    run.gated = &p;
+    run.p = &scratch_p;
+    run.out = run.own_scratch;
+    run.bias = nullptr;
+  }
   if (!p.packed && p.a_k == 1 && p.w_k == 1) {
     if (p.M <= kGemvRows) {
       parallel_for(p.N, 64, gemv_task<T>, &run, nt);

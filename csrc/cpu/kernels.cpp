@@ -20,6 +20,7 @@
 
 #include "cpu/attention.h"
 #include "cpu/gemm.h"
+#include "cpu/rope.h"
 #include "cpu/rowwise.h"
 
 namespace attnkit { namespace cpu { namespace ATTNKIT_ISA_NAMESPACE {
@@ -66,7 +67,15 @@ int pack(const GemmProblem& p, void* dst) {
   }
 }
 
-const Kernels kTable = {attention, gemm, rows, packed_bytes, pack};
+int rope(const RopeProblem& p) {
+  switch (p.dtype) {
+    case DType::f32: return rope_impl<float>(p);
+    case DType::f64: return rope_impl<double>(p);
+    default: return 2;
+  }
+}
+
+const Kernels kTable = {attention, gemm, rows, packed_bytes, pack, rope};
 
 }  // namespace
 

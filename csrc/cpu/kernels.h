@@ -16,6 +16,7 @@ struct Kernels {
   // any layout) into dst, 64-byte aligned, of that size.
   size_t (*packed_bytes)(const GemmProblem& p, int64_t* panel_cols, int64_t* depth_block);
   int (*pack)(const GemmProblem& p, void* dst);
+  int (*rope)(const RopeProblem&);
 };
 
 namespace generic { const Kernels& kernels(); }

@@ -125,6 +125,35 @@ inline void layer_norm_row(const T* x, int64_t n, const T* w, const T* b, double
   }
 }
 
+// y = x / sqrt(mean(x^2) + eps) * w (w optional): RMSNorm (Llama's), four independent sums.
+template <class T>
+inline void rms_norm_row(const T* x, int64_t n, const T* w, double eps, T* y) {
+  typedef typename Simd<T>::V V;
+  constexpr int W = Simd<T>::W;
+  V q4[4] = {V{}, V{}, V{}, V{}};
+  int64_t i = 0;
+  for (; i + 4 * W <= n; i += 4 * W)
+    for (int u = 0; u < 4; ++u) {
+      V v = vload(x + i + u * W);
+      q4[u] += v * v;
+    }
+  for (; i + W <= n; i += W) {
+    V v = vload(x + i);
+    q4[0] += v * v;
+  }
+  V qv = (q4[0] + q4[1]) + (q4[2] + q4[3]);
+  double q = 0;
+  for (int j = 0; j < W; ++j) q += static_cast<double>(qv[j]);
+  for (; i < n; ++i) q += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+  const T rstd = static_cast<T>(1.0 / std::sqrt(q / static_cast<double>(n) + eps));
+  for (i = 0; i + W <= n; i += W) {
+    V v = vload(x + i) * rstd;
+    if (w) v *= vload(w + i);
+    vstore(y + i, v);
+  }
+  for (; i < n; ++i) y[i] = w ? x[i] * rstd * w[i] : x[i] * rstd;
+}
+
 // x[0, n) += r[0, n * stride) step stride.
 template <class T>
 inline void add_row(T* x, const T* r, int64_t stride, int64_t n) {
@@ -167,7 +196,7 @@ void row_task(void* ctx, int64_t begin, int64_t end, int tid) {
     T* orow = static_cast<T*>(p.out.data) + row_offset(p, p.out.strides, row);
     T* dst = os == 1 ? orow : buf;  // computed straight into the output row when it is contiguous
     const T* src = xr;              // the row's input, contiguous
-    if (xs != 1 || (p.op == RowOp::softmax && p.mask.data) || (p.op == RowOp::layer_norm && p.residual.data)) {
+    if (xs != 1 || (p.op == RowOp::softmax && p.mask.data) || ((p.op == RowOp::layer_norm || p.op == RowOp::rms_norm) && p.residual.data)) {
       gather(xr, xs, buf, n);
       src = buf;
     }
@@ -182,6 +211,7 @@ void row_task(void* ctx, int64_t begin, int64_t end, int tid) {
         softmax_row(src, dst, n);
         break;
       case RowOp::layer_norm:
+      case RowOp::rms_norm:
         if (p.residual.data) {  // buf = x + residual
           const T* rr = static_cast<const T*>(p.residual.data) + row_offset(p, p.residual.strides, row);
           add_row(buf, rr, p.residual.strides[p.axis], n);
@@ -192,7 +222,8 @@ void row_task(void* ctx, int64_t begin, int64_t end, int tid) {
           if (ss == 1) std::memcpy(sr, src, sizeof(T) * static_cast<size_t>(n));
           else for (int64_t j = 0; j < n; ++j) sr[j * ss] = src[j];
         }
-        layer_norm_row(src, n, w, b, p.eps, dst);
+        if (p.op == RowOp::rms_norm) rms_norm_row(src, n, w, p.eps, dst);
+        else layer_norm_row(src, n, w, b, p.eps, dst);
         break;
       case RowOp::activation:
         act_row(src, static_cast<const T*>(nullptr), dst, n, p.act);
@@ -211,7 +242,7 @@ int rows_impl(const RowProblem& p) {
   run.p = &p;
   // a buffer per thread that gets a row, no more (a single huge row needs one)
   const int nt = static_cast<int>(imin(num_threads(), p.rows));
-  const bool gather = p.op == RowOp::layer_norm && ((p.weight && p.weight_s != 1) || (p.bias && p.bias_s != 1));
+  const bool gather = (p.op == RowOp::layer_norm || p.op == RowOp::rms_norm) && ((p.weight && p.weight_s != 1) || (p.bias && p.bias_s != 1));
   if (!run.ws.alloc(nt + (gather ? 2 : 0), sizeof(T) * static_cast<size_t>(p.n))) return 1;
   RowProblem q = p;
   if (gather) {
@@ -226,7 +257,7 @@ int rows_impl(const RowProblem& p) {
     run.p = &q;
   }
   // chunks of about 4-16 thousand elements
-  const int64_t work = p.op == RowOp::activation ? 16384 : p.op == RowOp::layer_norm ? 8192 : 4096;
+  const int64_t work = p.op == RowOp::activation ? 16384 : p.op == RowOp::layer_norm || p.op == RowOp::rms_norm ? 8192 : 4096;
   parallel_for(p.rows, imax(1, work / p.n), row_task<T>, &run, nt);
   return 0;
 }

@@ -100,6 +100,7 @@ inline vf act_vec(vf x, Activation act) {
       vf u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
       return x / (1.0f + exp2v(-2.0f * static_cast<float>(kLog2e) * u));
     }
+    case Activation::silu: return x / (1.0f + exp2v(-static_cast<float>(kLog2e) * x));  // x sigmoid(x)
     default: return x;
   }
 }
@@ -112,6 +113,7 @@ inline double act_scalar(double x, Activation act) {
     case Activation::relu: return x < 0.0 ? 0.0 : x;
     case Activation::gelu: return 0.5 * x * ::erfc(-x * 0.70710678118654752);
     case Activation::gelu_tanh: return 0.5 * x * (1.0 + ::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+    case Activation::silu: return x / (1.0 + ::exp(-x));
     default: return x;
   }
 }

@@ -83,22 +83,35 @@ void linear_prepare(const TensorView& x, const TensorView& weight, const TensorV
   p.w = weight.data; p.w_n = weight.strides[0]; p.w_k = weight.strides[1];
 }
 
-void linear_pack(const TensorView& weight, PackedWeight& packed) {
+namespace {
+// W (N, K) into the backend's panels; gated: rows [gate; up] interleaved per panel (SwiGLU).
+void pack_weight(const TensorView& weight, PackedWeight& packed, bool gated, const char* name) {
   const Backend& be = packing_backend(weight.device);
-  ops::require_float(be, weight, "weight");
-  if (weight.ndim != 2) throw ValueError("weight: expected shape (out_features, in_features), got " + shape_str(weight));
-  ops::checked_numel(weight.shape, 2, "weight");
+  ops::require_float(be, weight, name);
+  if (weight.ndim != 2) throw ValueError(std::string(name) + ": expected shape (out_features, in_features), got " + shape_str(weight));
+  ops::checked_numel(weight.shape, 2, name);
   GemmProblem p;
   p.dtype = weight.dtype;
   p.w = weight.data; p.w_n = weight.strides[0]; p.w_k = weight.strides[1];
   p.N = weight.shape[0];
   p.K = weight.shape[1];
+  p.gated = gated;
   packed = PackedWeight();
   packed.dtype = weight.dtype;
   packed.device = weight.device;
   packed.N = p.N;
   packed.K = p.K;
+  packed.gated = gated;
   be.pack(p, packed);
+}
+}  // namespace
+
+void linear_pack(const TensorView& weight, PackedWeight& packed) { pack_weight(weight, packed, false, "weight"); }
+
+void linear_pack_gated(const TensorView& gate_up, PackedWeight& packed) {
+  if (gate_up.present && gate_up.ndim == 2 && gate_up.shape[0] % 2 != 0)
+    throw ValueError("gate_up: expected an even number of rows [W_gate; W_up], got shape " + shape_str(gate_up));
+  pack_weight(gate_up, packed, true, "gate_up");
 }
 
 void linear_unpack(const PackedWeight& weight, const TensorView& out) {
@@ -122,12 +135,19 @@ void linear_prepare_packed(const TensorView& x, PackedWeight& weight, const Tens
     p.N = weight.N;
     p.K = weight.K;
     p.packed = &weight;
+    p.gated = weight.gated;
     PackedWeight fresh = weight;
     be.pack(p, fresh);
     weight = fresh;
   }
   plan.packed = weight;
   plan.problem.packed = &plan.packed;
+  if (weight.gated) {  // SwiGLU: out (..., F) = silu(x W_gate^T + b_gate) * (x W_up^T + b_up)
+    if (act != Activation::none)
+      throw ValueError("activation: a gated (SwiGLU) weight applies silu itself; expected None");
+    plan.problem.gated = true;
+    plan.out.shape[plan.out.ndim - 1] = weight.N / 2;
+  }
 }
 
 // The row stride of out (..., N) when its rows are evenly spaced with unit stride along N (a

@@ -100,6 +100,14 @@ void layer_norm_prepare(const TensorView& x, const TensorView& residual, const T
   p.eps = eps;
 }
 
+void rms_norm_prepare(const TensorView& x, const TensorView& residual, const TensorView& weight, double eps,
+                      RowPlan& plan, void* stream) {
+  if (x.present && x.device != Device::cpu)
+    throw TypeError(std::string("x: rms_norm is not supported on ") + device_name(x.device));
+  layer_norm_prepare(x, residual, weight, TensorView(), eps, plan, stream);  // the same checks
+  plan.problem.op = RowOp::rms_norm;
+}
+
 void activation_prepare(const TensorView& x, Activation act, RowPlan& plan, void* stream) {
   start(plan, RowOp::activation, x, x.ndim == 0 ? 0 : x.ndim - 1, stream);
   plan.problem.act = act;

@@ -109,6 +109,14 @@ void sdpa_prepare(const SdpaArgs& a, SdpaPlan& plan) {
   p.scale = a.has_scale ? a.scale : (p.E > 0 ? 1.0 / std::sqrt(static_cast<double>(p.E)) : 1.0);
   p.causal = a.causal;
   p.stream = a.stream;
+  if (a.window != 0) {
+    if (a.window < 0) throw ValueError("window: expected a positive number of keys, got " + std::to_string(a.window));
+    if (a.causal == CausalAlign::none)
+      throw ValueError("window: a sliding window needs is_causal=True (keys j with 0 <= i - j < window)");
+    if (q.device != Device::cpu)
+      throw TypeError(std::string("window: sliding-window attention is not supported on ") + device_name(q.device));
+    p.window = a.window;
+  }
 
   if (a.attn_mask.present) {
     const TensorView& m = a.attn_mask;

@@ -18,6 +18,10 @@ from .functional import (
     relu,
     scaled_dot_product_attention,
     softmax,
+    rms_norm,
+    silu,
+    pack_swiglu,
+    apply_rotary,
 )
 from . import reference
 from . import cuda
@@ -34,6 +38,10 @@ __all__ = [
     "layer_norm",
     "gelu",
     "relu",
+    "rms_norm",
+    "silu",
+    "pack_swiglu",
+    "apply_rotary",
     "set_num_threads",
     "get_num_threads",
     "set_isa",

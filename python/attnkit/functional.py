@@ -25,6 +25,10 @@ __all__ = [
     "layer_norm",
     "gelu",
     "relu",
+    "rms_norm",
+    "silu",
+    "pack_swiglu",
+    "apply_rotary",
 ]
 
 _ALIGNMENTS = ("top_left", "bottom_right")
@@ -85,6 +89,7 @@ def scaled_dot_product_attention(
     kv_lengths=None,
     return_lse: bool = False,
     out: Optional[np.ndarray] = None,
+    window: Optional[int] = None,
 ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """softmax(query @ key^T * scale + mask) @ value, per head, without forming the score matrix.
 
@@ -103,6 +108,9 @@ def scaled_dot_product_attention(
     kv_lengths: integers of the batch shape (...): keys j >= kv_lengths[b] are ignored (padding).
     return_lse: also return the log-sum-exp of each query row's scaled, masked scores (..., Hq, Lq).
     out: optional array (..., Hq, Lq, Ev) of the query dtype to write the result into.
+    window: sliding-window attention (with is_causal=True; CPU only): query i sees key j only if
+        0 <= pos(i) - j < window, pos(i) the query's position in the chosen causal alignment
+        (Mistral's sliding_window). Tiles outside the band are skipped, no mask is formed.
 
     A query row that may attend to no key gives zeros (and log-sum-exp -inf), never NaN.
     """
@@ -117,6 +125,15 @@ def scaled_dot_product_attention(
         kv_lengths = _int64_lengths(kv_lengths)
     if scale is not None:
         scale = _check_float(scale, "scale")
+    if window is not None:
+        if isinstance(window, (bool, np.bool_)) or not isinstance(window, (int, np.integer)):
+            raise TypeError(f"window: expected an int, got {type(window).__name__}")
+        if window <= 0:
+            raise ValueError(f"window: expected a positive number of keys, got {window}")
+        if not is_causal:
+            raise ValueError("window: a sliding window needs is_causal=True")
+        if _on_gpu(query, key, value, attn_mask, out):
+            raise TypeError("window: sliding-window attention is not supported on the GPU backend")
     if _on_gpu(query, key, value, attn_mask, out):
         return _cuda_route.scaled_dot_product_attention(
             query, key, value, attn_mask, causal_alignment if is_causal else "none", scale, enable_gqa,
@@ -136,6 +153,7 @@ def scaled_dot_product_attention(
         kv_lengths,
         return_lse,
         out,
+        int(window or 0),
     )
 
 
@@ -158,6 +176,11 @@ class PackedLinear:
     """
 
     __slots__ = ("_packed", "bias")
+
+    @property
+    def gated(self) -> bool:
+        """True for a SwiGLU weight from ``pack_swiglu``: ``linear`` then gives silu(gate) * up."""
+        return bool(self._packed.gated)
 
     def __init__(self, weight: np.ndarray, bias: Optional[np.ndarray] = None):
         if isinstance(weight, PackedLinear):
@@ -199,15 +222,51 @@ class PackedLinear:
 
     def astype(self, dtype) -> "PackedLinear":
         """The same layer packed in another dtype (float32 or float64)."""
-        return PackedLinear(self.unpack().astype(dtype), None if self.bias is None else self.bias.astype(dtype))
+        bias = None if self.bias is None else self.bias.astype(dtype)
+        if self.gated:
+            w = self.unpack().astype(dtype)
+            F = w.shape[0] // 2
+            return pack_swiglu(w[:F], w[F:], None if bias is None else bias[:F], None if bias is None else bias[F:])
+        return PackedLinear(self.unpack().astype(dtype), bias)
 
     def __repr__(self) -> str:
-        return f"PackedLinear(shape={self.shape}, dtype={self.dtype}, bias={self.bias is not None}, isa={self.isa!r})"
+        g = ", gated=True" if self.gated else ""
+        return f"PackedLinear(shape={self.shape}, dtype={self.dtype}, bias={self.bias is not None}{g}, isa={self.isa!r})"
 
 
 def pack_linear(weight: np.ndarray, bias: Optional[np.ndarray] = None) -> PackedLinear:
     """Pack ``weight`` (out_features, in_features) once for ``linear``; see :class:`PackedLinear`."""
     return PackedLinear(weight, bias)
+
+
+def pack_swiglu(gate_weight: np.ndarray, up_weight: np.ndarray, gate_bias: Optional[np.ndarray] = None,
+                up_bias: Optional[np.ndarray] = None) -> PackedLinear:
+    """Pack a gated MLP's two input projections (each (F, in_features)) into ONE weight whose
+    panels interleave gate and up features, so that ``linear(x, packed)`` computes
+    silu(x W_gate^T + b_gate) * (x W_up^T + b_up), shape (..., F), in one GEMM with the gate
+    in its epilogue. ``packed.shape`` is (2F, in_features); ``unpack()`` gives [W_gate; W_up]."""
+    for name, w in (("gate_weight", gate_weight), ("up_weight", up_weight)):
+        if not isinstance(w, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(w).__name__}")
+        if w.ndim != 2:
+            raise ValueError(f"{name}: expected shape (out_features, in_features), got {w.shape}")
+    if up_weight.shape != gate_weight.shape:
+        raise ValueError(f"up_weight: expected gate_weight's shape {gate_weight.shape}, got {up_weight.shape}")
+    if up_weight.dtype != gate_weight.dtype:
+        raise TypeError(f"up_weight: dtype {up_weight.dtype} does not match gate_weight's {gate_weight.dtype}")
+    if (gate_bias is None) != (up_bias is None):
+        raise ValueError("gate_bias, up_bias: give both or neither")
+    bias = None
+    if gate_bias is not None:
+        F = gate_weight.shape[0]
+        for name, b in (("gate_bias", gate_bias), ("up_bias", up_bias)):
+            if not isinstance(b, np.ndarray) or b.shape != (F,):
+                raise ValueError(f"{name}: expected an array of shape ({F},)")
+        bias = np.concatenate([gate_bias, up_bias])
+    packed = object.__new__(PackedLinear)
+    packed._packed = _core.pack_gated(np.concatenate([gate_weight, up_weight]))   # the stacked copy is dropped
+    packed.bias = bias
+    return packed
 
 
 def linear(x: np.ndarray, weight, bias: Optional[np.ndarray] = None, *, activation: Optional[str] = None,
@@ -267,6 +326,57 @@ def layer_norm(
     if _on_gpu(x, residual, weight, bias):
         return _cuda_route.layer_norm(x, residual, weight, bias, float(eps), return_sum)
     return _core.layer_norm(x, residual, weight, bias, float(eps), return_sum)
+
+
+def rms_norm(
+    x: np.ndarray,
+    weight: Optional[np.ndarray] = None,
+    eps: float = 1e-6,
+    *,
+    residual: Optional[np.ndarray] = None,
+    return_sum: bool = False,
+):
+    """RMSNorm over the last dim (Llama's): s / sqrt(mean(s^2) + eps) * weight, s = x + residual.
+
+    residual: the add is fused; with return_sum=True the result is (rms_norm(s), s), as a pre-norm
+    block needs for its next residual. CPU only.
+    """
+    return_sum = _check_bool(return_sum, "return_sum")
+    if _on_gpu(x, residual, weight):
+        raise TypeError("x: rms_norm is not supported on the GPU backend")
+    return _core.rms_norm(x, residual, weight, float(eps), return_sum)
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    """x * sigmoid(x) (SiLU, swish), elementwise. CPU only."""
+    if _on_gpu(x):
+        raise TypeError("x: silu is not supported on the GPU backend")
+    return _core.activation(x, "silu")
+
+
+def apply_rotary(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, positions, *, interleaved: bool = False,
+                 out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Rotary position embedding of x (B, H, L, D), any strides (e.g. a (B, L, H, D) view).
+
+    cos, sin: tables (max_positions, R/2) of x's dtype (``attnkit.rope.rope_tables``), R <= D the
+    rotary dims (dims >= R pass through). positions: ints (B, L), or (L,) shared by the batch: the
+    table row of each token (per-sequence offsets for ragged batches). interleaved=False rotates
+    halves (Llama, Qwen2, Mistral, GPT-NeoX: dim d with d + R/2); True rotates pairs (2d, 2d+1)
+    (GPT-J). out: optional array of x's shape and dtype; ``out=x`` rotates in place. CPU only.
+    """
+    interleaved = _check_bool(interleaved, "interleaved")
+    if _on_gpu(x, cos, sin, out):
+        raise TypeError("x: rotary embedding is not supported on the GPU backend")
+    pos = np.asarray(positions)
+    if pos.dtype.kind not in "iu":
+        raise TypeError(f"positions: expected integers, got dtype {pos.dtype}")
+    pos = np.ascontiguousarray(pos, dtype=np.int64)
+    if out is not None:
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out: expected a numpy.ndarray, got {type(out).__name__}")
+        if out is not x:
+            _check_out_disjoint(out, x=x, cos=cos, sin=sin)
+    return _core.rope(x, cos, sin, pos, interleaved, out)
 
 
 def gelu(x: np.ndarray, approximate: str = "none") -> np.ndarray:

@@ -21,6 +21,10 @@ __all__ = [
     "gelu",
     "relu",
     "multi_head_attention",
+    "rms_norm",
+    "silu",
+    "swiglu",
+    "apply_rotary",
 ]
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
@@ -42,7 +46,7 @@ def _masked_softmax_parts(s, visible, axis=-1):
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=False, scale=None,
                                  enable_gqa=False, *, causal_alignment="top_left", kv_lengths=None,
-                                 return_lse=False, out=None):
+                                 return_lse=False, out=None, window=None):
     """softmax(scale * Q K^T + mask) V over the keys each query may see.
 
     query (..., Hq, Lq, E), key (..., Hk, Lk, E), value (..., Hk, Lk, Ev) -> (..., Hq, Lq, Ev);
@@ -78,6 +82,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=Fa
     if is_causal:
         offset = 0 if causal_alignment == "top_left" else n - Lq
         visible = visible & (j <= i + offset)
+        if window:                                            # sliding window: 0 <= pos(i) - j < window
+            visible = visible & (i + offset - j < window)
     if attn_mask is not None:
         attn_mask = np.asarray(attn_mask)
         if attn_mask.dtype == bool:
@@ -201,3 +207,50 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
     if out_proj_weight is None:
         return o
     return linear(o, out_proj_weight, out_proj_bias)          # (B, Lq, E_out)
+
+
+def rms_norm(x, weight=None, eps=1e-6, *, residual=None, return_sum=False):
+    """RMSNorm over the last dim: s / sqrt(mean(s^2) + eps) * weight, s = x + residual."""
+    s = np.asarray(x) if residual is None else np.asarray(x) + residual
+    y = s / np.sqrt(np.mean(s * s, axis=-1, keepdims=True) + eps)
+    if weight is not None:
+        y = y * weight
+    return (y, s) if return_sum else y
+
+
+def silu(x):
+    """x * sigmoid(x)."""
+    x = np.asarray(x)
+    with np.errstate(over="ignore"):                          # exp(-x) = inf for x << 0: x / inf = -0
+        return x / (1 + np.exp(-x))
+
+
+def swiglu(x, gate_weight, up_weight, gate_bias=None, up_bias=None):
+    """silu(x W_gate^T + b_gate) * (x W_up^T + b_up): the gated MLP's first half."""
+    return silu(linear(x, gate_weight, gate_bias)) * linear(x, up_weight, up_bias)
+
+
+def apply_rotary(x, cos, sin, positions, *, interleaved=False, out=None):
+    """Rotate pairs of x (B, H, L, D) by the angles of each token's position.
+
+    cos, sin (P, R/2) with R <= D rotary dims; positions (B, L) or (L,). Rotate-half pairs dim d
+    with d + R/2 (Llama, GPT-NeoX); interleaved pairs 2d with 2d+1 (GPT-J). Dims >= R pass through.
+    """
+    x = np.asarray(x)
+    half = cos.shape[1]
+    pos = np.broadcast_to(np.asarray(positions), (x.shape[0], x.shape[2]))
+    c = cos[pos][:, None]                                     # (B, 1, L, R/2)
+    s = sin[pos][:, None]
+    y = x.copy()
+    if interleaved:
+        x1, x2 = x[..., 0:2 * half:2], x[..., 1:2 * half:2]
+        y[..., 0:2 * half:2] = x1 * c - x2 * s
+        y[..., 1:2 * half:2] = x2 * c + x1 * s
+    else:
+        x1, x2 = x[..., :half], x[..., half:2 * half]
+        y[..., :half] = x1 * c - x2 * s
+        y[..., half:2 * half] = x2 * c + x1 * s
+    if out is not None:
+        out[...] = y
+        return out
+    return y

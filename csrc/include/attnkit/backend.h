@@ -19,6 +19,7 @@ struct Backend {
   int (*weight_layout)();
   void (*pack)(const GemmProblem& p, PackedWeight& dst);
   void (*unpack)(const PackedWeight& w, void* dst);  // W (N, K), row-major, of w.dtype
+  void (*rope)(const RopeProblem& p);                // optional; null: rotary embedding not supported
 };
 
 // The backends, defined in csrc/cpu and csrc/cuda.

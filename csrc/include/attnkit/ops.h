@@ -31,6 +31,7 @@ struct SdpaArgs {
   double scale = 0.0;
   bool enable_gqa = false;
   void* stream = nullptr;         // cuda: the caller's stream
+  int64_t window = 0;             // sliding window (causal only, cpu only); 0 = none
 };
 
 struct SdpaPlan {
@@ -65,6 +66,9 @@ void linear_run(GemmPlan& plan, const TensorView& out);
 void linear_pack(const TensorView& weight, PackedWeight& packed);
 // W back from its panels into out (N, K), contiguous, of its dtype.
 void linear_unpack(const PackedWeight& weight, const TensorView& out);
+// SwiGLU: pack gate_up (2F, K) = [W_gate; W_up] so that one GEMM computes both halves
+// (PackedWeight::gated); linear_prepare_packed with it gives out (..., F) = silu(gate) * up.
+void linear_pack_gated(const TensorView& gate_up, PackedWeight& packed);
 void linear_prepare_packed(const TensorView& x, PackedWeight& weight, const TensorView& bias, Activation act,
                            GemmPlan& plan, void* stream = nullptr);
 
@@ -78,9 +82,27 @@ void softmax_prepare(const TensorView& x, int axis, const TensorView& mask, RowP
 // LN(x + residual) over the last dim; residual, weight, bias optional.
 void layer_norm_prepare(const TensorView& x, const TensorView& residual, const TensorView& weight,
                         const TensorView& bias, double eps, RowPlan& plan, void* stream = nullptr);
+// RMSNorm(x + residual) over the last dim: s / sqrt(mean(s^2) + eps) * weight; residual, weight optional.
+void rms_norm_prepare(const TensorView& x, const TensorView& residual, const TensorView& weight, double eps,
+                      RowPlan& plan, void* stream = nullptr);
 // act(x), elementwise.
 void activation_prepare(const TensorView& x, Activation act, RowPlan& plan, void* stream = nullptr);
 // out: contiguous, x's shape; sum (layer_norm only, optional): x + residual.
 void rows_run(RowPlan& plan, const TensorView& out, const TensorView& sum);
+
+// ---- rotary position embedding --------------------------------------------------------------
+// x (B, H, L, D) any strides; cos, sin (P, R/2) with R = 2 * cos.shape[1] <= D rotary dims;
+// positions int64 (B, L) or (L,), values in [0, P). out: x's shape and dtype (may be x itself).
+struct RopePlan {
+  RopeProblem problem;
+  OutputSpec out;
+  std::vector<int64_t> positions;  // a checked copy; problem.positions points here
+  RopePlan() = default;
+  RopePlan(const RopePlan&) = delete;
+  RopePlan& operator=(const RopePlan&) = delete;
+};
+void rope_prepare(const TensorView& x, const TensorView& cos, const TensorView& sin, const TensorView& positions,
+                  bool interleaved, RopePlan& plan);
+void rope_run(RopePlan& plan, const TensorView& out);
 
 }  // namespace attnkit

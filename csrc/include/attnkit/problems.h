@@ -10,7 +10,7 @@
 
 namespace attnkit {
 
-enum class Activation { none, relu, gelu, gelu_tanh };
+enum class Activation { none, relu, gelu, gelu_tanh, silu };
 enum class CausalAlign { none, top_left, bottom_right };
 
 constexpr int kMaxBatchDims = 4;
@@ -44,6 +44,9 @@ struct AttnProblem {
   int64_t l_h = 0, l_i = 0;
   int64_t m_h = 0, m_i = 0, m_j = 0;  // 0 on broadcast dims
   void* stream = nullptr;            // cudaStream_t for a cuda problem; unused on the cpu
+  // sliding window (causal only): key j is visible to query i only if pos(i) - j < window, where
+  // pos(i) = i (top_left) or i + kv_len[b] - Lq (bottom_right); 0 = no window
+  int64_t window = 0;
 };
 
 // A weight W (N, K) in a backend's panel layout for its GEMM (attnkit.pack_linear). `layout`
@@ -57,7 +60,18 @@ struct PackedWeight {
   int64_t panel_cols = 0, depth_block = 0;  // W^T packed as [K / depth_block][N / panel_cols][depth][panel_cols]
   std::shared_ptr<void> data;               // kept alive by every plan that uses it
   size_t bytes = 0;
+  // gated (SwiGLU): W's logical rows are [gate (F); up (F)], N = 2F; each panel holds
+  // panel_cols / 2 gate columns followed by the same features' up columns (gated_column)
+  bool gated = false;
 };
+
+// The physical panel column of logical row n of a gated weight (N = 2F rows: gate, then up)
+// with panels of pc columns: panel n' / (pc/2) holds gate features in its first pc/2 columns
+// and the same up features in its last pc/2.
+inline int64_t gated_column(int64_t n, int64_t N, int64_t pc) {
+  const int64_t F = N / 2, half = pc / 2, f = n < F ? n : n - F;
+  return (f / half) * pc + (n < F ? 0 : half) + f % half;
+}
 
 // out (M, N) = act(A (M, K) @ W (N, K)^T + bias (N)), out's rows ldc apart (unit stride along N). A's M rows are reached
 // through up to kMaxDims leading dims with their strides (any strided x of shape (..., K)).
@@ -78,6 +92,29 @@ struct GemmProblem {
   int64_t M = 0, N = 0, K = 0;
   Activation act = Activation::none;
   void* stream = nullptr;
+  // gated (SwiGLU, packed weights with PackedWeight::gated only): out (M, N/2) =
+  // silu(A W_gate^T + b_gate) * (A W_up^T + b_up); ldc is out's row stride, >= N/2
+  bool gated = false;
+};
+
+// Rotary position embedding over x (B, H, L, D) of any strides (a view of (B, L, H, D) too):
+// the first rot = 2 * half dims of each row are rotated by the angle table row of the token's
+// position (cos/sin (P, half), contiguous rows ld apart), the others copied.
+//   rotate-half:  y[d] = x[d] cos - x[d + half] sin; y[d + half] = x[d + half] cos + x[d] sin
+//   interleaved:  y[2d] = x[2d] cos - x[2d+1] sin;   y[2d+1] = x[2d+1] cos + x[2d] sin
+// positions: int64 (B, L) with strides pos_b, pos_l (0 to broadcast), each in [0, P).
+struct RopeProblem {
+  DType dtype = DType::f32;          // of x, out, cos, sin
+  const void* x = nullptr;
+  void* out = nullptr;               // may equal x (in place), else disjoint
+  const void *cos = nullptr, *sin = nullptr;
+  int64_t ld = 0, P = 0, half = 0;
+  const int64_t* positions = nullptr;
+  int64_t pos_b = 0, pos_l = 0;
+  bool interleaved = false;
+  int64_t B = 0, H = 0, L = 0, D = 0;
+  int64_t x_s[4] = {}, o_s[4] = {};  // strides of (B, H, L, D)
+  void* stream = nullptr;
 };
 
 // Row-wise ops over every 1-D row of x along `axis` (softmax: any axis; the others: the last).
@@ -87,7 +124,8 @@ struct GemmProblem {
 //               out = (s - mean) / sqrt(var + eps) * weight + bias (weight, bias optional)
 //   activation: out = act(x)
 // Each operand carries strides (in elements) for the full shape; 0 on a broadcast dim (mask).
-enum class RowOp { softmax, layer_norm, activation };
+enum class RowOp { softmax, layer_norm, activation, rms_norm };
+//   rms_norm:   like layer_norm without centring or bias: out = s / sqrt(mean(s^2) + eps) * weight
 
 struct RowOperand {
   void* data = nullptr;              // const for inputs; the op never writes through an input

@@ -3,9 +3,27 @@ model.safetensors), read with NumPy only and run on attnkit.nn.
 
     BertModel.from_pretrained(directory)          BERT, RoBERTa, XLM-RoBERTa encoders
     GPT2LMHeadModel.from_pretrained(directory)    GPT-2 decoders with KV-cache generation
+    LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM.from_pretrained(directory)
+    from_pretrained(directory)                    the class named by config.json's model_type
 """
 
 from .bert import BertConfig, BertModel
 from .gpt2 import GPT2Config, GPT2LMHeadModel
+from .llama import LlamaConfig, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
 
-__all__ = ["BertConfig", "BertModel", "GPT2Config", "GPT2LMHeadModel"]
+__all__ = ["BertConfig", "BertModel", "GPT2Config", "GPT2LMHeadModel", "LlamaConfig", "LlamaForCausalLM",
+           "Qwen2ForCausalLM", "MistralForCausalLM", "from_pretrained"]
+
+_BY_MODEL_TYPE = {"bert": BertModel, "roberta": BertModel, "xlm-roberta": BertModel, "gpt2": GPT2LMHeadModel,
+                  "llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM, "mistral": MistralForCausalLM}
+
+
+def from_pretrained(directory, **kwargs):
+    """The model class for config.json's ``model_type`` (bert, roberta, xlm-roberta, gpt2, llama, qwen2,
+    mistral), loaded from ``directory``."""
+    from ._checkpoint import load_config
+    mt = load_config(directory).get("model_type")
+    if mt not in _BY_MODEL_TYPE:
+        raise ValueError(f"config.json: field 'model_type' = {mt!r} is not supported "
+                         f"(supported: {sorted(_BY_MODEL_TYPE)})")
+    return _BY_MODEL_TYPE[mt].from_pretrained(directory, **kwargs)

@@ -1,0 +1,112 @@
+"""Model-suite rows for a Llama-shaped decoder (issue 12): about 100M parameters with random weights
+(hidden 768, 12 layers, 12 query / 4 KV heads, SwiGLU 2048, vocab 32000, tied embeddings; 2 layers
+with quick, toy sizes with tiny), attnkit vs Hugging Face transformers (PyTorch eager) holding the
+same weights, on the same threads:
+
+* prefill: tokens/s of a 128-token prompt (hidden states of every token, logits of the last);
+* decode: the time of one new token after a prefix of 128 and of 1024 tokens, KV cache on both sides
+  (attnkit: the preallocated cache rewound after each step; transformers: DynamicCache.crop(-1)).
+
+    llama_rows(torch, opts, rng) -> rows   (``bench.models.run_model_suite`` calls it)
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import numpy as np
+
+from attnkit.bench import harness, suites
+from attnkit.models import LlamaConfig, LlamaForCausalLM
+
+__all__ = ["llama_rows"]
+
+
+def _shape(opts: suites.Options) -> Dict:
+    if opts.tiny:
+        return dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                    intermediate_size=128, vocab_size=512)
+    return dict(hidden_size=768, num_hidden_layers=2 if opts.quick else 12, num_attention_heads=12,
+                num_key_value_heads=4, intermediate_size=2048, vocab_size=32000)
+
+
+def _row(case: str, contender: str, m: Dict, tokens: int, **extra) -> Dict:
+    row = {"suite": "model", "case": case, "contender": contender, **{k: v for k, v in m.items() if k != "out"}}
+    if m.get("median_ms"):
+        row["tokens_per_s"] = tokens / m["median_ms"] * 1e3
+    return dict(row, **extra)
+
+
+def _err(res: Dict):
+    """attnkit's max |difference| from transformers' logits (None when a contender failed)."""
+    ours, theirs = (res.get(c, {}).get("out") for c in ("attnkit", "torch"))
+    return None if ours is None or theirs is None else harness.max_abs_diff(ours, theirs)
+
+
+def llama_rows(torch, opts: suites.Options, rng) -> List[Dict]:
+    """The rows above; [] without torch or transformers."""
+    if torch is None:
+        return []
+    try:
+        import transformers
+    except ImportError:
+        return []
+    s = _shape(opts)
+    prefixes = (16, 64) if opts.tiny else (128, 1024)
+    max_pos = 2 * max(prefixes)
+    hf_config = transformers.LlamaConfig(**s, max_position_embeddings=max_pos, tie_word_embeddings=True,
+                                         rope_theta=500000.0)
+    torch.manual_seed(int(rng.integers(2**31)))
+    hf = transformers.LlamaForCausalLM(hf_config).eval()
+    config = LlamaConfig.from_dict(hf_config.to_dict())
+    model = LlamaForCausalLM.from_state_dict({k: v.numpy() for k, v in hf.state_dict().items()}, config)
+    params = sum(p.numel() for p in hf.parameters())
+    label = (f"llama-shaped {s['num_hidden_layers']}L d{s['hidden_size']} h{s['num_attention_heads']}/"
+             f"kv{s['num_key_value_heads']} ffn{s['intermediate_size']} V{s['vocab_size']} ({params / 1e6:.0f}M)")
+    rows: List[Dict] = []
+
+    # prefill: every token's hidden state, the last token's logits
+    P = prefixes[0]
+    ids = rng.integers(0, s["vocab_size"], (1, P))
+    ids_t = torch.from_numpy(ids)
+
+    def ours_prefill():
+        return model.logits(model.hidden_states(ids)[:, -1])
+
+    def hf_prefill():
+        with torch.inference_mode():
+            return hf(ids_t, logits_to_keep=1).logits[:, -1].numpy()
+    res = harness.measure_contenders({"attnkit": ours_prefill, "torch": hf_prefill}, opts.budget, opts.min_repeats)
+    ratios = harness.compare(res)
+    err = _err(res)
+    for c, r in res.items():
+        rows.append(_row(f"{label} prefill {P} tok", c, r, P, **ratios[c],
+                         **({"max_abs_err_vs_torch": err} if c == "attnkit" else {})))
+
+    # decode: one token after each prefix, with the cache rewound (attnkit) / cropped (transformers)
+    for prefix in prefixes:
+        ids = rng.integers(0, s["vocab_size"], (1, prefix))
+        cache = model.new_cache(1, prefix + 8)
+        model.hidden_states(ids, cache=cache)
+        token = np.array([[7]])
+        with torch.inference_mode():
+            past = hf(torch.from_numpy(ids), use_cache=True).past_key_values
+        token_t = torch.tensor([[7]])
+        pos_t = torch.tensor([[prefix]])
+
+        def ours_step():
+            out = model.logits(model.hidden_states(token, cache=cache)[:, -1])
+            cache.lengths -= 1                                             # rewind: the next call redoes the step
+            return out
+
+        def hf_step():
+            with torch.inference_mode():
+                out = hf(token_t, past_key_values=past, use_cache=True, position_ids=pos_t).logits[:, -1].numpy()
+            past.crop(-1)                                                  # drop the step again
+            return out
+        res = harness.measure_contenders({"attnkit": ours_step, "torch": hf_step}, opts.budget, opts.min_repeats)
+        ratios = harness.compare(res)
+        err = _err(res)
+        for c, r in res.items():
+            rows.append(_row(f"{label} decode 1 tok @{prefix}", c, r, 1, prefix=prefix, **ratios[c],
+                             **({"max_abs_err_vs_torch": err} if c == "attnkit" else {})))
+    return rows

@@ -1,0 +1,433 @@
+"""Llama-family decoders (Llama 2/3, TinyLlama, SmolLM, Qwen2/2.5, Mistral) from Hugging Face checkpoints.
+
+A decoder-only, pre-norm Transformer with rotary positions, RMSNorm and a SwiGLU MLP:
+
+    x = embed[ids]
+    N x layer   h = RMSNorm(x);  x = x + o_proj(Attention(RoPE(q), RoPE(k), v))          (grouped-query)
+                h = RMSNorm(x);  x = x + down_proj(silu(gate_proj h) * up_proj h)
+    logits = RMSNorm(x) lm_head^T                                       (lm_head tied to embed, or its own)
+
+Qwen2 adds biases to q, k and v; Mistral attends within a sliding window. Every projection is packed once
+(``attnkit.pack_linear``; q, k, v as one weight, gate and up as one SwiGLU weight via ``pack_swiglu``), each
+residual add is fused into the next RMSNorm, RoPE rotates q and k in place inside the QKV projection's
+output, and the KV cache (``attnkit.nn.KVCache``) holds the grouped KV heads, preallocated.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field as dc_field
+from typing import Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .. import functional as F
+from .. import nn
+from ..nn.sampling import SamplingConfig, choose, process_logits
+from ..rope import RotaryTables, rope_parameters
+from ._checkpoint import Pretrained, field, load_config
+from .gpt2 import _compact_prompts
+
+__all__ = ["LlamaConfig", "LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"]
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 32
+    head_dim: int = 128
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope: dict = dc_field(default_factory=lambda: {"rope_type": "default", "rope_theta": 10000.0})
+    partial_rotary_factor: float = 1.0
+    attention_bias: bool = False          # Qwen2: True (q, k, v; not o)
+    o_bias: bool = False
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+    sliding_window: Optional[int] = None  # Mistral
+    eos_token_id: Optional[List[int]] = None
+    bos_token_id: Optional[int] = None
+    pad_token_id: Optional[int] = None
+    model_type: str = "llama"
+
+    @classmethod
+    def from_dict(cls, config: dict, *, where: str = "config.json") -> "LlamaConfig":
+        """Read a Hugging Face config.json dict (llama, qwen2, mistral); unsupported settings raise,
+        naming the field and ``where`` (the file)."""
+        def f(name, kind, *default, **kw):
+            return field(config, name, kind, *default, where=where, **kw)
+
+        mt = f("model_type", str, "llama", choices=("llama", "qwen2", "mistral"))
+        act = f("hidden_act", str, "silu")
+        if act not in ("silu", "swish"):
+            raise ValueError(f"{where}: field 'hidden_act' = {act!r} is not supported (supported: ['silu'])")
+        E = f("hidden_size", int)
+        H = f("num_attention_heads", int)
+        if H <= 0 or E <= 0:
+            raise ValueError(f"{where}: fields 'hidden_size' and 'num_attention_heads' must be positive")
+        Hk = f("num_key_value_heads", int, H)
+        if Hk <= 0 or H % Hk:
+            raise ValueError(f"{where}: field 'num_key_value_heads' = {Hk} must divide num_attention_heads = {H}")
+        head_dim = f("head_dim", int, None)
+        if head_dim is None:
+            if E % H:
+                raise ValueError(f"{where}: field 'num_attention_heads' = {H} does not divide hidden_size = {E}")
+            head_dim = E // H
+        if f("pretraining_tp", int, 1) < 1:
+            raise ValueError(f"{where}: field 'pretraining_tp' must be >= 1")
+        window = None
+        if mt == "mistral":
+            window = f("sliding_window", int, None)
+        elif mt == "qwen2" and f("use_sliding_window", bool, False):
+            raise ValueError(f"{where}: field 'use_sliding_window' = True is not supported for qwen2")
+        if window is not None and window <= 0:
+            raise ValueError(f"{where}: field 'sliding_window' = {window} must be positive")
+        eos = config.get("eos_token_id")
+        if eos is not None:
+            eos = [eos] if isinstance(eos, int) else list(eos)
+            if not all(isinstance(e, int) and not isinstance(e, bool) for e in eos):
+                raise ValueError(f"{where}: field 'eos_token_id' should be int or list of int, got {eos!r}")
+        prf = f("partial_rotary_factor", float, 1.0)
+        if not 0 < prf <= 1 or int(head_dim * prf) % 2:
+            raise ValueError(f"{where}: field 'partial_rotary_factor' = {prf} must give an even number of dims")
+        if mt == "llama":
+            qkv_bias = f("attention_bias", bool, False)
+        else:
+            qkv_bias = mt == "qwen2"
+        return cls(vocab_size=f("vocab_size", int), hidden_size=E,
+                   intermediate_size=f("intermediate_size", int), num_hidden_layers=f("num_hidden_layers", int), num_attention_heads=H, num_key_value_heads=Hk,
+                   head_dim=head_dim, max_position_embeddings=f("max_position_embeddings", int, 2048),
+                   rms_norm_eps=f("rms_norm_eps", float, 1e-6), rope=rope_parameters(config),
+                   partial_rotary_factor=prf, attention_bias=qkv_bias,
+                   o_bias=mt == "llama" and qkv_bias, mlp_bias=f("mlp_bias", bool, False),
+                   tie_word_embeddings=f("tie_word_embeddings", bool, False),
+                   sliding_window=window, eos_token_id=eos, bos_token_id=f("bos_token_id", int, None),
+                   pad_token_id=f("pad_token_id", int, None), model_type=mt)
+
+
+class LlamaAttention:
+    """Grouped-query self attention with rotary positions (and, for Mistral, a sliding window)."""
+
+    def __init__(self, c: LlamaConfig, qkv: F.PackedLinear, o: F.PackedLinear, rotary: RotaryTables):
+        self.c, self.qkv, self.o, self.rotary = c, qkv, o, rotary
+        self.Hq, self.Hk, self.Dh = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+
+    def __call__(self, x, positions, *, cache=None, attn_mask=None, kv_lengths=None):
+        """x (B, L, E), positions (B, L) -> (B, L, E). With a LayerKVCache, x's positions follow the cache."""
+        B, L, _ = x.shape
+        Hq, Hk, Dh = self.Hq, self.Hk, self.Dh
+        # 1) project q, k, v in one GEMM; rotate q and k in place inside its output
+        qkv = F.linear(x, self.qkv)                                                  # (B, L, (Hq + 2Hk) Dh)
+        heads = qkv.reshape(B, L, Hq + 2 * Hk, Dh).transpose(0, 2, 1, 3)           # (B, Hq + 2Hk, L, Dh)
+        q, k, v = heads[:, :Hq], heads[:, Hq:Hq + Hk], heads[:, Hq + Hk:]
+        cos, sin = self.rotary.get(int(positions.max()) + 1)
+        F.apply_rotary(q, cos, sin, positions, out=q)
+        F.apply_rotary(k, cos, sin, positions, out=k)
+        # 2) attend (grouped KV heads read in place), causal, within the window if any
+        align = "top_left"
+        if cache is not None:
+            k, v, kv_lengths = cache.append(k, v)                                   # (B, Hk, S, Dh) views
+            align = "bottom_right"
+        merged = np.empty((B, L, Hq, Dh), dtype=x.dtype)                            # (B, L, Hq, Dh)
+        F.scaled_dot_product_attention(q, k, v, attn_mask, True, None, Hk != Hq, causal_alignment=align,
+                                       kv_lengths=kv_lengths, window=self.c.sliding_window,
+                                       out=merged.transpose(0, 2, 1, 3))
+        # 3) merge the heads, project out
+        return F.linear(merged.reshape(B, L, Hq * Dh), self.o)                      # (B, L, E)
+
+
+class LlamaDecoderLayer:
+    def __init__(self, input_norm, attn: LlamaAttention, post_norm, gate_up: F.PackedLinear, down: F.PackedLinear,
+                 eps: float):
+        self.input_norm, self.attn, self.post_norm = input_norm, attn, post_norm
+        self.gate_up, self.down, self.eps = gate_up, down, eps
+
+    def __call__(self, h, x, positions, **attn_kw):
+        """h = RMSNorm(x) (B, L, E) and the residual stream x -> (the MLP's output, the new stream x).
+        The caller fuses the MLP output's residual add into the next norm."""
+        a = self.attn(h, positions, **attn_kw)                                          # 1) attend
+        h2, x = F.rms_norm(a, self.post_norm, self.eps, residual=x, return_sum=True)    # x += a; h2 = norm(x)
+        return F.linear(F.linear(h2, self.gate_up), self.down), x                       # 2) SwiGLU MLP
+
+
+class LlamaForCausalLM(Pretrained, nn.Module):
+    """``model(input_ids, attention_mask=None)`` -> logits (B, L, vocab) float32; ``generate`` / ``stream``."""
+
+    config_class = LlamaConfig
+    model_types = ("llama",)
+
+    def __init__(self, config: LlamaConfig, embed, layers, norm, lm_head, tokenizer=None):
+        self.config, self.embed, self.layers, self.norm = config, embed, list(layers), norm
+        self.lm_head = lm_head                        # PackedLinear, or the embedding array when tied
+        self.tokenizer = tokenizer
+
+    # -- loading ----------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, directory, *, dtype=np.float32):
+        config = load_config(directory)
+        mt = config.get("model_type", "llama")
+        if mt not in cls.model_types:
+            raise ValueError(f"config.json: field 'model_type' = {mt!r} is not a {cls.__name__} "
+                             f"(expected {', '.join(cls.model_types)}); attnkit.models.from_pretrained picks the class")
+        model = super().from_pretrained(directory, dtype=dtype)
+        path = os.path.join(os.fspath(directory), "tokenizer.json")
+        if os.path.isfile(path):
+            try:
+                from tokenizers import Tokenizer
+                model.tokenizer = Tokenizer.from_file(path)
+            except ImportError:
+                pass
+        return model
+
+    @classmethod
+    def from_state_dict(cls, tensors: dict, config: LlamaConfig, *, dtype=np.float32, origin="state dict"):
+        c = config
+        t = nn.StateDict(tensors, "model." if "model.embed_tokens.weight" in tensors else "", dtype=dtype,
+                         origin=origin)
+        E, V, Fd = c.hidden_size, c.vocab_size, c.intermediate_size
+        Hq, Hk, Dh = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        rotary = RotaryTables(int(Dh * c.partial_rotary_factor), c.rope, c.max_position_embeddings, dtype)
+        layers = []
+        for i in range(c.num_hidden_layers):
+            p = f"layers.{i}."
+            w_qkv = np.concatenate([t(p + "self_attn.q_proj.weight", (Hq * Dh, E)),
+                                    t(p + "self_attn.k_proj.weight", (Hk * Dh, E)),
+                                    t(p + "self_attn.v_proj.weight", (Hk * Dh, E))])
+            b_qkv = None
+            if c.attention_bias:
+                b_qkv = np.concatenate([t(p + "self_attn.q_proj.bias", (Hq * Dh,)),
+                                        t(p + "self_attn.k_proj.bias", (Hk * Dh,)),
+                                        t(p + "self_attn.v_proj.bias", (Hk * Dh,))])
+            o = F.pack_linear(t(p + "self_attn.o_proj.weight", (E, Hq * Dh)),
+                              t(p + "self_attn.o_proj.bias", (E,)) if c.o_bias else None)
+            attn = LlamaAttention(c, F.pack_linear(w_qkv, b_qkv), o, rotary)
+            del w_qkv
+            mb = (lambda n: t(p + f"mlp.{n}_proj.bias", (Fd,))) if c.mlp_bias else (lambda n: None)
+            gate_up = F.pack_swiglu(t(p + "mlp.gate_proj.weight", (Fd, E)), t(p + "mlp.up_proj.weight", (Fd, E)),
+                                    mb("gate"), mb("up"))
+            down = F.pack_linear(t(p + "mlp.down_proj.weight", (E, Fd)),
+                                 t(p + "mlp.down_proj.bias", (E,)) if c.mlp_bias else None)
+            layers.append(LlamaDecoderLayer(t(p + "input_layernorm.weight", (E,)), attn,
+                                            t(p + "post_attention_layernorm.weight", (E,)), gate_up, down,
+                                            c.rms_norm_eps))
+        if t.has(f"layers.{c.num_hidden_layers}.input_layernorm.weight"):
+            raise ValueError(f"{origin}: more layers than num_hidden_layers = {c.num_hidden_layers}")
+        embed = t("embed_tokens.weight", (V, E))
+        if "lm_head.weight" in tensors and not c.tie_word_embeddings:
+            lm_head = F.pack_linear(nn.StateDict(tensors, "", dtype=dtype, origin=origin)("lm_head.weight", (V, E)))
+        else:
+            lm_head = embed                                   # tied: the embedding table, read in place
+        return cls(c, embed, layers, t("norm.weight", (E,)), lm_head)
+
+    @classmethod
+    def from_config(cls, config: LlamaConfig, *, rng=None, std: float = 0.02, dtype=np.float32):
+        """Random weights N(0, std) (norms at 1), built through the checkpoint layout."""
+        rng = np.random.default_rng(rng)
+        c = config
+        E, V, Fd, Hq, Hk, Dh = (c.hidden_size, c.vocab_size, c.intermediate_size, c.num_attention_heads,
+                                c.num_key_value_heads, c.head_dim)
+        shapes = {"embed_tokens.weight": (V, E)}
+        for i in range(c.num_hidden_layers):
+            p = f"layers.{i}."
+            shapes.update({p + "self_attn.q_proj.weight": (Hq * Dh, E), p + "self_attn.k_proj.weight": (Hk * Dh, E),
+                           p + "self_attn.v_proj.weight": (Hk * Dh, E), p + "self_attn.o_proj.weight": (E, Hq * Dh),
+                           p + "mlp.gate_proj.weight": (Fd, E), p + "mlp.up_proj.weight": (Fd, E),
+                           p + "mlp.down_proj.weight": (E, Fd)})
+            if c.attention_bias:
+                shapes.update({p + "self_attn.q_proj.bias": (Hq * Dh,), p + "self_attn.k_proj.bias": (Hk * Dh,),
+                               p + "self_attn.v_proj.bias": (Hk * Dh,)})
+        tensors = {k: rng.standard_normal(s, dtype=np.float32) * np.float32(std) for k, s in shapes.items()}
+        for i in range(c.num_hidden_layers):
+            for n in ("input_layernorm", "post_attention_layernorm"):
+                tensors[f"layers.{i}.{n}.weight"] = np.ones(E, np.float32)
+        tensors["norm.weight"] = np.ones(E, np.float32)
+        if not c.tie_word_embeddings:
+            tensors["lm_head.weight"] = rng.standard_normal((V, E), dtype=np.float32) * np.float32(std)
+        return cls.from_state_dict(tensors, c, dtype=dtype, origin="random weights")
+
+    @property
+    def dtype(self):
+        return self.embed.dtype
+
+    # -- forward ----------------------------------------------------------------------------------
+    def hidden_states(self, input_ids, attention_mask=None, position_ids=None, *, cache=None) -> np.ndarray:
+        """input_ids (B, L) -> RMSNorm(final stream) (B, L, E). attention_mask (B, L): 1 = token, 0 = padding
+        (padded keys ignored). With a ``cache`` (KVCache) the L new tokens continue each cached sequence."""
+        ids = np.asarray(input_ids)
+        B, L = ids.shape
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise ValueError(f"input_ids: token ids must lie in [0, {self.config.vocab_size})")
+        if position_ids is None:
+            position_ids = np.broadcast_to(np.arange(L), (B, L)) if cache is None else \
+                cache.lengths[:, None] + np.arange(L)
+        positions = np.ascontiguousarray(position_ids, dtype=np.int64)
+        kw = {}
+        if attention_mask is not None and cache is None:
+            keep = np.asarray(attention_mask).reshape(B, L) != 0
+            if not keep.all():
+                kw["attn_mask"] = keep[:, None, None, :]                             # (B, 1, 1, L) keys
+        c = self.config
+        x = self.embed[ids]                                                          # (B, L, E) the residual stream
+        h = F.rms_norm(x, self.layers[0].input_norm, c.rms_norm_eps) if self.layers else x
+        for i, layer in enumerate(self.layers):
+            m, x = layer(h, x, positions, cache=None if cache is None else cache.layer(i), **kw)
+            nxt = self.layers[i + 1].input_norm if i + 1 < len(self.layers) else self.norm
+            h, x = F.rms_norm(m, nxt, c.rms_norm_eps, residual=x, return_sum=True)  # x += m; h = norm(x)
+        if cache is not None:
+            cache.advance(L)
+        return h
+
+    def logits(self, hidden) -> np.ndarray:
+        return F.linear(hidden, self.lm_head)
+
+    def __call__(self, input_ids, attention_mask=None, position_ids=None) -> np.ndarray:
+        """input_ids (B, L) -> logits (B, L, vocab), float32."""
+        ids = _token_ids(input_ids)
+        return self.logits(self.hidden_states(ids, attention_mask, position_ids)).astype(np.float32, copy=False)
+
+    # -- generation -------------------------------------------------------------------------------
+    def new_cache(self, batch_size: int, max_len: int) -> nn.KVCache:
+        c = self.config
+        return nn.KVCache(c.num_hidden_layers, batch_size, c.num_key_value_heads, c.head_dim, max_len, self.dtype)
+
+    def stream(self, input_ids, max_new_tokens: int = 20, *, attention_mask=None, do_sample: bool = False,
+               temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
+               repetition_penalty: Optional[float] = None, seed=None,
+               eos_token_id: Union[None, int, Sequence[int]] = None, use_cache: bool = True) -> Iterator[np.ndarray]:
+        """Yield the new tokens (B,) one step at a time (see :meth:`generate`); rows that have
+        finished yield -1. Stops after max_new_tokens steps or when every row has produced an eos."""
+        cfg = SamplingConfig(do_sample, temperature, top_k, top_p, repetition_penalty, seed)
+        ids = _token_ids(input_ids)
+        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+        eos = _eos_set(eos_token_id)
+        prompts, lengths, _ = _compact_prompts(ids, attention_mask)
+        B, V = len(prompts), self.config.vocab_size
+        seen = np.zeros((B, V), dtype=bool)
+        for b in range(B):
+            seen[b, prompts[b, :lengths[b]]] = True
+        if max_new_tokens == 0:
+            return
+        total = int(lengths.max()) + max_new_tokens
+        if use_cache:
+            cache = self.new_cache(B, total)
+            hidden = self.hidden_states(prompts, cache=cache)                       # fills positions 0..L-1
+            cache.advance(lengths - prompts.shape[1])                              # keep each row's real tokens
+        else:
+            tokens = np.zeros((B, total), dtype=np.int64)
+            tokens[:, :prompts.shape[1]] = prompts
+            cur = lengths.copy()
+            hidden = self.hidden_states(prompts, attention_mask=np.arange(prompts.shape[1]) < lengths[:, None])
+        last = hidden[np.arange(B), lengths - 1]                                   # (B, E) each row's last token
+        done = np.zeros(B, dtype=bool)
+        for step in range(max_new_tokens):
+            logits = self.logits(last)                                             # (B, V)
+            tok = choose(process_logits(logits, cfg, seen), cfg)
+            tok = np.where(done, -1, tok)
+            yield tok
+            done |= np.isin(tok, list(eos)) if eos else False
+            if done.all() or step == max_new_tokens - 1:
+                return
+            feed = np.where(done, 0, tok)
+            seen[np.arange(B), feed] |= ~done
+            if use_cache:
+                last = self.hidden_states(feed[:, None], cache=cache)[:, 0]
+            else:
+                tokens[np.arange(B), cur] = feed
+                cur = cur + 1
+                S = int(cur.max())
+                h = self.hidden_states(tokens[:, :S], attention_mask=np.arange(S) < cur[:, None])
+                last = h[np.arange(B), cur - 1]
+
+    def generate(self, input_ids, max_new_tokens: int = 20, *, attention_mask=None, do_sample: bool = False,
+                 temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
+                 repetition_penalty: Optional[float] = None, seed=None,
+                 eos_token_id: Union[None, int, Sequence[int]] = None, pad_token_id: Optional[int] = None,
+                 use_cache: bool = True):
+        """Continue each prompt: input_ids (B, L) -> (B, L + n) int64, or a str -> str with a tokenizer.
+
+        Greedy by default; ``do_sample=True`` draws from softmax(processed logits) after
+        repetition_penalty, temperature, top_k and top_p (Hugging Face's order), with ``seed`` (an int or a
+        numpy.random.Generator). Prompts of different lengths: ``attention_mask`` (1 = token, padding on
+        either side); each row decodes from its own length, the new tokens right after its prompt.
+        ``eos_token_id`` (one id or several; None: the config's) ends a row; its later slots hold
+        ``pad_token_id`` (default: the first eos). n = the longest row's new tokens.
+        """
+        text = isinstance(input_ids, str)
+        if text:
+            if self.tokenizer is None:
+                raise TypeError("input_ids: a str needs a tokenizer (tokenizer.json in the checkpoint and the "
+                                "'tokenizers' package)")
+            input_ids = np.array([self.tokenizer.encode(input_ids).ids], dtype=np.int64)
+        ids = _token_ids(input_ids)
+        if eos_token_id is None:
+            eos_token_id = self.config.eos_token_id
+        eos = _eos_set(eos_token_id)
+        pad = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
+        _, lengths, starts = _compact_prompts(ids, attention_mask)
+        steps = list(self.stream(ids, max_new_tokens, attention_mask=attention_mask, do_sample=do_sample,
+                                 temperature=temperature, top_k=top_k, top_p=top_p,
+                                 repetition_penalty=repetition_penalty, seed=seed, eos_token_id=eos_token_id,
+                                 use_cache=use_cache))
+        new = np.stack(steps, axis=1) if steps else np.zeros((len(ids), 0), np.int64)
+        new = np.where(new < 0, pad, new)
+        n = new.shape[1]
+        B, L = ids.shape
+        out = np.full((B, L + n), pad, dtype=np.int64)
+        for b in range(B):
+            s, m = starts[b], lengths[b]
+            out[b, :s + m] = ids[b, :s + m]
+            out[b, s + m:s + m + n] = new[b]
+            out[b, s + m + n:] = ids[b, s + m:]
+        if text:
+            return self.tokenizer.decode(out[0].tolist())
+        return out
+
+    def stream_text(self, prompt: str, max_new_tokens: int = 20, **kwargs) -> Iterator[str]:
+        """Yield the decoded text of each new token of one prompt (needs a tokenizer)."""
+        if self.tokenizer is None:
+            raise TypeError("prompt: streaming text needs a tokenizer (tokenizer.json and 'tokenizers')")
+        ids = np.array([self.tokenizer.encode(prompt).ids], dtype=np.int64)
+        so_far: List[int] = []
+        text = ""
+        for tok in self.stream(ids, max_new_tokens, **kwargs):
+            if tok[0] < 0:
+                return
+            so_far.append(int(tok[0]))
+            full = self.tokenizer.decode(so_far)
+            yield full[len(text):]
+            text = full
+
+
+class Qwen2ForCausalLM(LlamaForCausalLM):
+    """Qwen2 / Qwen2.5: Llama with biases on q, k and v (embeddings often tied)."""
+    model_types = ("qwen2",)
+
+
+class MistralForCausalLM(LlamaForCausalLM):
+    """Mistral: Llama with sliding-window attention (config.sliding_window)."""
+    model_types = ("mistral",)
+
+
+def _token_ids(input_ids) -> np.ndarray:
+    ids = np.asarray(input_ids)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or ids.dtype.kind not in "iu" or ids.shape[1] == 0:
+        raise ValueError(f"input_ids: expected non-empty (B, L) integer token ids, got {ids.dtype} {ids.shape}")
+    return ids.astype(np.int64, copy=False)
+
+
+def _eos_set(eos_token_id) -> set:
+    if eos_token_id is None:
+        return set()
+    if isinstance(eos_token_id, (int, np.integer)) and not isinstance(eos_token_id, bool):
+        return {int(eos_token_id)}
+    try:
+        ids = [int(e) for e in eos_token_id]
+    except TypeError:
+        raise TypeError(f"eos_token_id: expected an int, a sequence of ints or None, got {eos_token_id!r}") from None
+    return set(ids)
