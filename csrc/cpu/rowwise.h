@@ -240,10 +240,14 @@ int rows_impl(const RowProblem& p) {
   if (p.rows == 0 || p.n == 0) return 0;
   RowRun<T> run;
   run.p = &p;
-  // a buffer per thread that gets a row, no more (a single huge row needs one)
+  // a row buffer per thread that gets a row, no more (a single huge row needs one), and none when
+  // rows are read and written in place (contiguous, nothing to add or mask first)
   const int nt = static_cast<int>(imin(num_threads(), p.rows));
-  const bool gather = (p.op == RowOp::layer_norm || p.op == RowOp::rms_norm) && ((p.weight && p.weight_s != 1) || (p.bias && p.bias_s != 1));
-  if (!run.ws.alloc(nt + (gather ? 2 : 0), sizeof(T) * static_cast<size_t>(p.n))) return 1;
+  const bool norm = p.op == RowOp::layer_norm || p.op == RowOp::rms_norm;
+  const bool gather = norm && ((p.weight && p.weight_s != 1) || (p.bias && p.bias_s != 1));
+  const bool row_buffer = p.x.strides[p.axis] != 1 || p.out.strides[p.axis] != 1 ||
+                          (p.op == RowOp::softmax && p.mask.data) || (norm && p.residual.data);
+  if (!run.ws.alloc(nt + (gather ? 2 : 0), row_buffer || gather ? sizeof(T) * static_cast<size_t>(p.n) : 0)) return 1;
   RowProblem q = p;
   if (gather) {
     T* wc = run.ws.template get<T>(nt);
