@@ -76,6 +76,118 @@ inline Block block_of_item(const AttnRun<T>& run, int64_t it) {
   return blk;
 }
 
+// Few query rows (decode): the scores of a tile are kept row-major, R[rr][jj] (one row per query,
+// contiguous along the keys, padded to whole vectors with -inf), so the mask and the online softmax
+// are vector operations along the keys instead of along padded query columns; K and V are streamed
+// row by row (one dot product per key and row, then O += P V one V row at a time).
+template <class T>
+struct FewRows {
+  const AttnProblem* p;
+  int64_t n, E, Ev, EvPad;
+  const T* Qr;                   // [n][E], scaled
+  T* R;                          // [kFewRows][kTileKeys]
+  T* O;                          // [n][EvPad]
+  T* Vrow;                       // [EvPad]: a V row gathered when V is not read in place
+  bool v_direct;
+  const int64_t *key_limit, *key_start;
+  const char* const* mask_rows;
+  T *row_max, *row_sum;
+};
+
+template <class T>
+void few_rows_tile(const FewRows<T>& f, int64_t j0, int64_t nk, const T* ka, int64_t lda, const T* vb) {
+  typedef typename Simd<T>::V V;
+  constexpr int W = Simd<T>::W;
+  const AttnProblem& p = *f.p;
+  const T ninf = -INFINITY;
+  const int64_t nkv = ceil_div(nk, W) * W;
+  // 1) scores: one dot product per key and row (four chains hide the FMA latency)
+  for (int64_t jj = 0; jj < nk; ++jj) {
+    const T* kr = ka + jj * lda;
+    prefetch_row(kr + kPrefetchRows * lda, f.E);
+    for (int64_t rr = 0; rr < f.n; ++rr) {
+      const T* qr = f.Qr + rr * f.E;
+      V acc = V{}, acc1 = V{}, acc2 = V{}, acc3 = V{};
+      int64_t d = 0;
+      for (; d + 4 * W <= f.E; d += 4 * W) {
+        acc += vload(qr + d) * vload(kr + d);
+        acc1 += vload(qr + d + W) * vload(kr + d + W);
+        acc2 += vload(qr + d + 2 * W) * vload(kr + d + 2 * W);
+        acc3 += vload(qr + d + 3 * W) * vload(kr + d + 3 * W);
+      }
+      for (; d + W <= f.E; d += W) acc += vload(qr + d) * vload(kr + d);
+      acc += (acc1 + acc2) + acc3;
+      T dot = 0;
+      for (int t = 0; t < W; ++t) dot += acc[t];
+      for (; d < f.E; ++d) dot += qr[d] * kr[d];
+      f.R[rr * kTileKeys + jj] = dot;
+    }
+  }
+  for (int64_t rr = 0; rr < f.n; ++rr) {
+    T* r = f.R + rr * kTileKeys;
+    // 2) mask: keys outside [key_start, key_limit), then attn_mask
+    const int64_t lo = imax(0, imin(nk, f.key_start[rr] - j0)), hi = imax(0, imin(nk, f.key_limit[rr] - j0));
+    for (int64_t jj = 0; jj < lo; ++jj) r[jj] = ninf;
+    for (int64_t jj = hi; jj < nkv; ++jj) r[jj] = ninf;
+    if (p.mask) {
+      const char* mr = f.mask_rows[rr];
+      if (p.mask_bool) {
+        for (int64_t jj = lo; jj < hi; ++jj)
+          if (!mr[(j0 + jj) * p.m_j]) r[jj] = ninf;
+      } else {
+        const T* mf = reinterpret_cast<const T*>(mr);
+        for (int64_t jj = lo; jj < hi; ++jj) r[jj] += mf[(j0 + jj) * p.m_j];
+      }
+    }
+    // 3) online softmax along the row (natural units; log2 e only inside exp2)
+    V mv = vset(f.row_max[rr]);
+    for (int64_t jj = 0; jj < nkv; jj += W) {
+      const V x = vload(r + jj);
+      mv = x > mv ? x : mv;
+    }
+    T m = mv[0];
+    for (int t = 1; t < W; ++t) m = mv[t] > m ? mv[t] : m;
+    const T base = m == ninf ? T(0) : m;
+    V sv = V{};
+    for (int64_t jj = 0; jj < nkv; jj += W) {
+      V e;
+      if constexpr (sizeof(T) == 4) {
+        e = exp2v((vload(r + jj) - base) * static_cast<T>(kLog2e));
+      } else {
+        const V x = vload(r + jj) - base;
+        for (int t = 0; t < W; ++t) e[t] = ::exp(x[t]);
+      }
+      vstore(r + jj, e);
+      sv += e;
+    }
+    T sum = 0;
+    for (int t = 0; t < W; ++t) sum += sv[t];
+    T alpha;
+    if constexpr (sizeof(T) == 4) alpha = exp2v(vset((f.row_max[rr] - base) * static_cast<T>(kLog2e)))[0];
+    else alpha = static_cast<T>(::exp(f.row_max[rr] - base));
+    f.row_sum[rr] = f.row_sum[rr] * alpha + sum;
+    f.row_max[rr] = m;
+    if (alpha != T(1)) {
+      T* o = f.O + rr * f.EvPad;
+      for (int64_t e = 0; e < f.EvPad; e += W) vstore(o + e, vload(o + e) * alpha);
+    }
+  }
+  // 4) O += P V, each V row read once
+  for (int64_t jj = 0; jj < nk; ++jj) {
+    const T* vr = vb + (j0 + jj) * p.v_j;
+    prefetch_row(vr + kPrefetchRows * p.v_j, f.Ev);
+    if (!f.v_direct) {
+      for (int64_t e = 0; e < f.EvPad; ++e) f.Vrow[e] = e < f.Ev ? vr[e * p.v_e] : T(0);
+      vr = f.Vrow;
+    }
+    for (int64_t rr = 0; rr < f.n; ++rr) {
+      const V pj = vset(f.R[rr * kTileKeys + jj]);
+      T* o = f.O + rr * f.EvPad;
+      for (int64_t e = 0; e < f.EvPad; e += W) vstore(o + e, vload(o + e) + pj * vload(vr + e));
+    }
+  }
+}
+
 template <class T>
 void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
   typedef typename Simd<T>::V V;
@@ -126,7 +238,8 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       row_max[rr] = ninf;
       row_sum[rr] = 0;
       if (rr >= n) {
-        for (int64_t d = 0; d < E; ++d) dst[d * NR] = 0;
+        if (n > kFewRows)
+          for (int64_t d = 0; d < E; ++d) dst[d * NR] = 0;
         key_limit[rr] = 0;
         key_start[rr] = 0;
         min_limit = 0;
@@ -134,8 +247,9 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       }
       const int64_t r = blk.r0 + rr, g = r / p.Lq, i = r % p.Lq, h = blk.hk * run.G + g;
       const T* qr = q + off.q + h * p.q_h + i * p.q_i;
-      for (int64_t d = 0; d < E; ++d) dst[d * NR] = qr[d * p.q_e] * qscale;
-      if (n <= kFewRows)
+      if (n > kFewRows)
+        for (int64_t d = 0; d < E; ++d) dst[d * NR] = qr[d * p.q_e] * qscale;
+      else
         for (int64_t d = 0; d < E; ++d) Qr[rr * E + d] = qr[d * p.q_e] * qscale;
       int64_t l = len;
       if (p.causal == CausalAlign::top_left) l = i + 1;
@@ -154,6 +268,8 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       if (p.mask) mask_rows[rr] = static_cast<const char*>(p.mask) + (off.m + h * p.m_h + i * p.m_i) * mask_elem;
     }
     std::memset(O, 0, sizeof(T) * static_cast<size_t>(n * EvPad));
+    const FewRows<T> few{&p, n, E, Ev, EvPad, Qr, S, O, Vp, run.v_direct, key_limit, key_start, mask_rows,
+                         row_max, row_sum};
 
     int64_t kbeg = blk.s * run.split_keys;
     const int64_t kend = imin(max_limit, kbeg + run.split_keys);
@@ -169,34 +285,14 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
         ka = Kp;
         lda = E;
       }
-      if (n <= kFewRows) {  // few rows (decode): one dot product per key, K streamed row by row
-        for (int64_t jj = 0; jj < nk; ++jj) {
-          const T* kr = ka + jj * lda;
-          prefetch_row(kr + kPrefetchRows * lda, E);
-          for (int64_t rr = 0; rr < n; ++rr) {
-            const T* qr = Qr + rr * E;
-            V acc = V{}, acc1 = V{}, acc2 = V{}, acc3 = V{};  // four chains hide the FMA latency
-            int64_t d = 0;
-            for (; d + 4 * W <= E; d += 4 * W) {
-              acc += vload(qr + d) * vload(kr + d);
-              acc1 += vload(qr + d + W) * vload(kr + d + W);
-              acc2 += vload(qr + d + 2 * W) * vload(kr + d + 2 * W);
-              acc3 += vload(qr + d + 3 * W) * vload(kr + d + 3 * W);
-            }
-            for (; d + W <= E; d += W) acc += vload(qr + d) * vload(kr + d);
-            acc += (acc1 + acc2) + acc3;
-            T dot = 0;
-            for (int t = 0; t < W; ++t) dot += acc[t];
-            for (; d < E; ++d) dot += qr[d] * kr[d];
-            S[jj * ldS + rr] = dot;
-          }
-        }
-      } else {
-        for (int64_t j = 0; j < nk; j += kMR)
-          for (int64_t pn = 0; pn < nqp; ++pn)
-            micro_rows<T, false, false>(static_cast<int>(imin(kMR, nk - j)), E, ka + j * lda, lda,
-                                        QT + pn * E * NR, NR, S + j * ldS + pn * NR, ldS);
+      if (n <= kFewRows) {  // few rows (decode): its own tile step
+        few_rows_tile(few, j0, nk, ka, lda, vb);
+        continue;
       }
+      for (int64_t j = 0; j < nk; j += kMR)
+        for (int64_t pn = 0; pn < nqp; ++pn)
+          micro_rows<T, false, false>(static_cast<int>(imin(kMR, nk - j)), E, ka + j * lda, lda,
+                                      QT + pn * E * NR, NR, S + j * ldS + pn * NR, ldS);
       // 2) mask
       if (p.window > 0 && j0 < max_start) {  // sliding window: keys before a row's band, then the causal bound
         for (int64_t rr = 0; rr < ncols; ++rr) {
@@ -287,18 +383,6 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
           for (int64_t e = 0; e < EvPad; ++e)
             Vp[(e / NR) * kTileKeys * NR + jj * NR + e % NR] = e < Ev ? vr[e * p.v_e] : T(0);
         }
-      }
-      if (run.v_direct && n <= kFewRows) {  // few rows (decode): stream each V row once
-        for (int64_t jj = 0; jj < nk; ++jj) {
-          const T* vr = vsrc + jj * ldv;
-          prefetch_row(vr + kPrefetchRows * ldv, Ev);
-          for (int64_t rr = 0; rr < n; ++rr) {
-            const V pj = vset(S[jj * ldS + rr]);
-            T* o = O + rr * EvPad;
-            for (int64_t e = 0; e < EvPad; e += W) vstore(o + e, vload(o + e) + pj * vload(vr + e));
-          }
-        }
-        continue;
       }
       for (int64_t pn = 0; pn * NR < EvPad; ++pn) {
         const T* bsrc = run.v_direct ? vsrc + pn * NR : Vp + pn * kTileKeys * NR;
