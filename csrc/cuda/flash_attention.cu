@@ -1,7 +1,8 @@
 // Scaled dot-product attention on the GPU, FlashAttention-2 loop order: one block of query rows
 // per thread block, K/V tiles streamed through shared memory, the online softmax in registers.
 //
-//   flash_fwd_tc<T, D, NW>   fp16/bf16 on tensor cores: NW warps x 16 query rows, 64-key tiles
+//   flash_fwd_tc<T, D, NW, MW, BN>  fp16/bf16 on tensor cores: NW warps x MW x 16 query rows (by
+//                            default 4 warps x 32 rows, FA2's 128-row block), BN-key tiles
 //                            brought in by cp.async (double buffered), QK^T and PV as
 //                            mma.sync.m16n8k16 with fp32 accumulators, softmax statistics in
 //                            fp32, exp2 with scale*log2(e) folded into the scores. Tiles past the
@@ -26,14 +27,17 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // Tensor-core kernel
 // ---------------------------------------------------------------------------------------------
-constexpr int kTcBlockN = 64;
+// NW warps, each MW x 16 query rows (MW = 1: the warp's Q fragments stay in registers; MW = 2:
+// FA2's 32 rows per warp, Q fragments re-read from shared memory, so every K/V fragment that
+// ldmatrix brings feeds 4 mma instead of 2).
+// BN keys per K/V tile (64, or 32 where 32 rows per warp at D = 128 would not fit the registers).
+template <class T, int D, int NW, int MW, int BN>
+constexpr int tc_smem_bytes() { return (16 * NW * MW + 4 * BN) * D * int(sizeof(T)); }
 
-template <class T, int D, int NW>
-constexpr int tc_smem_bytes() { return (16 * NW + 4 * kTcBlockN) * D * int(sizeof(T)); }
-
-template <class T, int D, int NW>
+template <class T, int D, int NW, int MW, int BN>
 __global__ void __launch_bounds__(NW * 32) flash_fwd_tc(const AttnParams p) {
-  constexpr int BM = 16 * NW, BN = kTcBlockN, CH = D / 8, NT = NW * 32;
+  constexpr int BM = 16 * NW * MW, CH = D / 8, NT = NW * 32, WM = 16 * MW;
+  constexpr bool kQinRegs = MW == 1;
   static_assert(D % 64 == 0, "the XOR swizzle needs rows of at least 8 16-byte chunks");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* Qs = reinterpret_cast<T*>(smem_raw);
@@ -50,20 +54,23 @@ __global__ void __launch_bounds__(NW * 32) flash_fwd_tc(const AttnParams p) {
   bid /= nqb;
   const int64_t h = bid % p.Hq, b = bid / p.Hq;
   const int64_t m0 = qb * BM;
-  const SliceOffsets so = slice_offsets(p, b, h);
   const KeyRange kr = key_range(p, b);
   const int64_t last_row = (m0 + BM < p.Lq ? m0 + BM : p.Lq) - 1;
   const int64_t kv_end = kr.end(p, last_row);          // no row of the block sees a key past this
   const int ntiles = static_cast<int>((kv_end + BN - 1) / BN);
 
-  const T* q = static_cast<const T*>(p.q) + so.q;
-  const T* k = static_cast<const T*>(p.k) + so.k;
-  const T* v = static_cast<const T*>(p.v) + so.v;
-
-  for (int idx = tid; idx < BM * CH; idx += NT) {
-    const int r = idx / CH, c = idx % CH;
-    const bool ok = m0 + r < p.Lq && c * 8 < p.E;
-    cp_async16(smem_u32(Qs + swz(r, c)), ok ? q + (m0 + r) * p.q_i + c * 8 : q, ok);
+  const T* k;
+  const T* v;
+  {
+    const SliceOffsets so = slice_offsets(p, b, h);
+    const T* q = static_cast<const T*>(p.q) + so.q;
+    k = static_cast<const T*>(p.k) + so.k;
+    v = static_cast<const T*>(p.v) + so.v;
+    for (int idx = tid; idx < BM * CH; idx += NT) {
+      const int r = idx / CH, c = idx % CH;
+      const bool ok = m0 + r < p.Lq && c * 8 < p.E;
+      cp_async16(smem_u32(Qs + swz(r, c)), ok ? q + (m0 + r) * p.q_i + c * 8 : q, ok);
+    }
   }
   cp_async_commit();
   auto load_kv = [&](int t, int stage) {
@@ -83,21 +90,40 @@ __global__ void __launch_bounds__(NW * 32) flash_fwd_tc(const AttnParams p) {
   cp_async_wait<1>();
   __syncthreads();
 
-  uint32_t qf[D / 16][4];
+  // The warp's Q fragments (A operand of QK^T), from registers (MW = 1) or shared memory.
+  uint32_t qf[kQinRegs ? D / 16 : 1][4];
+  if constexpr (kQinRegs) {
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk)
-    ldmatrix_x4(qf[kk], smem_u32(Qs + swz(warp * 16 + (lane & 15), kk * 2 + (lane >> 4))));
+    for (int kk = 0; kk < D / 16; ++kk)
+      ldmatrix_x4(qf[kk], smem_u32(Qs + swz(warp * WM + (lane & 15), kk * 2 + (lane >> 4))));
+  }
 
+  // Exclusive key bound per row (0 past Lq), as int: a key count fits (checked at launch).
   const int g = lane >> 2, tq = lane & 3;
-  const int64_t rows[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
-  int64_t lim[2];                                      // exclusive key bound per row (0 past Lq)
+  const int row0 = warp * WM + g;                      // this lane's rows: m0 + row0 + 16 mi + 8 rr
+  int lim[MW][2];
 #pragma unroll
-  for (int rr = 0; rr < 2; ++rr) lim[rr] = rows[rr] < p.Lq ? kr.end(p, rows[rr]) : 0;
+  for (int mi = 0; mi < MW; ++mi)
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      const int64_t r = m0 + row0 + mi * 16 + 8 * rr;
+      lim[mi][rr] = r < p.Lq ? static_cast<int>(kr.end(p, r)) : 0;
+    }
+  const int64_t moff = p.mask ? slice_offsets(p, b, h).m : 0;
+  int lim_min = lim[0][0];
+#pragma unroll
+  for (int mi = 0; mi < MW; ++mi)
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) lim_min = lim[mi][rr] < lim_min ? lim[mi][rr] : lim_min;
 
-  float o[D / 8][4];
+  float o[MW][D / 8][4];
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+  for (int mi = 0; mi < MW; ++mi)
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) o[mi][i][0] = o[mi][i][1] = o[mi][i][2] = o[mi][i][3] = 0.f;
+  float m_run[MW][2], l_run[MW][2];
+#pragma unroll
+  for (int mi = 0; mi < MW; ++mi) m_run[mi][0] = m_run[mi][1] = -INFINITY, l_run[mi][0] = l_run[mi][1] = 0.f;
 
   for (int t = 0; t < ntiles; ++t) {
     if (t + 1 < ntiles) load_kv(t + 1, (t + 1) & 1);
@@ -107,82 +133,110 @@ __global__ void __launch_bounds__(NW * 32) flash_fwd_tc(const AttnParams p) {
     const T* Kt = Ks + (t & 1) * BN * D;
     const T* Vt = Vs + (t & 1) * BN * D;
 
-    // 1) S = Q K^T for this warp's 16 rows x 64 keys
-    float s[BN / 8][4];
+    // 1) S = Q K^T for this warp's WM rows x 64 keys
+    float s[MW][BN / 8][4];
 #pragma unroll
-    for (int i = 0; i < BN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    for (int mi = 0; mi < MW; ++mi)
+#pragma unroll
+      for (int i = 0; i < BN / 8; ++i) s[mi][i][0] = s[mi][i][1] = s[mi][i][2] = s[mi][i][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t qa[MW][4];
+      if constexpr (kQinRegs) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) qa[0][i] = qf[kk][i];
+      } else {
+#pragma unroll
+        for (int mi = 0; mi < MW; ++mi)
+          ldmatrix_x4(qa[mi], smem_u32(Qs + swz(warp * WM + mi * 16 + (lane & 15), kk * 2 + (lane >> 4))));
+      }
 #pragma unroll
       for (int np = 0; np < BN / 16; ++np) {
         uint32_t bf[4];
         ldmatrix_x4(bf, smem_u32(Kt + swz(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1))));
-        mma_16816<T>(s[2 * np], qf[kk], bf[0], bf[1]);
-        mma_16816<T>(s[2 * np + 1], qf[kk], bf[2], bf[3]);
+#pragma unroll
+        for (int mi = 0; mi < MW; ++mi) {
+          mma_16816<T>(s[mi][2 * np], qa[mi], bf[0], bf[1]);
+          mma_16816<T>(s[mi][2 * np + 1], qa[mi], bf[2], bf[3]);
+        }
       }
     }
 
     // 2) scores in the log2 domain; keys a row may not see -> -inf (only on boundary tiles)
-    const int64_t j0 = int64_t(t) * BN;
-    const bool full = !p.mask && j0 + BN <= lim[0] && j0 + BN <= lim[1];
+    const int j0 = t * BN;
+    const bool full = !p.mask && j0 + BN <= lim_min;
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt)
+    for (int mi = 0; mi < MW; ++mi)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[nt][e] * p.scale_log2;
-        if (!full) {
-          const int rr = e >> 1;
-          const int64_t j = j0 + nt * 8 + 2 * tq + (e & 1);
-          if (j >= lim[rr]) x = -INFINITY;
-          else if (p.mask) x += mask_term<T>(p, so.m, rows[rr], j);
+      for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float x = s[mi][nt][e] * p.scale_log2;
+          if (!full) {
+            const int rr = e >> 1;
+            const int j = j0 + nt * 8 + 2 * tq + (e & 1);
+            if (j >= lim[mi][rr]) x = -INFINITY;
+            else if (p.mask) x += mask_term<T>(p, moff, m0 + row0 + mi * 16 + 8 * rr, j);
+          }
+          s[mi][nt][e] = x;
         }
-        s[nt][e] = x;
-      }
 
     // 3) online softmax: new row max, rescale the running sum and O, p = exp2(s - max)
-    float mx[2] = {m_run[0], m_run[1]};
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-      mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
-      mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
-    }
-    float base[2], alpha[2], rs[2] = {0.f, 0.f};
+    for (int mi = 0; mi < MW; ++mi) {
+      float mx[2] = {m_run[mi][0], m_run[mi][1]};
 #pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-      mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 1));
-      mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 2));
-      base[rr] = mx[rr] == -INFINITY ? 0.f : mx[rr];   // a row that saw nothing yet: exp2(-inf) = 0
-      alpha[rr] = fast_exp2(m_run[rr] - base[rr]);
-      m_run[rr] = mx[rr];
-    }
+      for (int nt = 0; nt < BN / 8; ++nt) {
+        mx[0] = fmaxf(mx[0], fmaxf(s[mi][nt][0], s[mi][nt][1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[mi][nt][2], s[mi][nt][3]));
+      }
+      float base[2], alpha[2], rs[2] = {0.f, 0.f};
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-      s[nt][0] = fast_exp2(s[nt][0] - base[0]);
-      s[nt][1] = fast_exp2(s[nt][1] - base[0]);
-      s[nt][2] = fast_exp2(s[nt][2] - base[1]);
-      s[nt][3] = fast_exp2(s[nt][3] - base[1]);
-      rs[0] += s[nt][0] + s[nt][1];
-      rs[1] += s[nt][2] + s[nt][3];
-    }
-    l_run[0] = l_run[0] * alpha[0] + rs[0];
-    l_run[1] = l_run[1] * alpha[1] + rs[1];
+      for (int rr = 0; rr < 2; ++rr) {
+        mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 1));
+        mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 2));
+        base[rr] = mx[rr] == -INFINITY ? 0.f : mx[rr];   // a row that saw nothing yet: exp2(-inf) = 0
+        alpha[rr] = fast_exp2(m_run[mi][rr] - base[rr]);
+        m_run[mi][rr] = mx[rr];
+      }
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      o[dt][0] *= alpha[0]; o[dt][1] *= alpha[0];
-      o[dt][2] *= alpha[1]; o[dt][3] *= alpha[1];
+      for (int nt = 0; nt < BN / 8; ++nt) {
+        s[mi][nt][0] = fast_exp2(s[mi][nt][0] - base[0]);
+        s[mi][nt][1] = fast_exp2(s[mi][nt][1] - base[0]);
+        s[mi][nt][2] = fast_exp2(s[mi][nt][2] - base[1]);
+        s[mi][nt][3] = fast_exp2(s[mi][nt][3] - base[1]);
+        rs[0] += s[mi][nt][0] + s[mi][nt][1];
+        rs[1] += s[mi][nt][2] + s[mi][nt][3];
+      }
+      l_run[mi][0] = l_run[mi][0] * alpha[0] + rs[0];
+      l_run[mi][1] = l_run[mi][1] * alpha[1] + rs[1];
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        o[mi][dt][0] *= alpha[0]; o[mi][dt][1] *= alpha[0];
+        o[mi][dt][2] *= alpha[1]; o[mi][dt][3] *= alpha[1];
+      }
     }
 
     // 4) O += P V: the S accumulators of two key octets are the A fragment of one k16 step
 #pragma unroll
     for (int ks = 0; ks < BN / 16; ++ks) {
-      const uint32_t a[4] = {pack2<T>(s[2 * ks][0], s[2 * ks][1]), pack2<T>(s[2 * ks][2], s[2 * ks][3]),
-                             pack2<T>(s[2 * ks + 1][0], s[2 * ks + 1][1]), pack2<T>(s[2 * ks + 1][2], s[2 * ks + 1][3])};
+      uint32_t a[MW][4];
+#pragma unroll
+      for (int mi = 0; mi < MW; ++mi) {
+        a[mi][0] = pack2<T>(s[mi][2 * ks][0], s[mi][2 * ks][1]);
+        a[mi][1] = pack2<T>(s[mi][2 * ks][2], s[mi][2 * ks][3]);
+        a[mi][2] = pack2<T>(s[mi][2 * ks + 1][0], s[mi][2 * ks + 1][1]);
+        a[mi][3] = pack2<T>(s[mi][2 * ks + 1][2], s[mi][2 * ks + 1][3]);
+      }
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t bf[4];
         ldmatrix_x4_trans(bf, smem_u32(Vt + swz(ks * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4))));
-        mma_16816<T>(o[2 * dp], a, bf[0], bf[1]);
-        mma_16816<T>(o[2 * dp + 1], a, bf[2], bf[3]);
+#pragma unroll
+        for (int mi = 0; mi < MW; ++mi) {
+          mma_16816<T>(o[mi][2 * dp], a[mi], bf[0], bf[1]);
+          mma_16816<T>(o[mi][2 * dp + 1], a[mi], bf[2], bf[3]);
+        }
       }
     }
     __syncthreads();
@@ -190,24 +244,28 @@ __global__ void __launch_bounds__(NW * 32) flash_fwd_tc(const AttnParams p) {
   cp_async_wait<0>();
 
   // 5) normalise once; a row that saw no key gives zeros and lse = -inf
-  T* out = static_cast<T*>(p.out) + so.o;
+  const SliceOffsets so_end = slice_offsets(p, b, h);
+  T* out = static_cast<T*>(p.out) + so_end.o;
 #pragma unroll
-  for (int rr = 0; rr < 2; ++rr) {
-    float l = l_run[rr];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    const int64_t r = rows[rr];
-    if (r >= p.Lq) continue;
+  for (int mi = 0; mi < MW; ++mi)
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      const int64_t c = dt * 8 + 2 * tq;
-      if (c < p.Ev) out[r * p.o_i + c * p.o_e] = from_float<T>(o[dt][2 * rr] * inv);
-      if (c + 1 < p.Ev) out[r * p.o_i + (c + 1) * p.o_e] = from_float<T>(o[dt][2 * rr + 1] * inv);
+    for (int rr = 0; rr < 2; ++rr) {
+      float l = l_run[mi][rr];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const int64_t r = m0 + row0 + mi * 16 + 8 * rr;
+      if (r >= p.Lq) continue;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        const int64_t c = dt * 8 + 2 * tq;
+        if (c < p.Ev) out[r * p.o_i + c * p.o_e] = from_float<T>(o[mi][dt][2 * rr] * inv);
+        if (c + 1 < p.Ev) out[r * p.o_i + (c + 1) * p.o_e] = from_float<T>(o[mi][dt][2 * rr + 1] * inv);
+      }
+      if (p.lse && tq == 0)
+        static_cast<T*>(p.lse)[so_end.l + r * p.l_i] =
+            from_float<T>(l > 0.f ? (m_run[mi][rr] + log2f(l)) * kLn2 : -INFINITY);
     }
-    if (p.lse && tq == 0)
-      static_cast<T*>(p.lse)[so.l + r * p.l_i] = from_float<T>(l > 0.f ? (m_run[rr] + log2f(l)) * kLn2 : -INFINITY);
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -379,18 +437,22 @@ bool rows_vector_aligned(const AttnParams& p) {
   return true;
 }
 
-// Warps per block of the tensor-core kernel (16 query rows each): 4 unless ATTNKIT_CUDA_FA_WARPS=8.
-int tc_warps() {
-  const char* s = std::getenv("ATTNKIT_CUDA_FA_WARPS");
-  return s && std::strcmp(s, "8") == 0 ? 8 : 4;
+// Shape of the tensor-core kernel's block: ATTNKIT_CUDA_FA_TILE = "64x1" (4 warps x 16 rows),
+// "128x1" (8 warps x 16 rows) or "128x2" (4 warps x 32 rows, the default). For the benchmark.
+int tc_tile() {
+  const char* s = std::getenv("ATTNKIT_CUDA_FA_TILE");
+  if (s && std::strcmp(s, "64x1") == 0) return 1;
+  if (s && std::strcmp(s, "128x1") == 0) return 2;
+  return 0;
 }
 
-template <class T, int D, int NW>
+template <class T, int D, int NW, int MW, int BN = (MW == 2 && D == 128 ? 32 : 64)>
 void launch_tc(const AttnParams& p, cudaStream_t s) {
-  constexpr int smem = tc_smem_bytes<T, D, NW>();
-  auto kern = flash_fwd_tc<T, D, NW>;
+  constexpr int smem = tc_smem_bytes<T, D, NW, MW, BN>();
+  constexpr int BM = 16 * NW * MW;
+  auto kern = flash_fwd_tc<T, D, NW, MW, BN>;
   AK_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  const int64_t blocks = (p.Lq + 16 * NW - 1) / (16 * NW) * p.Hq * p.B;
+  const int64_t blocks = (p.Lq + BM - 1) / BM * p.Hq * p.B;
   kern<<<static_cast<unsigned>(blocks), NW * 32, smem, s>>>(p);
   AK_LAUNCHED("flash_fwd_tc");
 }
@@ -414,11 +476,14 @@ void run_attention(const AttnParams& p, cudaStream_t s) {
     return;
   }
   if constexpr (!std::is_same<T, float>::value) {
-    if (!simt_only && p.E > 0 && p.Ev > 0 && p.E <= 128 && p.Ev <= 128 && p.E % 8 == 0 && p.Ev % 8 == 0 &&
+    if (!simt_only && p.Lk < (int64_t(1) << 30) && p.E > 0 && p.Ev > 0 && p.E <= 128 && p.Ev <= 128 && p.E % 8 == 0 && p.Ev % 8 == 0 &&
         rows_vector_aligned<T>(p)) {
       const bool d64 = p.E <= 64 && p.Ev <= 64;
-      if (tc_warps() == 8) d64 ? launch_tc<T, 64, 8>(p, s) : launch_tc<T, 128, 8>(p, s);
-      else d64 ? launch_tc<T, 64, 4>(p, s) : launch_tc<T, 128, 4>(p, s);
+      switch (tc_tile()) {
+        case 1: d64 ? launch_tc<T, 64, 4, 1>(p, s) : launch_tc<T, 128, 4, 1>(p, s); break;
+        case 2: d64 ? launch_tc<T, 64, 8, 1>(p, s) : launch_tc<T, 128, 8, 1>(p, s); break;
+        default: d64 ? launch_tc<T, 64, 4, 2>(p, s) : launch_tc<T, 128, 4, 2>(p, s); break;
+      }
       return;
     }
   }

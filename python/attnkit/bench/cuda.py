@@ -91,13 +91,16 @@ def main(argv=None, *, quick=False, json_path=None) -> int:
                         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
                 cont["torch-flash"] = flash
 
-                def w8():
-                    os.environ["ATTNKIT_CUDA_FA_WARPS"] = "8"
-                    try:
-                        return attnkit.scaled_dot_product_attention(q, k, v, is_causal=causal)
-                    finally:
-                        del os.environ["ATTNKIT_CUDA_FA_WARPS"]
-                cont["attnkit-8warps"] = w8
+                def tile(shape):
+                    def run():
+                        os.environ["ATTNKIT_CUDA_FA_TILE"] = shape
+                        try:
+                            return attnkit.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                        finally:
+                            del os.environ["ATTNKIT_CUDA_FA_TILE"]
+                    return run
+                cont["attnkit-64x1"] = tile("64x1")      # 4 warps x 16 rows (the previous default)
+                cont["attnkit-128x1"] = tile("128x1")    # 8 warps x 16 rows
             ref_out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
             err = ((attnkit.scaled_dot_product_attention(q, k, v, is_causal=causal).float() - ref_out).norm()
                    / ref_out.norm()).item()
@@ -117,9 +120,19 @@ def main(argv=None, *, quick=False, json_path=None) -> int:
         q = rnd((Bd, Hq, 1, D), tdt)
         k, v = rnd((Bd, Hk, Lk, D), tdt), rnd((Bd, Hk, Lk, D), tdt)
         nbytes = (k.numel() + v.numel()) * k.element_size()
+        def waves(n):
+            def run():
+                os.environ["ATTNKIT_CUDA_DECODE_WAVES"] = str(n)
+                try:
+                    return attnkit.scaled_dot_product_attention(q, k, v, enable_gqa=Hq != Hk)
+                finally:
+                    del os.environ["ATTNKIT_CUDA_DECODE_WAVES"]
+            return run
         cont = {
             "attnkit": lambda: attnkit.scaled_dot_product_attention(q, k, v, enable_gqa=Hq != Hk),
             "torch": lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=Hq != Hk),
+            "attnkit-1wave": waves(1),           # splits for one wave of resident blocks
+            "attnkit-16waves": waves(16),
         }
         times = {c: _timer(torch, fn, repeat=30) for c, fn in cont.items()}
         for c, tt in times.items():
