@@ -223,7 +223,7 @@ def test_simt_twin_matches(rng, dtype, monkeypatch):
 
 @needs_gpu
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("tile", ["64x1", "128x1", "128x2"])
+@pytest.mark.parametrize("tile", ["64x1", "64x1m3", "128x1", "128x2"])
 @pytest.mark.parametrize("E", [64, 128])
 def test_tensor_core_tile_shapes(rng, dtype, tile, E, monkeypatch):
     """Every block shape of the tensor-core kernel (ATTNKIT_CUDA_FA_TILE, the benchmark's knob): ragged

@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, ROWS == 1 ? 4 : 1) decode_s
         for (int w = LPK / 2; w >= 1; w >>= 1) d += __shfl_xor_sync(0xffffffffu, d, w);
         const int64_t j = j0 + u;
         if (j >= jend || j >= lim[r]) d = -INFINITY;
-        else if (p.mask) d += mask_term<T>(p, moff[r], qi[r], j);
+        else if (p.mask) d = apply_mask<T>(d, p, moff[r], qi[r], j);
         sc[u] = d;
       }
       float mx = m_run[r];

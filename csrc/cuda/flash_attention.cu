@@ -1,8 +1,9 @@
 // Scaled dot-product attention on the GPU, FlashAttention-2 loop order: one block of query rows
 // per thread block, K/V tiles streamed through shared memory, the online softmax in registers.
 //
-//   flash_fwd_tc<T, D, NW, MW, BN>  fp16/bf16 on tensor cores: NW warps x MW x 16 query rows (by
-//                            default 4 warps x 32 rows, FA2's 128-row block), BN-key tiles
+//   flash_fwd_tc<T, D, NW, MW, BN, MINB>  fp16/bf16 on tensor cores: NW warps x MW x 16 query
+//                            rows (by default 4 warps x 16 rows; FA2's 4 warps x 32 rows measured
+//                            slower here, bench/NOTES.md), BN-key tiles
 //                            brought in by cp.async (double buffered), QK^T and PV as
 //                            mma.sync.m16n8k16 with fp32 accumulators, softmax statistics in
 //                            fp32, exp2 with scale*log2(e) folded into the scores. Tiles past the
@@ -34,8 +35,8 @@ namespace {
 template <class T, int D, int NW, int MW, int BN>
 constexpr int tc_smem_bytes() { return (16 * NW * MW + 4 * BN) * D * int(sizeof(T)); }
 
-template <class T, int D, int NW, int MW, int BN>
-__global__ void __launch_bounds__(NW * 32) flash_fwd_tc(const AttnParams p) {
+template <class T, int D, int NW, int MW, int BN, int MINB>
+__global__ void __launch_bounds__(NW * 32, MINB) flash_fwd_tc(const AttnParams p) {
   constexpr int BM = 16 * NW * MW, CH = D / 8, NT = NW * 32, WM = 16 * MW;
   constexpr bool kQinRegs = MW == 1;
   static_assert(D % 64 == 0, "the XOR swizzle needs rows of at least 8 16-byte chunks");
@@ -176,7 +177,7 @@ __global__ void __launch_bounds__(NW * 32) flash_fwd_tc(const AttnParams p) {
             const int rr = e >> 1;
             const int j = j0 + nt * 8 + 2 * tq + (e & 1);
             if (j >= lim[mi][rr]) x = -INFINITY;
-            else if (p.mask) x += mask_term<T>(p, moff, m0 + row0 + mi * 16 + 8 * rr, j);
+            else if (p.mask) x = apply_mask<T>(x, p, moff, m0 + row0 + mi * 16 + 8 * rr, j);
           }
           s[mi][nt][e] = x;
         }
@@ -259,8 +260,8 @@ __global__ void __launch_bounds__(NW * 32) flash_fwd_tc(const AttnParams p) {
 #pragma unroll
       for (int dt = 0; dt < D / 8; ++dt) {
         const int64_t c = dt * 8 + 2 * tq;
-        if (c < p.Ev) out[r * p.o_i + c * p.o_e] = from_float<T>(o[mi][dt][2 * rr] * inv);
-        if (c + 1 < p.Ev) out[r * p.o_i + (c + 1) * p.o_e] = from_float<T>(o[mi][dt][2 * rr + 1] * inv);
+        if (c < p.Ev) out[r * p.o_i + c * p.o_e] = from_float<T>(l > 0.f ? o[mi][dt][2 * rr] * inv : 0.f);
+        if (c + 1 < p.Ev) out[r * p.o_i + (c + 1) * p.o_e] = from_float<T>(l > 0.f ? o[mi][dt][2 * rr + 1] * inv : 0.f);
       }
       if (p.lse && tq == 0)
         static_cast<T*>(p.lse)[so_end.l + r * p.l_i] =
@@ -357,7 +358,7 @@ __global__ void __launch_bounds__(256) flash_fwd_simt(const AttnParams p) {
         const int64_t j = j0 + tx + 16 * c;
         float x = s[r][c] * p.scale_log2;
         if (j >= lim[r]) x = -INFINITY;
-        else if (p.mask) x += mask_term<T>(p, so.m, m0 + ty + 16 * r, j);
+        else if (p.mask) x = apply_mask<T>(x, p, so.m, m0 + ty + 16 * r, j);
         s[r][c] = x;
         mx = fmaxf(mx, x);
       }
@@ -408,7 +409,7 @@ __global__ void __launch_bounds__(256) flash_fwd_simt(const AttnParams p) {
 #pragma unroll
     for (int c = 0; c < 8; ++c) {
       const int64_t col = c0 + tx + 16 * c;
-      if (col < p.Ev) out[row * p.o_i + col * p.o_e] = from_float<T>(o[r][c] * inv);
+      if (col < p.Ev) out[row * p.o_i + col * p.o_e] = from_float<T>(l > 0.f ? o[r][c] * inv : 0.f);   // 0 * NaN: zeros
     }
     if (p.lse && cg == 0 && tx == 0)
       static_cast<T*>(p.lse)[so.l + row * p.l_i] = from_float<T>(l > 0.f ? (m_run[r] + log2f(l)) * kLn2 : -INFINITY);
@@ -437,20 +438,24 @@ bool rows_vector_aligned(const AttnParams& p) {
   return true;
 }
 
-// Shape of the tensor-core kernel's block: ATTNKIT_CUDA_FA_TILE = "64x1" (4 warps x 16 rows),
-// "128x1" (8 warps x 16 rows) or "128x2" (4 warps x 32 rows, the default). For the benchmark.
+// Shape of the tensor-core kernel's block, for the benchmark (ATTNKIT_CUDA_FA_TILE): "64x1" (4 warps
+// x 16 rows, the default), "64x1m3" (the same held to 168 registers and, at D = 128,
+// 32-key tiles, so that 3 blocks share an SM),
+// "128x1" (8 warps x 16 rows), "128x2" (4 warps x 32 rows, 32-key tiles at D = 128).
 int tc_tile() {
   const char* s = std::getenv("ATTNKIT_CUDA_FA_TILE");
-  if (s && std::strcmp(s, "64x1") == 0) return 1;
-  if (s && std::strcmp(s, "128x1") == 0) return 2;
+  if (!s) return 0;
+  if (std::strcmp(s, "64x1m3") == 0) return 1;
+  if (std::strcmp(s, "128x1") == 0) return 2;
+  if (std::strcmp(s, "128x2") == 0) return 3;
   return 0;
 }
 
-template <class T, int D, int NW, int MW, int BN = (MW == 2 && D == 128 ? 32 : 64)>
+template <class T, int D, int NW, int MW, int MINB = 1, int BN = (MW == 2 && D == 128 ? 32 : 64)>
 void launch_tc(const AttnParams& p, cudaStream_t s) {
   constexpr int smem = tc_smem_bytes<T, D, NW, MW, BN>();
   constexpr int BM = 16 * NW * MW;
-  auto kern = flash_fwd_tc<T, D, NW, MW, BN>;
+  auto kern = flash_fwd_tc<T, D, NW, MW, BN, MINB>;
   AK_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const int64_t blocks = (p.Lq + BM - 1) / BM * p.Hq * p.B;
   kern<<<static_cast<unsigned>(blocks), NW * 32, smem, s>>>(p);
@@ -480,9 +485,10 @@ void run_attention(const AttnParams& p, cudaStream_t s) {
         rows_vector_aligned<T>(p)) {
       const bool d64 = p.E <= 64 && p.Ev <= 64;
       switch (tc_tile()) {
-        case 1: d64 ? launch_tc<T, 64, 4, 1>(p, s) : launch_tc<T, 128, 4, 1>(p, s); break;
+        case 1: d64 ? launch_tc<T, 64, 4, 1, 3>(p, s) : launch_tc<T, 128, 4, 1, 3, 32>(p, s); break;
         case 2: d64 ? launch_tc<T, 64, 8, 1>(p, s) : launch_tc<T, 128, 8, 1>(p, s); break;
-        default: d64 ? launch_tc<T, 64, 4, 2>(p, s) : launch_tc<T, 128, 4, 2>(p, s); break;
+        case 3: d64 ? launch_tc<T, 64, 4, 2>(p, s) : launch_tc<T, 128, 4, 2>(p, s); break;
+        default: d64 ? launch_tc<T, 64, 4, 1>(p, s) : launch_tc<T, 128, 4, 1>(p, s); break;
       }
       return;
     }

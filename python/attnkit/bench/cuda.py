@@ -99,8 +99,9 @@ def main(argv=None, *, quick=False, json_path=None) -> int:
                         finally:
                             del os.environ["ATTNKIT_CUDA_FA_TILE"]
                     return run
-                cont["attnkit-64x1"] = tile("64x1")      # 4 warps x 16 rows (the previous default)
+                cont["attnkit-64x1m3"] = tile("64x1m3")  # the default held to 168 registers, 3 blocks per SM
                 cont["attnkit-128x1"] = tile("128x1")    # 8 warps x 16 rows
+                cont["attnkit-128x2"] = tile("128x2")    # 4 warps x 32 rows (FA2's shape)
             ref_out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
             err = ((attnkit.scaled_dot_product_attention(q, k, v, is_causal=causal).float() - ref_out).norm()
                    / ref_out.norm()).item()
