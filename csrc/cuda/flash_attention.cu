@@ -60,13 +60,20 @@ __global__ void __launch_bounds__(NW * 32, MINB) flash_fwd_tc(const AttnParams p
   const int64_t kv_end = kr.end(p, last_row);          // no row of the block sees a key past this
   const int ntiles = static_cast<int>((kv_end + BN - 1) / BN);
 
-  const T* k;
-  const T* v;
+  // K/V tile loads: every thread copies the same column chunk c of rows r0, r0 + RS, ... of
+  // each tile, so its source pointers advance by BN rows per tile and its swizzled destinations
+  // are fixed (RS is a multiple of 8: the swizzle, c ^ (r & 7), is the same for all of them).
+  static_assert(NT % CH == 0 && (NT / CH) % 8 == 0, "each thread keeps one swizzled column");
+  constexpr int RS = NT / CH, LOADS = BN / RS;
+  static_assert(BN % RS == 0, "whole tiles per thread");
+  const int r0 = tid / CH, c0 = tid % CH;
+  const char* kp;                                      // &K[r0][8 c0], then + BN rows a tile
+  const char* vp;
   {
     const SliceOffsets so = slice_offsets(p, b, h);
     const T* q = static_cast<const T*>(p.q) + so.q;
-    k = static_cast<const T*>(p.k) + so.k;
-    v = static_cast<const T*>(p.v) + so.v;
+    kp = reinterpret_cast<const char*>(static_cast<const T*>(p.k) + so.k + r0 * p.k_j + c0 * 8);
+    vp = reinterpret_cast<const char*>(static_cast<const T*>(p.v) + so.v + r0 * p.v_j + c0 * 8);
     for (int idx = tid; idx < BM * CH; idx += NT) {
       const int r = idx / CH, c = idx % CH;
       const bool ok = m0 + r < p.Lq && c * 8 < p.E;
@@ -74,22 +81,42 @@ __global__ void __launch_bounds__(NW * 32, MINB) flash_fwd_tc(const AttnParams p
     }
   }
   cp_async_commit();
+  const int64_t k_step = RS * p.k_j * int64_t(sizeof(T)), v_step = RS * p.v_j * int64_t(sizeof(T));
+  const bool k_col = c0 * 8 < p.E, v_col = c0 * 8 < p.Ev;
+  const uint32_t kv_dst = smem_u32(Ks) + uint32_t(swz(r0, c0) * sizeof(T));
   auto load_kv = [&](int t, int stage) {
-    T* ks = Ks + stage * BN * D;
-    T* vs = Vs + stage * BN * D;
+    const uint32_t kd = kv_dst + uint32_t(stage * BN * D * sizeof(T)), vd = kd + uint32_t(2 * BN * D * sizeof(T));
     const int64_t j0 = int64_t(t) * BN;
-    for (int idx = tid; idx < BN * CH; idx += NT) {
-      const int r = idx / CH, c = idx % CH;
-      const bool row_ok = j0 + r < kr.n;
-      const bool kok = row_ok && c * 8 < p.E, vok = row_ok && c * 8 < p.Ev;
-      cp_async16(smem_u32(ks + swz(r, c)), kok ? k + (j0 + r) * p.k_j + c * 8 : k, kok);
-      cp_async16(smem_u32(vs + swz(r, c)), vok ? v + (j0 + r) * p.v_j + c * 8 : v, vok);
+    const char* ks = kp + j0 * p.k_j * int64_t(sizeof(T));
+    const char* vs = vp + j0 * p.v_j * int64_t(sizeof(T));
+    const int64_t left = kr.n - j0 - r0;               // rows u * RS < left exist
+#pragma unroll
+    for (int u = 0; u < LOADS; ++u) {
+      const bool row_ok = u * RS < left;
+      const bool kok = row_ok && k_col, vok = row_ok && v_col;
+      cp_async16(kd + uint32_t(u * RS * D * sizeof(T)), kok ? ks + u * k_step : p.k, kok);   // p.k: nothing is read
+      cp_async16(vd + uint32_t(u * RS * D * sizeof(T)), vok ? vs + u * v_step : p.v, vok);
     }
   };
   if (ntiles > 0) load_kv(0, 0);
   cp_async_commit();
   cp_async_wait<1>();
   __syncthreads();
+
+  // ldmatrix addresses of K and V fragments: a lane's row within a 16-row step is r with r & 7 =
+  // lane & 7 (= the swizzle key sw), its 16-byte chunk 2 kk + b; since 2 (kk & 3) + b < 8,
+  // (2 kk + b) ^ sw = 8 (kk >> 2) + ((2 (kk & 3) + b) ^ sw): four per-lane offsets per operand,
+  // the rest compile-time constants folded into the instruction.
+  uint32_t k_lds[4], v_lds[4];
+  {
+    const int sw = lane & 7, bk = (lane >> 3) & 1, bv = lane >> 4;
+    const int rk = (lane & 7) + ((lane >> 4) << 3), rv = (lane & 7) + (((lane >> 3) & 1) << 3);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      k_lds[j] = smem_u32(Ks) + uint32_t((rk * D + (((2 * j + bk) ^ sw) << 3)) * sizeof(T));
+      v_lds[j] = smem_u32(Vs) + uint32_t((rv * D + (((2 * j + bv) ^ sw) << 3)) * sizeof(T));
+    }
+  }
 
   // The warp's Q fragments (A operand of QK^T), from registers (MW = 1) or shared memory.
   uint32_t qf[kQinRegs ? D / 16 : 1][4];
@@ -131,8 +158,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) flash_fwd_tc(const AttnParams p
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
-    const T* Kt = Ks + (t & 1) * BN * D;
-    const T* Vt = Vs + (t & 1) * BN * D;
+    const uint32_t stage_off = uint32_t((t & 1) * BN * D * sizeof(T));
 
     // 1) S = Q K^T for this warp's WM rows x 64 keys
     float s[MW][BN / 8][4];
@@ -154,7 +180,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) flash_fwd_tc(const AttnParams p
 #pragma unroll
       for (int np = 0; np < BN / 16; ++np) {
         uint32_t bf[4];
-        ldmatrix_x4(bf, smem_u32(Kt + swz(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1))));
+        ldmatrix_x4(bf, k_lds[kk & 3] + stage_off + uint32_t((np * 16 * D + (kk >> 2) * 64) * sizeof(T)));
 #pragma unroll
         for (int mi = 0; mi < MW; ++mi) {
           mma_16816<T>(s[mi][2 * np], qa[mi], bf[0], bf[1]);
@@ -232,7 +258,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) flash_fwd_tc(const AttnParams p
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t bf[4];
-        ldmatrix_x4_trans(bf, smem_u32(Vt + swz(ks * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4))));
+        ldmatrix_x4_trans(bf, v_lds[dp & 3] + stage_off + uint32_t((ks * 16 * D + (dp >> 2) * 64) * sizeof(T)));
 #pragma unroll
         for (int mi = 0; mi < MW; ++mi) {
           mma_16816<T>(o[mi][2 * dp], a[mi], bf[0], bf[1]);
