@@ -192,9 +192,9 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, ROWS == 1 ? 4 : 1) decode_s
     const int64_t g = r / p.Lq, i = r % p.Lq, h = hk * p.G + g;
     if (nsplit == 1) {
       const SliceOffsets so = slice_offsets(p, b, h);
-      static_cast<T*>(p.out)[so.o + i * p.o_i + d * p.o_e] = from_float<T>(L > 0.f ? O / L : 0.f);
+      static_cast<T*>(p.out)[so.o + i * p.o_i + d * p.o_e] = from_float<T>(L != 0.f ? O / L : 0.f);
       if (d == 0 && p.lse)
-        static_cast<T*>(p.lse)[so.l + i * p.l_i] = from_float<T>(L > 0.f ? (M + log2f(L)) * kLn2 : -INFINITY);
+        static_cast<T*>(p.lse)[so.l + i * p.l_i] = from_float<T>(L != 0.f ? (M + log2f(L)) * kLn2 : -INFINITY);
     } else {
       const int64_t row = ((b * p.Hq + h) * p.Lq + i) * nsplit + split;   // workspace row
       ws_o[row * D + d] = O;
@@ -224,10 +224,10 @@ __global__ void __launch_bounds__(128) decode_combine(const AttnParams p, const 
       const float w = exp2f(ml[2 * s] - base);
       if (w != 0.f) O += ws_o[(row * nsplit + s) * D + d] * w;
     }
-    static_cast<T*>(p.out)[so.o + i * p.o_i + d * p.o_e] = from_float<T>(L > 0.f ? O / L : 0.f);
+    static_cast<T*>(p.out)[so.o + i * p.o_i + d * p.o_e] = from_float<T>(L != 0.f ? O / L : 0.f);
   }
   if (threadIdx.x == 0 && p.lse)
-    static_cast<T*>(p.lse)[so.l + i * p.l_i] = from_float<T>(L > 0.f ? (M + log2f(L)) * kLn2 : -INFINITY);
+    static_cast<T*>(p.lse)[so.l + i * p.l_i] = from_float<T>(L != 0.f ? (M + log2f(L)) * kLn2 : -INFINITY);
 }
 
 template <class T, int D, int ROWS>

@@ -153,6 +153,8 @@ __global__ void __launch_bounds__(NW * 32, MINB) flash_fwd_tc(const AttnParams p
 #pragma unroll
   for (int mi = 0; mi < MW; ++mi) m_run[mi][0] = m_run[mi][1] = -INFINITY, l_run[mi][0] = l_run[mi][1] = 0.f;
 
+  const float sl = p.scale_log2;
+  float alpha[MW][2], nbase[MW][2];
   for (int t = 0; t < ntiles; ++t) {
     if (t + 1 < ntiles) load_kv(t + 1, (t + 1) & 1);
     cp_async_commit();
@@ -189,59 +191,71 @@ __global__ void __launch_bounds__(NW * 32, MINB) flash_fwd_tc(const AttnParams p
       }
     }
 
-    // 2) scores in the log2 domain; keys a row may not see -> -inf (only on boundary tiles)
+    // 2) scores in the log2 domain; keys a row may not see -> -inf (only on boundary tiles). On
+    // full tiles (and a positive scale) the raw scores stay as they are: the row max is taken on
+    // them and the scale folds into the exponent below (one FFMA a score instead of FMUL + FADD).
     const int j0 = t * BN;
-    const bool full = !p.mask && j0 + BN <= lim_min;
+    const bool fold = !p.mask && j0 + BN <= lim_min && sl > 0.f;
+    if (!fold) {
 #pragma unroll
-    for (int mi = 0; mi < MW; ++mi)
+      for (int mi = 0; mi < MW; ++mi)
 #pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt)
+        for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = s[mi][nt][e] * p.scale_log2;
-          if (!full) {
+          for (int e = 0; e < 4; ++e) {
+            float x = s[mi][nt][e] * sl;
             const int rr = e >> 1;
             const int j = j0 + nt * 8 + 2 * tq + (e & 1);
             if (j >= lim[mi][rr]) x = -INFINITY;
             else if (p.mask) x = apply_mask<T>(x, p, moff, m0 + row0 + mi * 16 + 8 * rr, j);
+            s[mi][nt][e] = x;
           }
-          s[mi][nt][e] = x;
-        }
+    }
+    const float ssl = fold ? sl : 1.f;   // what still multiplies s in the exponent
 
-    // 3) online softmax: new row max, rescale the running sum and O, p = exp2(s - max)
+    // 3) online softmax: new row max, rescale the running sum and O (only when a max grew), p =
+    // exp2(ssl s - max)
+    bool grew = false;
 #pragma unroll
     for (int mi = 0; mi < MW; ++mi) {
-      float mx[2] = {m_run[mi][0], m_run[mi][1]};
+      float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int nt = 0; nt < BN / 8; ++nt) {
         mx[0] = fmaxf(mx[0], fmaxf(s[mi][nt][0], s[mi][nt][1]));
         mx[1] = fmaxf(mx[1], fmaxf(s[mi][nt][2], s[mi][nt][3]));
       }
-      float base[2], alpha[2], rs[2] = {0.f, 0.f};
 #pragma unroll
       for (int rr = 0; rr < 2; ++rr) {
+        mx[rr] = fmaxf(m_run[mi][rr], mx[rr] * ssl);
         mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 1));
         mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 2));
-        base[rr] = mx[rr] == -INFINITY ? 0.f : mx[rr];   // a row that saw nothing yet: exp2(-inf) = 0
-        alpha[rr] = fast_exp2(m_run[mi][rr] - base[rr]);
+        const float base = mx[rr] == -INFINITY ? 0.f : mx[rr];   // a row that saw nothing yet: exp2(-inf) = 0
+        alpha[mi][rr] = fast_exp2(m_run[mi][rr] - base);
+        grew |= alpha[mi][rr] != 1.f;
         m_run[mi][rr] = mx[rr];
+        nbase[mi][rr] = -base;
       }
+      float rs[2] = {0.f, 0.f};
 #pragma unroll
       for (int nt = 0; nt < BN / 8; ++nt) {
-        s[mi][nt][0] = fast_exp2(s[mi][nt][0] - base[0]);
-        s[mi][nt][1] = fast_exp2(s[mi][nt][1] - base[0]);
-        s[mi][nt][2] = fast_exp2(s[mi][nt][2] - base[1]);
-        s[mi][nt][3] = fast_exp2(s[mi][nt][3] - base[1]);
+        s[mi][nt][0] = fast_exp2(fmaf(s[mi][nt][0], ssl, nbase[mi][0]));
+        s[mi][nt][1] = fast_exp2(fmaf(s[mi][nt][1], ssl, nbase[mi][0]));
+        s[mi][nt][2] = fast_exp2(fmaf(s[mi][nt][2], ssl, nbase[mi][1]));
+        s[mi][nt][3] = fast_exp2(fmaf(s[mi][nt][3], ssl, nbase[mi][1]));
         rs[0] += s[mi][nt][0] + s[mi][nt][1];
         rs[1] += s[mi][nt][2] + s[mi][nt][3];
       }
-      l_run[mi][0] = l_run[mi][0] * alpha[0] + rs[0];
-      l_run[mi][1] = l_run[mi][1] * alpha[1] + rs[1];
+      l_run[mi][0] = l_run[mi][0] * alpha[mi][0] + rs[0];
+      l_run[mi][1] = l_run[mi][1] * alpha[mi][1] + rs[1];
+    }
+    if (__any_sync(0xffffffffu, grew)) {
 #pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        o[mi][dt][0] *= alpha[0]; o[mi][dt][1] *= alpha[0];
-        o[mi][dt][2] *= alpha[1]; o[mi][dt][3] *= alpha[1];
-      }
+      for (int mi = 0; mi < MW; ++mi)
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt) {
+          o[mi][dt][0] *= alpha[mi][0]; o[mi][dt][1] *= alpha[mi][0];
+          o[mi][dt][2] *= alpha[mi][1]; o[mi][dt][3] *= alpha[mi][1];
+        }
     }
 
     // 4) O += P V: the S accumulators of two key octets are the A fragment of one k16 step
@@ -280,18 +294,18 @@ __global__ void __launch_bounds__(NW * 32, MINB) flash_fwd_tc(const AttnParams p
       float l = l_run[mi][rr];
       l += __shfl_xor_sync(0xffffffffu, l, 1);
       l += __shfl_xor_sync(0xffffffffu, l, 2);
-      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const float inv = l != 0.f ? 1.f / l : 0.f;   // l: 0 when the row saw no key, NaN after a NaN score
       const int64_t r = m0 + row0 + mi * 16 + 8 * rr;
       if (r >= p.Lq) continue;
 #pragma unroll
       for (int dt = 0; dt < D / 8; ++dt) {
         const int64_t c = dt * 8 + 2 * tq;
-        if (c < p.Ev) out[r * p.o_i + c * p.o_e] = from_float<T>(l > 0.f ? o[mi][dt][2 * rr] * inv : 0.f);
-        if (c + 1 < p.Ev) out[r * p.o_i + (c + 1) * p.o_e] = from_float<T>(l > 0.f ? o[mi][dt][2 * rr + 1] * inv : 0.f);
+        if (c < p.Ev) out[r * p.o_i + c * p.o_e] = from_float<T>(l != 0.f ? o[mi][dt][2 * rr] * inv : 0.f);
+        if (c + 1 < p.Ev) out[r * p.o_i + (c + 1) * p.o_e] = from_float<T>(l != 0.f ? o[mi][dt][2 * rr + 1] * inv : 0.f);
       }
       if (p.lse && tq == 0)
         static_cast<T*>(p.lse)[so_end.l + r * p.l_i] =
-            from_float<T>(l > 0.f ? (m_run[mi][rr] + log2f(l)) * kLn2 : -INFINITY);
+            from_float<T>(l != 0.f ? (m_run[mi][rr] + log2f(l)) * kLn2 : -INFINITY);
     }
 }
 
@@ -431,14 +445,14 @@ __global__ void __launch_bounds__(256) flash_fwd_simt(const AttnParams p) {
     for (int w = 8; w >= 1; w >>= 1) l += __shfl_xor_sync(0xffffffffu, l, w);
     const int64_t row = m0 + ty + 16 * r;
     if (row >= p.Lq) continue;
-    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const float inv = l != 0.f ? 1.f / l : 0.f;   // l: 0 when the row saw no key, NaN after a NaN score
 #pragma unroll
     for (int c = 0; c < 8; ++c) {
       const int64_t col = c0 + tx + 16 * c;
-      if (col < p.Ev) out[row * p.o_i + col * p.o_e] = from_float<T>(l > 0.f ? o[r][c] * inv : 0.f);   // 0 * NaN: zeros
+      if (col < p.Ev) out[row * p.o_i + col * p.o_e] = from_float<T>(l != 0.f ? o[r][c] * inv : 0.f);   // not 0 * NaN
     }
     if (p.lse && cg == 0 && tx == 0)
-      static_cast<T*>(p.lse)[so.l + row * p.l_i] = from_float<T>(l > 0.f ? (m_run[r] + log2f(l)) * kLn2 : -INFINITY);
+      static_cast<T*>(p.lse)[so.l + row * p.l_i] = from_float<T>(l != 0.f ? (m_run[r] + log2f(l)) * kLn2 : -INFINITY);
   }
 }
 

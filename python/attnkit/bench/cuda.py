@@ -105,7 +105,7 @@ def main(argv=None, *, quick=False, json_path=None) -> int:
             ref_out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
             err = ((attnkit.scaled_dot_product_attention(q, k, v, is_causal=causal).float() - ref_out).norm()
                    / ref_out.norm()).item()
-            times = {c: _timer(torch, fn) for c, fn in cont.items()}
+            times = {c: _timer(torch, fn, warmup=10) for c, fn in cont.items()}   # clocks up before the first
             for c, tt in times.items():
                 tf = flops / tt / 1e12
                 pk = peak[dtype] if peak else None
