@@ -235,12 +235,10 @@ void launch(const AttnParams& p, int num_sms, cudaStream_t s) {
   using S = DecodeShape<T, D, ROWS>;
   const int64_t pairs = p.B * p.Hk;
   auto kern = decode_split<T, D, ROWS>;
-  AK_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, S::SMEM));
+  int per_sm = prepare_kernel(reinterpret_cast<const void*>(kern), kDecodeWarps * 32, S::SMEM);
   // Splits: about 8 waves of the blocks the GPU holds at once (so the last, partial wave costs
   // little), each split at least 4 block-steps of keys. The combine's extra traffic (fp32 partial
   // outputs, rows x splits x D) stays well under 1 % of K and V at long caches.
-  int per_sm = 0;
-  AK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, kDecodeWarps * 32, S::SMEM));
   if (per_sm < 1) per_sm = 1;
   const char* waves_env = std::getenv("ATTNKIT_CUDA_DECODE_WAVES");   // the benchmark's knob
   const int64_t waves = waves_env ? std::atoi(waves_env) : 8;

@@ -496,7 +496,7 @@ void launch_tc(const AttnParams& p, cudaStream_t s) {
   constexpr int smem = tc_smem_bytes<T, D, NW, MW, BN>();
   constexpr int BM = 16 * NW * MW;
   auto kern = flash_fwd_tc<T, D, NW, MW, BN, MINB>;
-  AK_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  prepare_kernel(reinterpret_cast<const void*>(kern), NW * 32, smem);
   const int64_t blocks = (p.Lq + BM - 1) / BM * p.Hq * p.B;
   kern<<<static_cast<unsigned>(blocks), NW * 32, smem, s>>>(p);
   AK_LAUNCHED("flash_fwd_tc");
@@ -505,7 +505,7 @@ void launch_tc(const AttnParams& p, cudaStream_t s) {
 template <class T>
 void launch_simt(const AttnParams& p, cudaStream_t s) {
   auto kern = flash_fwd_simt<T>;
-  AK_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, kSimtSmem));
+  prepare_kernel(reinterpret_cast<const void*>(kern), 256, kSimtSmem);
   const int64_t ncg = p.Ev > kSimtVC ? (p.Ev + kSimtVC - 1) / kSimtVC : 1;
   const int64_t blocks = (p.Lq + kSimtBM - 1) / kSimtBM * ncg * p.Hq * p.B;
   kern<<<static_cast<unsigned>(blocks), 256, kSimtSmem, s>>>(p);
