@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check, in one call (about 4 minutes on an H100): build attnkit with the CUDA backend
-# for sm_90; then, side by side on the GPU, tests/test_cuda.py, every oracle test of the shared
+# The GPU check, in one call (about 1.5 minutes on an H100, plus the machine's start): build
+# attnkit with the CUDA backend for sm_90; then, side by side on the GPU, tests/test_cuda.py, every oracle test of the shared
 # backend fixture on its cuda entry (tests/test_sdpa.py, test_ops.py, test_mha.py, test_errors.py
 # -k cuda), and compute-sanitizer memcheck and racecheck on a small run of every kernel path
 # (bench/cuda_sanitize.py); then, alone on the GPU, the CUDA benchmark. Logs under $OUT (default
@@ -28,14 +28,14 @@ tail -3 "$OUT/build.log"
 
 stamp "tests + fixture tests + memcheck + racecheck, side by side"
 PYTEST="python3 -m pytest -q -p no:cacheprovider -rfE --tb=short"
-timeout 170 $PYTEST tests/test_cuda.py > "$OUT/tests.log" 2>&1 &
+timeout 140 $PYTEST tests/test_cuda.py > "$OUT/tests.log" 2>&1 &
 p_tests=$!
-timeout 170 $PYTEST -n 6 tests/test_sdpa.py tests/test_ops.py tests/test_mha.py tests/test_errors.py -k cuda \
+timeout 140 $PYTEST -n 6 tests/test_sdpa.py tests/test_ops.py tests/test_mha.py tests/test_errors.py -k cuda \
   > "$OUT/fixture.log" 2>&1 &
 p_fix=$!
-timeout 170 compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/cuda_sanitize.py > "$OUT/memcheck.log" 2>&1 &
+timeout 140 compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/cuda_sanitize.py > "$OUT/memcheck.log" 2>&1 &
 p_mem=$!
-timeout 170 compute-sanitizer --tool racecheck --error-exitcode 9 python3 bench/cuda_sanitize.py > "$OUT/racecheck.log" 2>&1 &
+timeout 140 compute-sanitizer --tool racecheck --error-exitcode 9 python3 bench/cuda_sanitize.py > "$OUT/racecheck.log" 2>&1 &
 p_race=$!
 wait $p_tests; tests_rc=$?
 wait $p_fix; fix_rc=$?
