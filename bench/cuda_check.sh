@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check, in one call (about 1.5 minutes on an H100, plus the machine's start): build
-# attnkit with the CUDA backend for sm_90; then, side by side on the GPU, tests/test_cuda.py, every oracle test of the shared
-# backend fixture on its cuda entry (tests/test_sdpa.py, test_ops.py, test_mha.py, test_errors.py
-# -k cuda), and compute-sanitizer memcheck and racecheck on a small run of every kernel path
-# (bench/cuda_sanitize.py); then, alone on the GPU, the CUDA benchmark. Logs under $OUT (default
-# ./cuda-logs); a short summary is printed last. CUDA_CHECK_SKIP_BENCH=1 leaves the bench out.
+# attnkit with the CUDA backend for sm_90; then, side by side on the GPU, tests/test_cuda.py,
+# every oracle test of the shared backend fixture on its cuda entry (tests/test_sdpa.py,
+# test_ops.py, test_mha.py, test_errors.py -k cuda), and compute-sanitizer memcheck and racecheck
+# on a small run of every kernel path (bench/cuda_sanitize.py); then, alone on the GPU, the CUDA
+# benchmark. Logs under $OUT (default ./cuda-logs); a short summary is printed last.
+# CUDA_CHECK_SKIP_BENCH=1 leaves the bench out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/cuda-logs}
