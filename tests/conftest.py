@@ -7,6 +7,7 @@ run even when the compiled core has not been built.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import os
@@ -305,6 +306,15 @@ class CudaBackend(Backend):
         assert isinstance(a, kind) and hasattr(a, "__cuda_array_interface__"), (
             f"{self.name}: a result of type {type(a).__name__}, not the caller's kind of CUDA array")
         return a.get() if lib.__name__ == "cupy" else a.cpu().numpy()   # (bfloat16 will need ml_dtypes here)
+
+    def call(self, fn, *args, **kwargs):
+        """As Backend.call, except that kv_lengths stays in host memory: attnkit.cuda takes the lengths
+        from the host (a NumPy array or a sequence) and rejects a GPU array for them (TypeError), so
+        that reading them never waits on the device."""
+        if "kv_lengths" in kwargs:
+            kv_lengths = kwargs.pop("kv_lengths")
+            fn = functools.partial(fn, kv_lengths=kv_lengths)
+        return super().call(fn, *args, **kwargs)
 
 
 BACKENDS = [CpuBackend("avx512"), CpuBackend("avx2"), CpuBackend("generic"), CudaBackend()]

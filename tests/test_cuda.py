@@ -222,6 +222,42 @@ def test_simt_twin_matches(rng, dtype, monkeypatch):
 
 
 @needs_gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("tile", ["64x1", "64x1m3", "128x1", "128x2"])
+@pytest.mark.parametrize("E", [64, 128])
+def test_tensor_core_tile_shapes(rng, dtype, tile, E, monkeypatch):
+    """Every block shape of the tensor-core kernel (ATTNKIT_CUDA_FA_TILE, the benchmark's knob): ragged
+    lengths, a bool mask, bottom-right causal, lse."""
+    monkeypatch.setenv("ATTNKIT_CUDA_FA_TILE", tile)
+    B, H, Lq, Lk = 2, 2, 150, 301
+    q = dev(rng.standard_normal((B, H, Lq, E)), dtype)
+    k, v = (dev(rng.standard_normal((B, H, Lk, E)), dtype) for _ in range(2))
+    keep = rng.random((B, 1, Lq, Lk)) > 0.2
+    out, lse = attnkit.scaled_dot_product_attention(q, k, v, dev(keep, dtype), is_causal=True, return_lse=True,
+                                                    causal_alignment="bottom_right")
+    exp, exp_lse = ref.scaled_dot_product_attention(host64(q), host64(k), host64(v), keep, is_causal=True,
+                                                    causal_alignment="bottom_right", return_lse=True)
+    check(out, exp, dtype)
+    check(lse, exp_lse, dtype, "lse", tol=2e-3 if dtype == "float16" else 1e-2)
+    out = attnkit.scaled_dot_product_attention(q, k, v)
+    check(out, ref.scaled_dot_product_attention(host64(q), host64(k), host64(v)), dtype)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("waves", ["1", "8", "16"])
+def test_decode_split_counts(rng, dtype, waves, monkeypatch):
+    """Split-KV decode with few and many splits (ATTNKIT_CUDA_DECODE_WAVES) merges to the same result."""
+    monkeypatch.setenv("ATTNKIT_CUDA_DECODE_WAVES", waves)
+    B, H, Lk, E = 2, 4, 5000, 128
+    q = dev(rng.standard_normal((B, H, 1, E)), dtype)
+    k, v = (dev(rng.standard_normal((B, H, Lk, E)), dtype) for _ in range(2))
+    lengths = np.array([Lk, 2345])
+    out = attnkit.scaled_dot_product_attention(q, k, v, kv_lengths=lengths)
+    check(out, ref.scaled_dot_product_attention(host64(q), host64(k), host64(v), kv_lengths=lengths), dtype)
+
+
+@needs_gpu
 def test_sdpa_cupy_in_cupy_out(rng):
     cp = pytest.importorskip("cupy")
     q, k, v = (cp.asarray(rng.standard_normal((2, 3, 20, 64)).astype(np.float32)) for _ in range(3))

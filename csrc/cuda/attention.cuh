@@ -57,13 +57,19 @@ __device__ __forceinline__ KeyRange key_range(const AttnParams& p, int64_t b) {
   return r;
 }
 
-// The mask's contribution to a log2-domain score: -inf where a bool mask hides the key, else
-// the additive mask times log2(e).
+// A log2-domain score x with the mask applied: -inf where a bool mask hides the key (whatever x
+// is, so a NaN behind a hidden key stays hidden), else x + the additive mask times log2(e). A
+// finite mask whose product with log2(e) overflows (float32's lowest, the "HF-style" masked
+// value) becomes -FLT_MAX instead of -inf, so that a row masked that way everywhere still sees
+// every key equally, as the float64 oracle does.
 template <class T>
-__device__ __forceinline__ float mask_term(const AttnParams& p, int64_t moff, int64_t i, int64_t j) {
+__device__ __forceinline__ float apply_mask(float x, const AttnParams& p, int64_t moff, int64_t i, int64_t j) {
   const int64_t at = moff + i * p.m_i + j * p.m_j;
-  if (p.mask_bool) return static_cast<const unsigned char*>(p.mask)[at] ? 0.f : -INFINITY;
-  return to_float(static_cast<const T*>(p.mask)[at]) * kLog2e;
+  if (p.mask_bool) return static_cast<const unsigned char*>(p.mask)[at] ? x : -INFINITY;
+  const float m = to_float(static_cast<const T*>(p.mask)[at]);
+  float t = m * kLog2e;
+  if (t == -INFINITY && m != -INFINITY) t = -3.402823466e38f;
+  return x + t;
 }
 
 // Entry points (flash_attention.cu, decode.cu).

@@ -28,6 +28,21 @@ int device_sm_count() {
   return n;
 }
 
+int prepare_kernel(const void* kernel, int threads, int smem_bytes) {
+  static std::mutex m;
+  static std::map<std::pair<const void*, int>, int> blocks;   // (kernel, device) -> blocks per SM
+  int dev = 0;
+  AK_CUDA(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(m);
+  auto it = blocks.find({kernel, dev});
+  if (it != blocks.end()) return it->second;
+  AK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
+  int n = 0;
+  AK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, static_cast<size_t>(smem_bytes)));
+  blocks[{kernel, dev}] = n;
+  return n;
+}
+
 const Backend backend = {"cuda", &supports, &attention, &gemm, &rows};
 
 }}  // namespace attnkit::cuda

@@ -11,6 +11,9 @@ void gemm(const GemmProblem& p);        // gemm.cu (cuBLASLt)
 void rows(const RowProblem& p);         // rowwise.cu
 
 int device_sm_count();                  // of the current device, cached per device
+// Once per kernel and device: allow smem_bytes of dynamic shared memory; returns how many blocks
+// of `threads` threads an SM holds (cached: the launch path makes no attribute calls after that).
+int prepare_kernel(const void* kernel, int threads, int smem_bytes);
 
 extern const Backend backend;           // backend.cu
 

@@ -7,6 +7,8 @@
 // row; the block merges its groups in shared memory and, when the keys were split over several
 // blocks, writes (max, sum, unnormalised output) in fp32 for decode_combine to merge by
 // log-sum-exp.
+#include <cstdlib>
+
 #include "cuda/attention.cuh"
 #include "cuda/backend.h"
 
@@ -23,21 +25,26 @@ struct DecodeShape {
   static constexpr int LPK = D / VEC;                     // lanes per key
   static constexpr int KPW = 32 / LPK;                    // keys per warp step
   static constexpr int GROUPS = kDecodeWarps * KPW;       // lane groups per block
-  static constexpr int U = ROWS * VEC > 32 ? 2 : 4;   // keys per lane group in flight (8 for one row: measured slower)
+  static constexpr int U = ROWS * VEC >= 32 ? 2 : 4;   // keys per lane group per step (8 for one row: measured slower)
   static constexpr int KEYS_PER_STEP = GROUPS * U;
   static constexpr int SMEM = GROUPS * ROWS * (D + 2) * int(sizeof(float));
 };
 
 template <class T, int VEC>
-__device__ __forceinline__ void load_vec(float (&dst)[VEC], const T* src) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(src);
+__device__ __forceinline__ void to_floats(float (&dst)[VEC], const uint4& raw) {
   const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
   for (int i = 0; i < VEC; ++i) dst[i] = to_float(e[i]);
 }
 
+template <class T, int VEC>
+__device__ __forceinline__ void load_vec(float (&dst)[VEC], const T* src) {
+  to_floats<T, VEC>(dst, *reinterpret_cast<const uint4*>(src));
+}
+
+// ROWS == 1: at most 128 registers, so that 4 blocks (16 warps) share an SM: more loads in flight.
 template <class T, int D, int ROWS>
-__global__ void __launch_bounds__(kDecodeWarps * 32) decode_split(const AttnParams p, int64_t keys_per_split,
+__global__ void __launch_bounds__(kDecodeWarps * 32, ROWS == 1 ? 4 : 1) decode_split(const AttnParams p, int64_t keys_per_split,
                                                                   float* ws_o, float* ws_ml, int nsplit) {
   using S = DecodeShape<T, D, ROWS>;
   constexpr int VEC = S::VEC, LPK = S::LPK, KPW = S::KPW, GROUPS = S::GROUPS, U = S::U;
@@ -88,35 +95,47 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_split(const AttnPara
   }
 
   // The loop bound is warp-uniform (the shuffles below need every lane): a warp takes KPW * U
-  // consecutive keys per step, lane group (lane / LPK) the U keys at j0.
-  for (int64_t jw = jbeg + int64_t(warp) * KPW * U; jw < jend; jw += int64_t(GROUPS) * U) {
+  // consecutive keys per step, lane group (lane / LPK) the U keys at j0. K and V stay raw (16
+  // bytes a load) until used, and the next step's loads are issued before this step's arithmetic,
+  // so a lane keeps 2 x U x 32 bytes in flight while it computes.
+  constexpr int64_t kStep = int64_t(GROUPS) * U;
+  auto fetch = [&](uint4 (&kr_)[U], uint4 (&vr_)[U], int64_t jw) {
     const int64_t j0 = jw + int64_t(lane / LPK) * U;
-    float kv[U][VEC], vv[U][VEC];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t j = j0 + u;
       if (j < jend) {
-        load_vec<T, VEC>(kv[u], kbase + j * p.k_j + gl * VEC);
-        load_vec<T, VEC>(vv[u], vbase + j * p.v_j + gl * VEC);
+        kr_[u] = __ldg(reinterpret_cast<const uint4*>(kbase + j * p.k_j + gl * VEC));
+        vr_[u] = __ldg(reinterpret_cast<const uint4*>(vbase + j * p.v_j + gl * VEC));
       } else {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) kv[u][e] = vv[u][e] = 0.f;
+        kr_[u] = make_uint4(0, 0, 0, 0);
+        vr_[u] = make_uint4(0, 0, 0, 0);
       }
     }
+  };
+  uint4 kraw[U], vraw[U];
+  int64_t jw = jbeg + int64_t(warp) * KPW * U;
+  if (jw < jend) fetch(kraw, vraw, jw);
+  for (; jw < jend; jw += kStep) {
+    uint4 knext[U], vnext[U];
+    if (jw + kStep < jend) fetch(knext, vnext, jw + kStep);
+    const int64_t j0 = jw + int64_t(lane / LPK) * U;
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
       if (r >= R) break;
       float sc[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
+        float kv[VEC];
+        to_floats<T, VEC>(kv, kraw[u]);
         float d = 0.f;
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) d = fmaf(qv[r][e], kv[u][e], d);
+        for (int e = 0; e < VEC; ++e) d = fmaf(qv[r][e], kv[e], d);
 #pragma unroll
         for (int w = LPK / 2; w >= 1; w >>= 1) d += __shfl_xor_sync(0xffffffffu, d, w);
         const int64_t j = j0 + u;
         if (j >= jend || j >= lim[r]) d = -INFINITY;
-        else if (p.mask) d += mask_term<T>(p, moff[r], qi[r], j);
+        else if (p.mask) d = apply_mask<T>(d, p, moff[r], qi[r], j);
         sc[u] = d;
       }
       float mx = m_run[r];
@@ -133,12 +152,16 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_split(const AttnPara
         const float pu = exp2f(sc[u] - base);
         l += pu;
         if (pu != 0.f) {
+          float vv[VEC];
+          to_floats<T, VEC>(vv, vraw[u]);
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) o[r][e] = fmaf(pu, vv[u][e], o[r][e]);
+          for (int e = 0; e < VEC; ++e) o[r][e] = fmaf(pu, vv[e], o[r][e]);
         }
       }
       l_run[r] = l;
     }
+#pragma unroll
+    for (int u = 0; u < U; ++u) kraw[u] = knext[u], vraw[u] = vnext[u];
   }
 
   // merge the lane groups: [GROUPS][rows][D + 2] (output slice, then max and sum)
@@ -169,9 +192,9 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_split(const AttnPara
     const int64_t g = r / p.Lq, i = r % p.Lq, h = hk * p.G + g;
     if (nsplit == 1) {
       const SliceOffsets so = slice_offsets(p, b, h);
-      static_cast<T*>(p.out)[so.o + i * p.o_i + d * p.o_e] = from_float<T>(L > 0.f ? O / L : 0.f);
+      static_cast<T*>(p.out)[so.o + i * p.o_i + d * p.o_e] = from_float<T>(L != 0.f ? O / L : 0.f);
       if (d == 0 && p.lse)
-        static_cast<T*>(p.lse)[so.l + i * p.l_i] = from_float<T>(L > 0.f ? (M + log2f(L)) * kLn2 : -INFINITY);
+        static_cast<T*>(p.lse)[so.l + i * p.l_i] = from_float<T>(L != 0.f ? (M + log2f(L)) * kLn2 : -INFINITY);
     } else {
       const int64_t row = ((b * p.Hq + h) * p.Lq + i) * nsplit + split;   // workspace row
       ws_o[row * D + d] = O;
@@ -201,19 +224,26 @@ __global__ void __launch_bounds__(128) decode_combine(const AttnParams p, const 
       const float w = exp2f(ml[2 * s] - base);
       if (w != 0.f) O += ws_o[(row * nsplit + s) * D + d] * w;
     }
-    static_cast<T*>(p.out)[so.o + i * p.o_i + d * p.o_e] = from_float<T>(L > 0.f ? O / L : 0.f);
+    static_cast<T*>(p.out)[so.o + i * p.o_i + d * p.o_e] = from_float<T>(L != 0.f ? O / L : 0.f);
   }
   if (threadIdx.x == 0 && p.lse)
-    static_cast<T*>(p.lse)[so.l + i * p.l_i] = from_float<T>(L > 0.f ? (M + log2f(L)) * kLn2 : -INFINITY);
+    static_cast<T*>(p.lse)[so.l + i * p.l_i] = from_float<T>(L != 0.f ? (M + log2f(L)) * kLn2 : -INFINITY);
 }
 
 template <class T, int D, int ROWS>
 void launch(const AttnParams& p, int num_sms, cudaStream_t s) {
   using S = DecodeShape<T, D, ROWS>;
   const int64_t pairs = p.B * p.Hk;
-  // Enough blocks for about four waves, each split at least one block-step of keys.
-  const int64_t max_split = (p.Lk + S::KEYS_PER_STEP - 1) / S::KEYS_PER_STEP;
-  int64_t nsplit = (4 * int64_t(num_sms) + pairs - 1) / pairs;
+  auto kern = decode_split<T, D, ROWS>;
+  int per_sm = prepare_kernel(reinterpret_cast<const void*>(kern), kDecodeWarps * 32, S::SMEM);
+  // Splits: about 8 waves of the blocks the GPU holds at once (so the last, partial wave costs
+  // little), each split at least 4 block-steps of keys. The combine's extra traffic (fp32 partial
+  // outputs, rows x splits x D) stays well under 1 % of K and V at long caches.
+  if (per_sm < 1) per_sm = 1;
+  const char* waves_env = std::getenv("ATTNKIT_CUDA_DECODE_WAVES");   // the benchmark's knob
+  const int64_t waves = waves_env ? std::atoi(waves_env) : 8;
+  const int64_t max_split = (p.Lk + 4 * S::KEYS_PER_STEP - 1) / (4 * S::KEYS_PER_STEP);
+  int64_t nsplit = (waves * per_sm * int64_t(num_sms) + pairs - 1) / pairs;
   if (nsplit > max_split) nsplit = max_split;
   if (nsplit > 128) nsplit = 128;
   if (nsplit < 1) nsplit = 1;
@@ -224,8 +254,6 @@ void launch(const AttnParams& p, int num_sms, cudaStream_t s) {
   const int64_t rows = p.B * p.Hq * p.Lq;
   StreamBuffer ws_o(nsplit > 1 ? sizeof(float) * rows * nsplit * D : 0, s);
   StreamBuffer ws_ml(nsplit > 1 ? sizeof(float) * rows * nsplit * 2 : 0, s);
-  auto kern = decode_split<T, D, ROWS>;
-  AK_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, S::SMEM));
   kern<<<static_cast<unsigned>(pairs * nsplit), kDecodeWarps * 32, S::SMEM, s>>>(p, per, ws_o.as<float>(),
                                                                                 ws_ml.as<float>(), int(nsplit));
   AK_LAUNCHED("decode_split");

@@ -1,7 +1,9 @@
 // Scaled dot-product attention on the GPU, FlashAttention-2 loop order: one block of query rows
 // per thread block, K/V tiles streamed through shared memory, the online softmax in registers.
 //
-//   flash_fwd_tc<T, D, NW>   fp16/bf16 on tensor cores: NW warps x 16 query rows, 64-key tiles
+//   flash_fwd_tc<T, D, NW, MW, BN, MINB>  fp16/bf16 on tensor cores: NW warps x MW x 16 query
+//                            rows (by default 4 warps x 16 rows; FA2's 4 warps x 32 rows measured
+//                            slower here, bench/NOTES.md), BN-key tiles
 //                            brought in by cp.async (double buffered), QK^T and PV as
 //                            mma.sync.m16n8k16 with fp32 accumulators, softmax statistics in
 //                            fp32, exp2 with scale*log2(e) folded into the scores. Tiles past the
@@ -26,14 +28,17 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // Tensor-core kernel
 // ---------------------------------------------------------------------------------------------
-constexpr int kTcBlockN = 64;
+// NW warps, each MW x 16 query rows (MW = 1: the warp's Q fragments stay in registers; MW = 2:
+// FA2's 32 rows per warp, Q fragments re-read from shared memory, so every K/V fragment that
+// ldmatrix brings feeds 4 mma instead of 2).
+// BN keys per K/V tile (64, or 32 where 32 rows per warp at D = 128 would not fit the registers).
+template <class T, int D, int NW, int MW, int BN>
+constexpr int tc_smem_bytes() { return (16 * NW * MW + 4 * BN) * D * int(sizeof(T)); }
 
-template <class T, int D, int NW>
-constexpr int tc_smem_bytes() { return (16 * NW + 4 * kTcBlockN) * D * int(sizeof(T)); }
-
-template <class T, int D, int NW>
-__global__ void __launch_bounds__(NW * 32) flash_fwd_tc(const AttnParams p) {
-  constexpr int BM = 16 * NW, BN = kTcBlockN, CH = D / 8, NT = NW * 32;
+template <class T, int D, int NW, int MW, int BN, int MINB>
+__global__ void __launch_bounds__(NW * 32, MINB) flash_fwd_tc(const AttnParams p) {
+  constexpr int BM = 16 * NW * MW, CH = D / 8, NT = NW * 32, WM = 16 * MW;
+  constexpr bool kQinRegs = MW == 1;
   static_assert(D % 64 == 0, "the XOR swizzle needs rows of at least 8 16-byte chunks");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* Qs = reinterpret_cast<T*>(smem_raw);
@@ -50,32 +55,47 @@ __global__ void __launch_bounds__(NW * 32) flash_fwd_tc(const AttnParams p) {
   bid /= nqb;
   const int64_t h = bid % p.Hq, b = bid / p.Hq;
   const int64_t m0 = qb * BM;
-  const SliceOffsets so = slice_offsets(p, b, h);
   const KeyRange kr = key_range(p, b);
   const int64_t last_row = (m0 + BM < p.Lq ? m0 + BM : p.Lq) - 1;
   const int64_t kv_end = kr.end(p, last_row);          // no row of the block sees a key past this
   const int ntiles = static_cast<int>((kv_end + BN - 1) / BN);
 
-  const T* q = static_cast<const T*>(p.q) + so.q;
-  const T* k = static_cast<const T*>(p.k) + so.k;
-  const T* v = static_cast<const T*>(p.v) + so.v;
-
-  for (int idx = tid; idx < BM * CH; idx += NT) {
-    const int r = idx / CH, c = idx % CH;
-    const bool ok = m0 + r < p.Lq && c * 8 < p.E;
-    cp_async16(smem_u32(Qs + swz(r, c)), ok ? q + (m0 + r) * p.q_i + c * 8 : q, ok);
+  // K/V tile loads: every thread copies the same column chunk c of rows r0, r0 + RS, ... of
+  // each tile, so its source pointers advance by BN rows per tile and its swizzled destinations
+  // are fixed (RS is a multiple of 8: the swizzle, c ^ (r & 7), is the same for all of them).
+  static_assert(NT % CH == 0 && (NT / CH) % 8 == 0, "each thread keeps one swizzled column");
+  constexpr int RS = NT / CH, LOADS = BN / RS;
+  static_assert(BN % RS == 0, "whole tiles per thread");
+  const int r0 = tid / CH, c0 = tid % CH;
+  const char* kp;                                      // &K[r0][8 c0], then + BN rows a tile
+  const char* vp;
+  {
+    const SliceOffsets so = slice_offsets(p, b, h);
+    const T* q = static_cast<const T*>(p.q) + so.q;
+    kp = reinterpret_cast<const char*>(static_cast<const T*>(p.k) + so.k + r0 * p.k_j + c0 * 8);
+    vp = reinterpret_cast<const char*>(static_cast<const T*>(p.v) + so.v + r0 * p.v_j + c0 * 8);
+    for (int idx = tid; idx < BM * CH; idx += NT) {
+      const int r = idx / CH, c = idx % CH;
+      const bool ok = m0 + r < p.Lq && c * 8 < p.E;
+      cp_async16(smem_u32(Qs + swz(r, c)), ok ? q + (m0 + r) * p.q_i + c * 8 : q, ok);
+    }
   }
   cp_async_commit();
+  const int64_t k_step = RS * p.k_j * int64_t(sizeof(T)), v_step = RS * p.v_j * int64_t(sizeof(T));
+  const bool k_col = c0 * 8 < p.E, v_col = c0 * 8 < p.Ev;
+  const uint32_t kv_dst = smem_u32(Ks) + uint32_t(swz(r0, c0) * sizeof(T));
   auto load_kv = [&](int t, int stage) {
-    T* ks = Ks + stage * BN * D;
-    T* vs = Vs + stage * BN * D;
+    const uint32_t kd = kv_dst + uint32_t(stage * BN * D * sizeof(T)), vd = kd + uint32_t(2 * BN * D * sizeof(T));
     const int64_t j0 = int64_t(t) * BN;
-    for (int idx = tid; idx < BN * CH; idx += NT) {
-      const int r = idx / CH, c = idx % CH;
-      const bool row_ok = j0 + r < kr.n;
-      const bool kok = row_ok && c * 8 < p.E, vok = row_ok && c * 8 < p.Ev;
-      cp_async16(smem_u32(ks + swz(r, c)), kok ? k + (j0 + r) * p.k_j + c * 8 : k, kok);
-      cp_async16(smem_u32(vs + swz(r, c)), vok ? v + (j0 + r) * p.v_j + c * 8 : v, vok);
+    const char* ks = kp + j0 * p.k_j * int64_t(sizeof(T));
+    const char* vs = vp + j0 * p.v_j * int64_t(sizeof(T));
+    const int64_t left = kr.n - j0 - r0;               // rows u * RS < left exist
+#pragma unroll
+    for (int u = 0; u < LOADS; ++u) {
+      const bool row_ok = u * RS < left;
+      const bool kok = row_ok && k_col, vok = row_ok && v_col;
+      cp_async16(kd + uint32_t(u * RS * D * sizeof(T)), kok ? ks + u * k_step : p.k, kok);   // p.k: nothing is read
+      cp_async16(vd + uint32_t(u * RS * D * sizeof(T)), vok ? vs + u * v_step : p.v, vok);
     }
   };
   if (ntiles > 0) load_kv(0, 0);
@@ -83,106 +103,181 @@ __global__ void __launch_bounds__(NW * 32) flash_fwd_tc(const AttnParams p) {
   cp_async_wait<1>();
   __syncthreads();
 
-  uint32_t qf[D / 16][4];
+  // ldmatrix addresses of K and V fragments: a lane's row within a 16-row step is r with r & 7 =
+  // lane & 7 (= the swizzle key sw), its 16-byte chunk 2 kk + b; since 2 (kk & 3) + b < 8,
+  // (2 kk + b) ^ sw = 8 (kk >> 2) + ((2 (kk & 3) + b) ^ sw): four per-lane offsets per operand,
+  // the rest compile-time constants folded into the instruction.
+  uint32_t k_lds[4], v_lds[4];
+  {
+    const int sw = lane & 7, bk = (lane >> 3) & 1, bv = lane >> 4;
+    const int rk = (lane & 7) + ((lane >> 4) << 3), rv = (lane & 7) + (((lane >> 3) & 1) << 3);
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk)
-    ldmatrix_x4(qf[kk], smem_u32(Qs + swz(warp * 16 + (lane & 15), kk * 2 + (lane >> 4))));
+    for (int j = 0; j < 4; ++j) {
+      k_lds[j] = smem_u32(Ks) + uint32_t((rk * D + (((2 * j + bk) ^ sw) << 3)) * sizeof(T));
+      v_lds[j] = smem_u32(Vs) + uint32_t((rv * D + (((2 * j + bv) ^ sw) << 3)) * sizeof(T));
+    }
+  }
 
+  // The warp's Q fragments (A operand of QK^T), from registers (MW = 1) or shared memory.
+  uint32_t qf[kQinRegs ? D / 16 : 1][4];
+  if constexpr (kQinRegs) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      ldmatrix_x4(qf[kk], smem_u32(Qs + swz(warp * WM + (lane & 15), kk * 2 + (lane >> 4))));
+  }
+
+  // Exclusive key bound per row (0 past Lq), as int: a key count fits (checked at launch).
   const int g = lane >> 2, tq = lane & 3;
-  const int64_t rows[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
-  int64_t lim[2];                                      // exclusive key bound per row (0 past Lq)
+  const int row0 = warp * WM + g;                      // this lane's rows: m0 + row0 + 16 mi + 8 rr
+  int lim[MW][2];
 #pragma unroll
-  for (int rr = 0; rr < 2; ++rr) lim[rr] = rows[rr] < p.Lq ? kr.end(p, rows[rr]) : 0;
-
-  float o[D / 8][4];
+  for (int mi = 0; mi < MW; ++mi)
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+    for (int rr = 0; rr < 2; ++rr) {
+      const int64_t r = m0 + row0 + mi * 16 + 8 * rr;
+      lim[mi][rr] = r < p.Lq ? static_cast<int>(kr.end(p, r)) : 0;
+    }
+  const int64_t moff = p.mask ? slice_offsets(p, b, h).m : 0;
+  int lim_min = lim[0][0];
+#pragma unroll
+  for (int mi = 0; mi < MW; ++mi)
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) lim_min = lim[mi][rr] < lim_min ? lim[mi][rr] : lim_min;
 
+  float o[MW][D / 8][4];
+#pragma unroll
+  for (int mi = 0; mi < MW; ++mi)
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) o[mi][i][0] = o[mi][i][1] = o[mi][i][2] = o[mi][i][3] = 0.f;
+  float m_run[MW][2], l_run[MW][2];
+#pragma unroll
+  for (int mi = 0; mi < MW; ++mi) m_run[mi][0] = m_run[mi][1] = -INFINITY, l_run[mi][0] = l_run[mi][1] = 0.f;
+
+  const float sl = p.scale_log2;
+  float alpha[MW][2], nbase[MW][2];
   for (int t = 0; t < ntiles; ++t) {
     if (t + 1 < ntiles) load_kv(t + 1, (t + 1) & 1);
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
-    const T* Kt = Ks + (t & 1) * BN * D;
-    const T* Vt = Vs + (t & 1) * BN * D;
+    const uint32_t stage_off = uint32_t((t & 1) * BN * D * sizeof(T));
 
-    // 1) S = Q K^T for this warp's 16 rows x 64 keys
-    float s[BN / 8][4];
+    // 1) S = Q K^T for this warp's WM rows x 64 keys
+    float s[MW][BN / 8][4];
 #pragma unroll
-    for (int i = 0; i < BN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    for (int mi = 0; mi < MW; ++mi)
+#pragma unroll
+      for (int i = 0; i < BN / 8; ++i) s[mi][i][0] = s[mi][i][1] = s[mi][i][2] = s[mi][i][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t qa[MW][4];
+      if constexpr (kQinRegs) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) qa[0][i] = qf[kk][i];
+      } else {
+#pragma unroll
+        for (int mi = 0; mi < MW; ++mi)
+          ldmatrix_x4(qa[mi], smem_u32(Qs + swz(warp * WM + mi * 16 + (lane & 15), kk * 2 + (lane >> 4))));
+      }
 #pragma unroll
       for (int np = 0; np < BN / 16; ++np) {
         uint32_t bf[4];
-        ldmatrix_x4(bf, smem_u32(Kt + swz(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1))));
-        mma_16816<T>(s[2 * np], qf[kk], bf[0], bf[1]);
-        mma_16816<T>(s[2 * np + 1], qf[kk], bf[2], bf[3]);
-      }
-    }
-
-    // 2) scores in the log2 domain; keys a row may not see -> -inf (only on boundary tiles)
-    const int64_t j0 = int64_t(t) * BN;
-    const bool full = !p.mask && j0 + BN <= lim[0] && j0 + BN <= lim[1];
+        ldmatrix_x4(bf, k_lds[kk & 3] + stage_off + uint32_t((np * 16 * D + (kk >> 2) * 64) * sizeof(T)));
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[nt][e] * p.scale_log2;
-        if (!full) {
-          const int rr = e >> 1;
-          const int64_t j = j0 + nt * 8 + 2 * tq + (e & 1);
-          if (j >= lim[rr]) x = -INFINITY;
-          else if (p.mask) x += mask_term<T>(p, so.m, rows[rr], j);
+        for (int mi = 0; mi < MW; ++mi) {
+          mma_16816<T>(s[mi][2 * np], qa[mi], bf[0], bf[1]);
+          mma_16816<T>(s[mi][2 * np + 1], qa[mi], bf[2], bf[3]);
         }
-        s[nt][e] = x;
       }
+    }
 
-    // 3) online softmax: new row max, rescale the running sum and O, p = exp2(s - max)
-    float mx[2] = {m_run[0], m_run[1]};
+    // 2) scores in the log2 domain; keys a row may not see -> -inf (only on boundary tiles). On
+    // full tiles (and a positive scale) the raw scores stay as they are: the row max is taken on
+    // them and the scale folds into the exponent below (one FFMA a score instead of FMUL + FADD).
+    const int j0 = t * BN;
+    const bool fold = !p.mask && j0 + BN <= lim_min && sl > 0.f;
+    if (!fold) {
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-      mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
-      mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
+      for (int mi = 0; mi < MW; ++mi)
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float x = s[mi][nt][e] * sl;
+            const int rr = e >> 1;
+            const int j = j0 + nt * 8 + 2 * tq + (e & 1);
+            if (j >= lim[mi][rr]) x = -INFINITY;
+            else if (p.mask) x = apply_mask<T>(x, p, moff, m0 + row0 + mi * 16 + 8 * rr, j);
+            s[mi][nt][e] = x;
+          }
     }
-    float base[2], alpha[2], rs[2] = {0.f, 0.f};
+    const float ssl = fold ? sl : 1.f;   // what still multiplies s in the exponent
+
+    // 3) online softmax: new row max, rescale the running sum and O (only when a max grew), p =
+    // exp2(ssl s - max)
+    bool grew = false;
 #pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-      mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 1));
-      mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 2));
-      base[rr] = mx[rr] == -INFINITY ? 0.f : mx[rr];   // a row that saw nothing yet: exp2(-inf) = 0
-      alpha[rr] = fast_exp2(m_run[rr] - base[rr]);
-      m_run[rr] = mx[rr];
+    for (int mi = 0; mi < MW; ++mi) {
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+        mx[0] = fmaxf(mx[0], fmaxf(s[mi][nt][0], s[mi][nt][1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[mi][nt][2], s[mi][nt][3]));
+      }
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        mx[rr] = fmaxf(m_run[mi][rr], mx[rr] * ssl);
+        mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 1));
+        mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 2));
+        const float base = mx[rr] == -INFINITY ? 0.f : mx[rr];   // a row that saw nothing yet: exp2(-inf) = 0
+        alpha[mi][rr] = fast_exp2(m_run[mi][rr] - base);
+        grew |= alpha[mi][rr] != 1.f;
+        m_run[mi][rr] = mx[rr];
+        nbase[mi][rr] = -base;
+      }
+      float rs[2] = {0.f, 0.f};
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+        s[mi][nt][0] = fast_exp2(fmaf(s[mi][nt][0], ssl, nbase[mi][0]));
+        s[mi][nt][1] = fast_exp2(fmaf(s[mi][nt][1], ssl, nbase[mi][0]));
+        s[mi][nt][2] = fast_exp2(fmaf(s[mi][nt][2], ssl, nbase[mi][1]));
+        s[mi][nt][3] = fast_exp2(fmaf(s[mi][nt][3], ssl, nbase[mi][1]));
+        rs[0] += s[mi][nt][0] + s[mi][nt][1];
+        rs[1] += s[mi][nt][2] + s[mi][nt][3];
+      }
+      l_run[mi][0] = l_run[mi][0] * alpha[mi][0] + rs[0];
+      l_run[mi][1] = l_run[mi][1] * alpha[mi][1] + rs[1];
     }
+    if (__any_sync(0xffffffffu, grew)) {
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-      s[nt][0] = fast_exp2(s[nt][0] - base[0]);
-      s[nt][1] = fast_exp2(s[nt][1] - base[0]);
-      s[nt][2] = fast_exp2(s[nt][2] - base[1]);
-      s[nt][3] = fast_exp2(s[nt][3] - base[1]);
-      rs[0] += s[nt][0] + s[nt][1];
-      rs[1] += s[nt][2] + s[nt][3];
-    }
-    l_run[0] = l_run[0] * alpha[0] + rs[0];
-    l_run[1] = l_run[1] * alpha[1] + rs[1];
+      for (int mi = 0; mi < MW; ++mi)
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      o[dt][0] *= alpha[0]; o[dt][1] *= alpha[0];
-      o[dt][2] *= alpha[1]; o[dt][3] *= alpha[1];
+        for (int dt = 0; dt < D / 8; ++dt) {
+          o[mi][dt][0] *= alpha[mi][0]; o[mi][dt][1] *= alpha[mi][0];
+          o[mi][dt][2] *= alpha[mi][1]; o[mi][dt][3] *= alpha[mi][1];
+        }
     }
 
     // 4) O += P V: the S accumulators of two key octets are the A fragment of one k16 step
 #pragma unroll
     for (int ks = 0; ks < BN / 16; ++ks) {
-      const uint32_t a[4] = {pack2<T>(s[2 * ks][0], s[2 * ks][1]), pack2<T>(s[2 * ks][2], s[2 * ks][3]),
-                             pack2<T>(s[2 * ks + 1][0], s[2 * ks + 1][1]), pack2<T>(s[2 * ks + 1][2], s[2 * ks + 1][3])};
+      uint32_t a[MW][4];
+#pragma unroll
+      for (int mi = 0; mi < MW; ++mi) {
+        a[mi][0] = pack2<T>(s[mi][2 * ks][0], s[mi][2 * ks][1]);
+        a[mi][1] = pack2<T>(s[mi][2 * ks][2], s[mi][2 * ks][3]);
+        a[mi][2] = pack2<T>(s[mi][2 * ks + 1][0], s[mi][2 * ks + 1][1]);
+        a[mi][3] = pack2<T>(s[mi][2 * ks + 1][2], s[mi][2 * ks + 1][3]);
+      }
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t bf[4];
-        ldmatrix_x4_trans(bf, smem_u32(Vt + swz(ks * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4))));
-        mma_16816<T>(o[2 * dp], a, bf[0], bf[1]);
-        mma_16816<T>(o[2 * dp + 1], a, bf[2], bf[3]);
+        ldmatrix_x4_trans(bf, v_lds[dp & 3] + stage_off + uint32_t((ks * 16 * D + (dp >> 2) * 64) * sizeof(T)));
+#pragma unroll
+        for (int mi = 0; mi < MW; ++mi) {
+          mma_16816<T>(o[mi][2 * dp], a[mi], bf[0], bf[1]);
+          mma_16816<T>(o[mi][2 * dp + 1], a[mi], bf[2], bf[3]);
+        }
       }
     }
     __syncthreads();
@@ -190,24 +285,28 @@ __global__ void __launch_bounds__(NW * 32) flash_fwd_tc(const AttnParams p) {
   cp_async_wait<0>();
 
   // 5) normalise once; a row that saw no key gives zeros and lse = -inf
-  T* out = static_cast<T*>(p.out) + so.o;
+  const SliceOffsets so_end = slice_offsets(p, b, h);
+  T* out = static_cast<T*>(p.out) + so_end.o;
 #pragma unroll
-  for (int rr = 0; rr < 2; ++rr) {
-    float l = l_run[rr];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    const int64_t r = rows[rr];
-    if (r >= p.Lq) continue;
+  for (int mi = 0; mi < MW; ++mi)
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      const int64_t c = dt * 8 + 2 * tq;
-      if (c < p.Ev) out[r * p.o_i + c * p.o_e] = from_float<T>(o[dt][2 * rr] * inv);
-      if (c + 1 < p.Ev) out[r * p.o_i + (c + 1) * p.o_e] = from_float<T>(o[dt][2 * rr + 1] * inv);
+    for (int rr = 0; rr < 2; ++rr) {
+      float l = l_run[mi][rr];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const float inv = l != 0.f ? 1.f / l : 0.f;   // l: 0 when the row saw no key, NaN after a NaN score
+      const int64_t r = m0 + row0 + mi * 16 + 8 * rr;
+      if (r >= p.Lq) continue;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        const int64_t c = dt * 8 + 2 * tq;
+        if (c < p.Ev) out[r * p.o_i + c * p.o_e] = from_float<T>(l != 0.f ? o[mi][dt][2 * rr] * inv : 0.f);
+        if (c + 1 < p.Ev) out[r * p.o_i + (c + 1) * p.o_e] = from_float<T>(l != 0.f ? o[mi][dt][2 * rr + 1] * inv : 0.f);
+      }
+      if (p.lse && tq == 0)
+        static_cast<T*>(p.lse)[so_end.l + r * p.l_i] =
+            from_float<T>(l != 0.f ? (m_run[mi][rr] + log2f(l)) * kLn2 : -INFINITY);
     }
-    if (p.lse && tq == 0)
-      static_cast<T*>(p.lse)[so.l + r * p.l_i] = from_float<T>(l > 0.f ? (m_run[rr] + log2f(l)) * kLn2 : -INFINITY);
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -299,7 +398,7 @@ __global__ void __launch_bounds__(256) flash_fwd_simt(const AttnParams p) {
         const int64_t j = j0 + tx + 16 * c;
         float x = s[r][c] * p.scale_log2;
         if (j >= lim[r]) x = -INFINITY;
-        else if (p.mask) x += mask_term<T>(p, so.m, m0 + ty + 16 * r, j);
+        else if (p.mask) x = apply_mask<T>(x, p, so.m, m0 + ty + 16 * r, j);
         s[r][c] = x;
         mx = fmaxf(mx, x);
       }
@@ -346,14 +445,14 @@ __global__ void __launch_bounds__(256) flash_fwd_simt(const AttnParams p) {
     for (int w = 8; w >= 1; w >>= 1) l += __shfl_xor_sync(0xffffffffu, l, w);
     const int64_t row = m0 + ty + 16 * r;
     if (row >= p.Lq) continue;
-    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const float inv = l != 0.f ? 1.f / l : 0.f;   // l: 0 when the row saw no key, NaN after a NaN score
 #pragma unroll
     for (int c = 0; c < 8; ++c) {
       const int64_t col = c0 + tx + 16 * c;
-      if (col < p.Ev) out[row * p.o_i + col * p.o_e] = from_float<T>(o[r][c] * inv);
+      if (col < p.Ev) out[row * p.o_i + col * p.o_e] = from_float<T>(l != 0.f ? o[r][c] * inv : 0.f);   // not 0 * NaN
     }
     if (p.lse && cg == 0 && tx == 0)
-      static_cast<T*>(p.lse)[so.l + row * p.l_i] = from_float<T>(l > 0.f ? (m_run[r] + log2f(l)) * kLn2 : -INFINITY);
+      static_cast<T*>(p.lse)[so.l + row * p.l_i] = from_float<T>(l != 0.f ? (m_run[r] + log2f(l)) * kLn2 : -INFINITY);
   }
 }
 
@@ -379,18 +478,26 @@ bool rows_vector_aligned(const AttnParams& p) {
   return true;
 }
 
-// Warps per block of the tensor-core kernel (16 query rows each): 4 unless ATTNKIT_CUDA_FA_WARPS=8.
-int tc_warps() {
-  const char* s = std::getenv("ATTNKIT_CUDA_FA_WARPS");
-  return s && std::strcmp(s, "8") == 0 ? 8 : 4;
+// Shape of the tensor-core kernel's block, for the benchmark (ATTNKIT_CUDA_FA_TILE): "64x1" (4 warps
+// x 16 rows, the default), "64x1m3" (the same held to 168 registers and, at D = 128,
+// 32-key tiles, so that 3 blocks share an SM),
+// "128x1" (8 warps x 16 rows), "128x2" (4 warps x 32 rows, 32-key tiles at D = 128).
+int tc_tile() {
+  const char* s = std::getenv("ATTNKIT_CUDA_FA_TILE");
+  if (!s) return 0;
+  if (std::strcmp(s, "64x1m3") == 0) return 1;
+  if (std::strcmp(s, "128x1") == 0) return 2;
+  if (std::strcmp(s, "128x2") == 0) return 3;
+  return 0;
 }
 
-template <class T, int D, int NW>
+template <class T, int D, int NW, int MW, int MINB = 1, int BN = (MW == 2 && D == 128 ? 32 : 64)>
 void launch_tc(const AttnParams& p, cudaStream_t s) {
-  constexpr int smem = tc_smem_bytes<T, D, NW>();
-  auto kern = flash_fwd_tc<T, D, NW>;
-  AK_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  const int64_t blocks = (p.Lq + 16 * NW - 1) / (16 * NW) * p.Hq * p.B;
+  constexpr int smem = tc_smem_bytes<T, D, NW, MW, BN>();
+  constexpr int BM = 16 * NW * MW;
+  auto kern = flash_fwd_tc<T, D, NW, MW, BN, MINB>;
+  prepare_kernel(reinterpret_cast<const void*>(kern), NW * 32, smem);
+  const int64_t blocks = (p.Lq + BM - 1) / BM * p.Hq * p.B;
   kern<<<static_cast<unsigned>(blocks), NW * 32, smem, s>>>(p);
   AK_LAUNCHED("flash_fwd_tc");
 }
@@ -398,7 +505,7 @@ void launch_tc(const AttnParams& p, cudaStream_t s) {
 template <class T>
 void launch_simt(const AttnParams& p, cudaStream_t s) {
   auto kern = flash_fwd_simt<T>;
-  AK_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, kSimtSmem));
+  prepare_kernel(reinterpret_cast<const void*>(kern), 256, kSimtSmem);
   const int64_t ncg = p.Ev > kSimtVC ? (p.Ev + kSimtVC - 1) / kSimtVC : 1;
   const int64_t blocks = (p.Lq + kSimtBM - 1) / kSimtBM * ncg * p.Hq * p.B;
   kern<<<static_cast<unsigned>(blocks), 256, kSimtSmem, s>>>(p);
@@ -414,11 +521,15 @@ void run_attention(const AttnParams& p, cudaStream_t s) {
     return;
   }
   if constexpr (!std::is_same<T, float>::value) {
-    if (!simt_only && p.E > 0 && p.Ev > 0 && p.E <= 128 && p.Ev <= 128 && p.E % 8 == 0 && p.Ev % 8 == 0 &&
+    if (!simt_only && p.Lk < (int64_t(1) << 30) && p.E > 0 && p.Ev > 0 && p.E <= 128 && p.Ev <= 128 && p.E % 8 == 0 && p.Ev % 8 == 0 &&
         rows_vector_aligned<T>(p)) {
       const bool d64 = p.E <= 64 && p.Ev <= 64;
-      if (tc_warps() == 8) d64 ? launch_tc<T, 64, 8>(p, s) : launch_tc<T, 128, 8>(p, s);
-      else d64 ? launch_tc<T, 64, 4>(p, s) : launch_tc<T, 128, 4>(p, s);
+      switch (tc_tile()) {
+        case 1: d64 ? launch_tc<T, 64, 4, 1, 3>(p, s) : launch_tc<T, 128, 4, 1, 3, 32>(p, s); break;
+        case 2: d64 ? launch_tc<T, 64, 8, 1>(p, s) : launch_tc<T, 128, 8, 1>(p, s); break;
+        case 3: d64 ? launch_tc<T, 64, 4, 2>(p, s) : launch_tc<T, 128, 4, 2>(p, s); break;
+        default: d64 ? launch_tc<T, 64, 4, 1>(p, s) : launch_tc<T, 128, 4, 1>(p, s); break;
+      }
       return;
     }
   }

@@ -1,5 +1,5 @@
 // linear on the GPU: out (M, N) = act(A (M, K) @ W (N, K)^T + bias) through cuBLASLt, with the
-// bias and relu / tanh-GELU in its epilogue (erf-GELU runs after it, in place). Compute type
+// bias and tanh-GELU in its epilogue (relu and erf-GELU run after it, in place). Compute type
 // 32F everywhere: fp32 stays fp32 (no TF32), fp16/bf16 accumulate in fp32.
 //
 // cuBLAS is column-major, the output row-major: we ask for out^T (N x M) = W (N x K) * A^T.
@@ -143,7 +143,7 @@ template <class T>
 __global__ void fill_bias(T* out, int64_t M, int64_t N, const T* bias, int64_t bias_s, int act) {
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < M * N; idx += int64_t(gridDim.x) * blockDim.x) {
     float v = bias ? to_float(bias[(idx % N) * bias_s]) : 0.f;
-    if (act == int(Activation::relu)) v = v > 0.f ? v : 0.f;
+    if (act == int(Activation::relu)) v = v < 0.f ? 0.f : v;
     else if (act == int(Activation::gelu)) v = 0.5f * v * (1.f + erff(v * 0.70710678118654752f));
     else if (act == int(Activation::gelu_tanh)) v = 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
     out[idx] = from_float<T>(v);
@@ -266,9 +266,10 @@ void gemm(const GemmProblem& p) {
     gather_dispatch(dt, g, s);
     bias = b_copy.ptr;
   }
+  // relu runs after the product (with erf-GELU, below): cuBLASLt's ReLU epilogue is not known to
+  // keep a NaN a NaN, and relu(NaN) must be NaN as on the CPU.
   uint32_t epi = bias ? lt::EPI_BIAS : lt::EPI_DEFAULT;
-  if (p.act == Activation::relu) epi = bias ? lt::EPI_RELU_BIAS : lt::EPI_RELU;
-  else if (p.act == Activation::gelu_tanh) epi = bias ? lt::EPI_GELU_BIAS : lt::EPI_GELU;
+  if (p.act == Activation::gelu_tanh) epi = bias ? lt::EPI_GELU_BIAS : lt::EPI_GELU;
 
   const int ty = lt_type(dt);
   Descs d(a);
@@ -312,11 +313,11 @@ void gemm(const GemmProblem& p) {
   lt_check(a.Matmul(handle, d.op, &alpha, W, d.la, A, d.lb, &beta, p.out, d.lc, p.out, d.lc, &best.algo, workspace.ptr,
                     best.workspaceSize, s),
            "Matmul");
-  if (p.act == Activation::gelu) {
+  if (p.act == Activation::gelu || p.act == Activation::relu) {
     RowProblem r;
     r.op = RowOp::activation;
     r.dtype = dt;
-    r.act = Activation::gelu;
+    r.act = p.act;
     r.ndim = 2;
     r.axis = 1;
     r.shape[0] = p.M; r.shape[1] = p.N;

@@ -41,7 +41,7 @@ __device__ __forceinline__ RowOffsets row_offsets(const RowParams& p, int64_t ro
 
 __device__ __forceinline__ float activate(float x, int act) {
   switch (act) {
-    case int(Activation::relu): return x > 0.f ? x : 0.f;
+    case int(Activation::relu): return x < 0.f ? 0.f : x;   // NaN stays NaN
     case int(Activation::gelu): return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
     case int(Activation::gelu_tanh): {
       const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
@@ -77,11 +77,17 @@ __global__ void __launch_bounds__(kRowWarps * 32) rows_kernel(const RowParams p)
     const unsigned char* mask = p.mask ? p.mask + off.m : nullptr;
     const int64_t ma = p.ms[a];
     float m = -INFINITY, l = 0.f;               // this lane's running max and sum
+    bool nan = false;                           // a visible NaN: the whole row is NaN (as in the oracle)
     for (int64_t j = lane; j < p.n; j += 32) {
       if (mask && !mask[j * ma]) continue;
       const float v = to_float(x[j * xa]);
+      nan |= v != v;
       if (v > m) { l = l * expf(m - v) + 1.f; m = v; }
       else l += expf(v - m);
+    }
+    if (__any_sync(0xffffffffu, nan)) {
+      for (int64_t j = lane; j < p.n; j += 32) out[j * oa] = from_float<T>(NAN);
+      return;
     }
     float M = m;
 #pragma unroll

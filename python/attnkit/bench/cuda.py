@@ -20,7 +20,9 @@ PEAKS = {"H100": {"float16": 989.4, "bfloat16": 989.4, "float32": 66.9},
          "H200": {"float16": 989.4, "bfloat16": 989.4, "float32": 66.9}}
 
 
-def _timer(torch, fn, warmup=3, repeat=15):
+def _timer(torch, fn, warmup=3, repeat=15, inner=1):
+    """Median seconds per call: `inner` back-to-back calls between two events (inner > 1 lets the
+    host's launch work overlap the device's, as in a model's step; every contender alike)."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -28,10 +30,11 @@ def _timer(torch, fn, warmup=3, repeat=15):
     for _ in range(repeat):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        fn()
+        for _ in range(inner):
+            fn()
         b.record()
         b.synchronize()
-        times.append(a.elapsed_time(b) * 1e-3)
+        times.append(a.elapsed_time(b) * 1e-3 / inner)
     return statistics.median(times)
 
 
@@ -91,17 +94,21 @@ def main(argv=None, *, quick=False, json_path=None) -> int:
                         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
                 cont["torch-flash"] = flash
 
-                def w8():
-                    os.environ["ATTNKIT_CUDA_FA_WARPS"] = "8"
-                    try:
-                        return attnkit.scaled_dot_product_attention(q, k, v, is_causal=causal)
-                    finally:
-                        del os.environ["ATTNKIT_CUDA_FA_WARPS"]
-                cont["attnkit-8warps"] = w8
+                def tile(shape):
+                    def run():
+                        os.environ["ATTNKIT_CUDA_FA_TILE"] = shape
+                        try:
+                            return attnkit.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                        finally:
+                            del os.environ["ATTNKIT_CUDA_FA_TILE"]
+                    return run
+                cont["attnkit-64x1m3"] = tile("64x1m3")  # the default held to 168 registers, 3 blocks per SM
+                cont["attnkit-128x1"] = tile("128x1")    # 8 warps x 16 rows
+                cont["attnkit-128x2"] = tile("128x2")    # 4 warps x 32 rows (FA2's shape)
             ref_out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
             err = ((attnkit.scaled_dot_product_attention(q, k, v, is_causal=causal).float() - ref_out).norm()
                    / ref_out.norm()).item()
-            times = {c: _timer(torch, fn) for c, fn in cont.items()}
+            times = {c: _timer(torch, fn, warmup=10) for c, fn in cont.items()}   # clocks up before the first
             for c, tt in times.items():
                 tf = flops / tt / 1e12
                 pk = peak[dtype] if peak else None
@@ -117,11 +124,23 @@ def main(argv=None, *, quick=False, json_path=None) -> int:
         q = rnd((Bd, Hq, 1, D), tdt)
         k, v = rnd((Bd, Hk, Lk, D), tdt), rnd((Bd, Hk, Lk, D), tdt)
         nbytes = (k.numel() + v.numel()) * k.element_size()
+        def waves(n):
+            def run():
+                os.environ["ATTNKIT_CUDA_DECODE_WAVES"] = str(n)
+                try:
+                    return attnkit.scaled_dot_product_attention(q, k, v, enable_gqa=Hq != Hk)
+                finally:
+                    del os.environ["ATTNKIT_CUDA_DECODE_WAVES"]
+            return run
         cont = {
             "attnkit": lambda: attnkit.scaled_dot_product_attention(q, k, v, enable_gqa=Hq != Hk),
             "torch": lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=Hq != Hk),
+            "attnkit-1wave": waves(1),           # splits for one wave of resident blocks
+            "attnkit-16waves": waves(16),
         }
         times = {c: _timer(torch, fn, repeat=30) for c, fn in cont.items()}
+        times["attnkit x5"] = _timer(torch, cont["attnkit"], repeat=30, inner=5)   # 5 calls per event pair
+        times["torch x5"] = _timer(torch, cont["torch"], repeat=30, inner=5)
         for c, tt in times.items():
             gbs = nbytes / tt / 1e9
             rows.append({"suite": "decode", "case": f"B{Bd} Hq{Hq} Hk{Hk} Lk{Lk} D{D}", "dtype": dtype, "contender": c,
