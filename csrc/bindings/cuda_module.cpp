@@ -13,18 +13,10 @@
 
 #include "attnkit/backend.h"
 #include "attnkit/ops.h"
-#include "cuda/backend.h"
+#include "attnkit/runtime.h"
 
 namespace py = pybind11;
 using namespace attnkit;
-
-namespace attnkit {
-const Backend& cuda_backend() { return cuda::backend; }
-namespace cuda {
-void set_cublaslt_path(const std::string& path);   // gemm.cu
-std::string cublaslt_status();
-}  // namespace cuda
-}  // namespace attnkit
 
 namespace {
 
@@ -316,7 +308,7 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("device_properties", &device_properties, py::arg("device"));
   m.def("dlpack_describe", &dlpack_describe, py::arg("capsule"));
   m.def("pointer_device", &pointer_device, py::arg("ptr"));
-  m.def("set_cublaslt_path", &cuda::set_cublaslt_path, py::arg("path"));
-  m.def("cublaslt_status", &cuda::cublaslt_status);
+  m.def("set_cublaslt_path", &attnkit::set_cublaslt_path, py::arg("path"));
+  m.def("cublaslt_status", &attnkit::cublaslt_status);
   m.attr("__version__") = ATTNKIT_VERSION;
 }

@@ -3,6 +3,7 @@
 #include <map>
 #include <mutex>
 
+#include "attnkit/runtime.h"
 #include "cuda/backend.h"
 #include "cuda/common.cuh"
 
@@ -45,4 +46,11 @@ int prepare_kernel(const void* kernel, int threads, int smem_bytes) {
 
 const Backend backend = {"cuda", &supports, &attention, &gemm, &rows};
 
-}}  // namespace attnkit::cuda
+}  // namespace cuda
+
+// The C++ API's doors to this backend (attnkit/backend.h, attnkit/runtime.h).
+const Backend& cuda_backend() { return cuda::backend; }
+void set_cublaslt_path(const std::string& path) { cuda::set_cublaslt_path(path); }
+std::string cublaslt_status() { return cuda::cublaslt_status(); }
+
+}  // namespace attnkit

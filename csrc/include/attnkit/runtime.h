@@ -13,4 +13,9 @@ void set_isa(const std::string& name);    // ValueError for an unknown name or o
 std::vector<std::string> usable_isas();   // from the most portable to the fastest
 std::vector<std::string> compiled_isas();
 
+// The CUDA module's (attnkit._cuda) settings: where cuBLASLt is loaded from (dlopen at first use),
+// and whether it loaded ("cuBLASLt <version>" or "unavailable: <why>").
+void set_cublaslt_path(const std::string& path);
+std::string cublaslt_status();
+
 }  // namespace attnkit
