@@ -25,6 +25,7 @@ import numpy as np
 from attnkit import nn
 from attnkit import reference as R
 from attnkit.bench import breakdown, harness, suites
+from attnkit.bench.llama import llama_rows
 from attnkit.models import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
 __all__ = ["run_model_suite"]
@@ -263,7 +264,7 @@ def run_model_suite(quick: bool, threads: int) -> List[Dict]:
     rng = np.random.default_rng(0)
     rows = _encoder_rows(torch, opts, rng) + _generation_rows(opts, rng) + _bert_rows(torch, opts, rng)
     if torch is not None:
-        rows += _gpt2_small_rows(torch, opts, rng)
+        rows += _gpt2_small_rows(torch, opts, rng) + llama_rows(torch, opts, rng)
     for r in rows:
         r["threads"] = threads
     return rows
