@@ -120,7 +120,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
     const int64_t len = p.kv_len ? p.kv_len[blk.b] : p.Lk;
     const St* kb = k + off.k + blk.hk * p.k_h;
     const St* vb = v + off.v + blk.hk * p.v_h;
-    const int64_t n = blk.n, nqp = ceil_div(n, NR), ncols = nqp * NR, nqv = ncols / W;
+    const int64_t n = blk.n, nqp = ceil_div(n, NR), ncols = nqp * NR, nqv = n <= kFewRows ? ceil_div(n, W) : ncols / W;  // (few rows: the softmax runs over their vectors only)
 
     // rows: pack Q^T (scaled), causal bounds, mask rows
     int64_t max_limit = 0, min_limit = len;
