@@ -291,12 +291,16 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       }
       // 4) O += P V
       const St* vsrc = vb + j0 * p.v_j;
-      const T* vsrc_t = nullptr;  // V in place (T = St only)
-      if constexpr (kSame) vsrc_t = vsrc;
       int64_t ldv = p.v_j;
       // few rows (decode): stream each V row once (half precision widened as it is read)
       const bool v_stream = n <= kFewRows && p.v_e == 1 && Ev % NR == 0;
-      if (!run.v_direct && !v_stream) {
+      if (!run.v_direct && !v_stream && p.v_e == 1 && Ev % W == 0) {  // rows widened W at a time
+        for (int64_t jj = 0; jj < nk; ++jj) {
+          const St* vr = vb + (j0 + jj) * p.v_j;
+          for (int64_t e = 0; e < EvPad; e += W)
+            vstore(Vp + (e / NR) * kTileKeys * NR + jj * NR + e % NR, e < Ev ? vload_as<T>(vr + e) : V{});
+        }
+      } else if (!run.v_direct && !v_stream) {
         for (int64_t jj = 0; jj < nk; ++jj) {
           const St* vr = vb + (j0 + jj) * p.v_j;
           for (int64_t e = 0; e < EvPad; ++e)
@@ -316,11 +320,13 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
         continue;
       }
       for (int64_t pn = 0; pn * NR < EvPad; ++pn) {
-        const T* bsrc = run.v_direct ? vsrc_t + pn * NR : Vp + pn * kTileKeys * NR;
-        const int64_t ldb = run.v_direct ? ldv : NR;
-        for (int64_t rr = 0; rr < n; rr += kMR)
-          micro_rows<T, true, true>(static_cast<int>(imin(kMR, n - rr)), nk, S + rr, ldS, bsrc, ldb,
-                                    O + rr * EvPad + pn * NR, EvPad);
+        for (int64_t rr = 0; rr < n; rr += kMR) {
+          const int rows = static_cast<int>(imin(kMR, n - rr));
+          if (run.v_direct)  // V in place (half precision: each row widened as the micro-kernel loads it)
+            micro_rows<T, true, true, St>(rows, nk, S + rr, ldS, vsrc + pn * NR, ldv, O + rr * EvPad + pn * NR, EvPad);
+          else
+            micro_rows<T, true, true>(rows, nk, S + rr, ldS, Vp + pn * kTileKeys * NR, NR, O + rr * EvPad + pn * NR, EvPad);
+        }
       }
     }
 
@@ -431,6 +437,7 @@ int attention_impl(const AttnProblem& p) {
   run.heads_per_block = p.Lq >= kBlockRows ? 1 : imax(1, kBlockRows / p.Lq);
   run.blocks_per_kv_head = p.Lq >= kBlockRows ? run.G * run.qblocks : ceil_div(run.G, run.heads_per_block);
   run.EvPad = ceil_div(p.Ev, NR) * NR;
+  // (half precision: V is widened into the tile once, not by each row block's micro-kernel)
   run.v_direct = is_half<St>() ? false : p.v_e == 1 && p.Ev % NR == 0;
   const int nt = num_threads();
   const int64_t blocks = p.B * p.Hk * run.blocks_per_kv_head;

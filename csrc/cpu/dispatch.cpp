@@ -27,8 +27,8 @@ bool cpu_has(Isa isa) {
 }
 
 // avx512_bf16 (vdpbf16ps for bfloat16 linear) is opt-in (set_isa / ATTNKIT_ISA): on a 2-core Sapphire
-// Rapids it was 1.37x the avx512 path at one row but 0.88x at 128-4096 rows (bench/NOTES.md), and the
-// rest of its table is the avx512 code.
+// Rapids it was 1.26x the avx512 path's widened bfloat16 at one row but 0.56x at 128-4096 rows
+// (bench/NOTES.md), and the rest of its table is the avx512 code.
 Isa best_isa() {
   if (cpu_has(Isa::avx512)) return Isa::avx512;
   if (cpu_has(Isa::avx2)) return Isa::avx2;

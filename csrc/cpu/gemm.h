@@ -427,6 +427,7 @@ void gemm_task_half(void* ctx, int64_t begin, int64_t end, int tid) {
   const int64_t ldcb = run.ldcb;
   float* C = run.ws.template get<float>(tid);  // kGemmMC x ldcb
   float* Ap = C + kGemmMC * ldcb;              // kGemmMC x kGemmKC
+  float* Bw = Ap + kGemmMC * kGemmKC;          // kGemmKC x NR: a panel of W^T, widened once for all row panels
   S* out = static_cast<S*>(p.out);
   for (int64_t it = begin; it < end; ++it) {
     const int64_t mb = it / run.nnb, nb = it % run.nnb;
@@ -472,6 +473,7 @@ void gemm_task_half(void* ctx, int64_t begin, int64_t end, int tid) {
       const S* bk = run.bpack + kc * kGemmKC * run.npan * NR;
       for (int64_t pn = pn0; pn < pn1; ++pn) {
         const S* b = bk + pn * (kDp ? 2 * K2 : klen) * NR;
+        if (!kDp && nip > 1) widen_row(b, 1, Bw, klen * NR);
         for (int64_t ip = 0; ip < nip; ++ip) {
           const int rows = static_cast<int>(imin(kMR, mlen - ip * kMR));
           float* c = C + ip * kMR * ldcb + (pn - pn0) * NR;
@@ -484,6 +486,11 @@ void gemm_task_half(void* ctx, int64_t begin, int64_t end, int tid) {
             else if (first) micro_dp_rows<false>(rows, K2, a2, b, c, ldcb);
             else micro_dp_rows<true>(rows, K2, a2, b, c, ldcb);
 #endif
+          } else if (nip > 1) {
+            if (rows == kMR && first) micro<float, kMR, true, false>(klen, a, kMR, Bw, NR, c, ldcb);
+            else if (rows == kMR) micro<float, kMR, true, true>(klen, a, kMR, Bw, NR, c, ldcb);
+            else if (first) micro_rows<float, true, false>(rows, klen, a, kMR, Bw, NR, c, ldcb);
+            else micro_rows<float, true, true>(rows, klen, a, kMR, Bw, NR, c, ldcb);
           } else if (rows == kMR) {
             if (first) micro<float, kMR, true, false, S>(klen, a, kMR, b, NR, c, ldcb);
             else micro<float, kMR, true, true, S>(klen, a, kMR, b, NR, c, ldcb);
@@ -537,7 +544,7 @@ int gemm_impl_half(const GemmProblem& p) {
   if (!p.gated && gemm_dots(p, run, nt)) return 0;
   gemm_blocks(p, run, nt, imax(1, 1024 / NR));  // the float C block stays <= 768 KiB
   run.ldcb = run.pan_per_nb * NR;
-  if (!run.ws.alloc(nt, sizeof(float) * static_cast<size_t>(kGemmMC * run.ldcb + kGemmMC * kGemmKC))) return 1;
+  if (!run.ws.alloc(nt, sizeof(float) * static_cast<size_t>(kGemmMC * run.ldcb + kGemmMC * kGemmKC + kGemmKC * NR))) return 1;
   if (p.packed) {
     run.bpack = static_cast<const S*>(p.packed->data.get());
   } else {
