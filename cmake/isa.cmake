@@ -6,10 +6,12 @@
 set(ATTNKIT_ISA_FLAGS_generic "")
 set(ATTNKIT_ISA_FLAGS_avx2 "-mavx2;-mfma;-mf16c")
 set(ATTNKIT_ISA_FLAGS_avx512 "-mavx512f;-mavx512dq;-mavx512bw;-mavx512vl;-mfma;-mavx2;-mf16c")
+# AVX-512 plus AVX512_BF16 (vdpbf16ps: bfloat16 linear; Cooper Lake, Sapphire Rapids, Zen 4 and later)
+set(ATTNKIT_ISA_FLAGS_avx512_bf16 "${ATTNKIT_ISA_FLAGS_avx512};-mavx512bf16")
 
 function(attnkit_add_isa_kernels out_var source)
   set(objs)
-  foreach(isa generic avx2 avx512)
+  foreach(isa generic avx2 avx512 avx512_bf16)
     set(tgt attnkit_kernels_${isa})
     add_library(${tgt} OBJECT ${source})
     target_include_directories(${tgt} PRIVATE ${PROJECT_SOURCE_DIR}/csrc/include ${PROJECT_SOURCE_DIR}/csrc)
@@ -29,7 +31,7 @@ endfunction()
 function(attnkit_check_isa_symbols target)
   if(CMAKE_NM)
     add_custom_command(TARGET ${target} POST_BUILD
-      COMMAND ${CMAKE_COMMAND} -DNM=${CMAKE_NM} "-DOBJECTS=$<JOIN:$<TARGET_OBJECTS:attnkit_kernels_avx2>;$<TARGET_OBJECTS:attnkit_kernels_avx512>,;>"
+      COMMAND ${CMAKE_COMMAND} -DNM=${CMAKE_NM} "-DOBJECTS=$<JOIN:$<TARGET_OBJECTS:attnkit_kernels_avx2>;$<TARGET_OBJECTS:attnkit_kernels_avx512>;$<TARGET_OBJECTS:attnkit_kernels_avx512_bf16>,;>"
               -P ${PROJECT_SOURCE_DIR}/cmake/check_isa_symbols.cmake
       VERBATIM)
   endif()

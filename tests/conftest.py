@@ -229,6 +229,8 @@ class Backend:
 class CpuBackend(Backend):
     """attnkit's CPU kernels on one instruction-set path (attnkit.set_isa; the previous one restored)."""
 
+    dtypes = ("float64", "float32", "float16", "bfloat16")   # half precision: stored, computed in float32
+
     def __init__(self, isa):
         self.isa, self.name = isa, f"cpu:{isa}"
 
@@ -324,7 +326,7 @@ def known_gap(request, backend, name, reason):
         request.applymarker(pytest.mark.xfail(reason=f"{name}: {reason}", strict=True))
 
 
-BACKENDS = [CpuBackend("avx512"), CpuBackend("avx2"), CpuBackend("generic"), CudaBackend()]
+BACKENDS = [CpuBackend("avx512_bf16"), CpuBackend("avx512"), CpuBackend("avx2"), CpuBackend("generic"), CudaBackend()]
 _UNAVAILABLE = {}                                      # backend name -> why not (None: available), once a session
 
 

@@ -61,7 +61,7 @@ def _bad_sdpa_cases():
     yield "int_key", (q, i(k), v), {}, TypeError, "key"
     yield "complex_query", (c(q), c(k), c(v)), {}, TypeError, "query"
     yield "object_value", (q, k, o(v)), {}, TypeError, "value"
-    yield "float16_query", (q.astype(np.float16), k.astype(np.float16), v.astype(np.float16)), {}, TypeError, "query"
+    yield "int32_query", (q.astype(np.int32), k.astype(np.int32), v.astype(np.int32)), {}, TypeError, "query"   # (float16 is computed since issue 10)
     yield "bool_query", (q > 0, k > 0, v > 0), {}, TypeError, "query"
     yield "list_query", (q.tolist(), k, v), {}, TypeError, "query"
     yield "none_key", (q, None, v), {}, TypeError, "key"

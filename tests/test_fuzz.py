@@ -104,7 +104,7 @@ CHILD = textwrap.dedent(r'''
 
     def bad_arrays(shape):
         return [np.zeros(shape, np.int32), np.zeros(shape, np.complex64), np.zeros(shape, object),
-                np.zeros(shape, np.float16), np.zeros(shape + (2, 3, 4, 5, 6, 7), np.float32),
+                np.zeros(shape, np.int16), np.zeros(shape + (2, 3, 4, 5, 6, 7), np.float32),
                 "array", 3, [["a"]],
                 np.zeros((7,) * len(shape), np.float32)]
 

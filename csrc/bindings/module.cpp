@@ -17,6 +17,15 @@ namespace {
 
 std::string type_name(py::handle h) { return py::str(py::type::handle_of(h).attr("__name__")).cast<std::string>(); }
 
+// bfloat16 is ml_dtypes.bfloat16 (the NumPy bfloat16 of JAX, TensorFlow and ONNX): a 2-byte
+// dtype named "bfloat16". Imported only when a bfloat16 array is made.
+bool is_bfloat16(const py::dtype& dt) {
+  return py::str(dt.attr("name")).cast<std::string>() == "bfloat16";
+}
+py::dtype bfloat16_dtype() {
+  return py::dtype::from_args(py::module_::import("ml_dtypes").attr("bfloat16"));
+}
+
 // A view of a NumPy array, no copy. None gives a view with present == false.
 TensorView view_of(py::handle h, const std::string& name) {
   TensorView t;
@@ -29,10 +38,12 @@ TensorView view_of(py::handle h, const std::string& name) {
   const py::ssize_t item = dt.itemsize();
   if (kind == 'f' && item == 4) t.dtype = DType::f32;
   else if (kind == 'f' && item == 8) t.dtype = DType::f64;
+  else if (kind == 'f' && item == 2) t.dtype = DType::f16;
+  else if (item == 2 && is_bfloat16(dt)) t.dtype = DType::bf16;
   else if (kind == 'b') t.dtype = DType::boolean;
   else if (kind == 'i' && item == 8) t.dtype = DType::i64;
   else throw TypeError(name + ": unsupported dtype " + py::str(static_cast<py::object>(dt)).cast<std::string>() +
-                       " (expected float32 or float64" + (kind == 'b' ? "" : ", or bool for masks") + ")");
+                       " (expected float32, float64, float16 or bfloat16" + (kind == 'b' ? "" : ", or bool for masks") + ")");
   if (!dt.attr("isnative").cast<bool>())
     throw TypeError(name + ": the array is not in the machine's byte order; use arr.astype(arr.dtype.newbyteorder('='))");
   if (a.ndim() > kMaxDims)
@@ -53,7 +64,12 @@ TensorView view_of(py::handle h, const std::string& name) {
 
 py::array new_array(DType dtype, const int64_t* shape, int ndim) {
   std::vector<py::ssize_t> s(shape, shape + ndim);
-  return dtype == DType::f32 ? py::array(py::dtype::of<float>(), s) : py::array(py::dtype::of<double>(), s);
+  switch (dtype) {
+    case DType::f32: return py::array(py::dtype::of<float>(), s);
+    case DType::f16: return py::array(py::dtype("float16"), s);
+    case DType::bf16: return py::array(bfloat16_dtype(), s);
+    default: return py::array(py::dtype::of<double>(), s);
+  }
 }
 
 Activation parse_activation(const std::string& name) {
@@ -238,7 +254,8 @@ PYBIND11_MODULE(_core, m) {
   py::class_<PackedWeight>(m, "PackedWeight", "A linear weight (N, K) packed for the kernels (attnkit.pack_linear)")
       .def_property_readonly("shape", [](const PackedWeight& w) { return py::make_tuple(w.N, w.K); })
       .def_property_readonly("dtype", [](const PackedWeight& w) {
-        return w.dtype == DType::f64 ? py::dtype::of<double>() : py::dtype::of<float>();
+        const int64_t none[1] = {0};
+        return new_array(w.dtype, none, 1).dtype();
       })
       .def_property_readonly("nbytes", [](const PackedWeight& w) { return w.bytes; })
       .def_property_readonly("gated", [](const PackedWeight& w) { return w.gated; })

@@ -188,8 +188,12 @@ void few_rows_tile(const FewRows<T>& f, int64_t j0, int64_t nk, const T* ka, int
   }
 }
 
-template <class T>
+// St: the storage type of q, k, v, out, lse and a float mask; T = Compute<St> the arithmetic
+// (half precision is widened as it is packed: Q^T, K and V tiles, mask values; narrowed on output).
+template <class St>
 void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
+  typedef Compute<St> T;
+  constexpr bool kSame = std::is_same<St, T>::value;
   typedef typename Simd<T>::V V;
   constexpr int W = Simd<T>::W;
   constexpr int NR = kNV * W;
@@ -212,12 +216,12 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
   int64_t key_start[kBlockRows];         // sliding window: the first key each row sees (absolute)
   alignas(64) T tile_start[kBlockRows];  // ... relative to the tile
 
-  const T* q = static_cast<const T*>(p.q);
-  const T* k = static_cast<const T*>(p.k);
-  const T* v = static_cast<const T*>(p.v);
-  T* out = static_cast<T*>(p.out);
-  T* lse = static_cast<T*>(p.lse);
-  const int64_t mask_elem = p.mask_bool ? 1 : static_cast<int64_t>(sizeof(T));
+  const St* q = static_cast<const St*>(p.q);
+  const St* k = static_cast<const St*>(p.k);
+  const St* v = static_cast<const St*>(p.v);
+  St* out = static_cast<St*>(p.out);
+  St* lse = static_cast<St*>(p.lse);
+  const int64_t mask_elem = p.mask_bool ? 1 : static_cast<int64_t>(sizeof(St));
   const T qscale = static_cast<T>(p.scale);
   const T l2e = static_cast<T>(kLog2e);
   const char* mask_rows[kBlockRows];
@@ -226,9 +230,9 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
     const Block blk = block_of_item(run, it);
     const BatchOffsets off = batch_offsets(p, blk.b);
     const int64_t len = p.kv_len ? p.kv_len[blk.b] : p.Lk;
-    const T* kb = k + off.k + blk.hk * p.k_h;
-    const T* vb = v + off.v + blk.hk * p.v_h;
-    const int64_t n = blk.n, nqp = ceil_div(n, NR), ncols = nqp * NR, nqv = ncols / W;
+    const St* kb = k + off.k + blk.hk * p.k_h;
+    const St* vb = v + off.v + blk.hk * p.v_h;
+    const int64_t n = blk.n, nqp = ceil_div(n, NR), ncols = nqp * NR, nqv = n <= kFewRows ? ceil_div(n, W) : ncols / W;  // (few rows: the softmax runs over their vectors only)
 
     // rows: pack Q^T (scaled), causal bounds, mask rows
     int64_t max_limit = 0, min_limit = len;
@@ -238,19 +242,17 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       row_max[rr] = ninf;
       row_sum[rr] = 0;
       if (rr >= n) {
-        if (n > kFewRows)
-          for (int64_t d = 0; d < E; ++d) dst[d * NR] = 0;
+        for (int64_t d = 0; d < E; ++d) dst[d * NR] = 0;
         key_limit[rr] = 0;
         key_start[rr] = 0;
         min_limit = 0;
         continue;
       }
       const int64_t r = blk.r0 + rr, g = r / p.Lq, i = r % p.Lq, h = blk.hk * run.G + g;
-      const T* qr = q + off.q + h * p.q_h + i * p.q_i;
-      if (n > kFewRows)
-        for (int64_t d = 0; d < E; ++d) dst[d * NR] = qr[d * p.q_e] * qscale;
-      else
-        for (int64_t d = 0; d < E; ++d) Qr[rr * E + d] = qr[d * p.q_e] * qscale;
+      const St* qr = q + off.q + h * p.q_h + i * p.q_i;
+      for (int64_t d = 0; d < E; ++d) dst[d * NR] = widen(qr[d * p.q_e]) * qscale;
+      if (n <= kFewRows)
+        for (int64_t d = 0; d < E; ++d) Qr[rr * E + d] = widen(qr[d * p.q_e]) * qscale;
       int64_t l = len;
       if (p.causal == CausalAlign::top_left) l = i + 1;
       else if (p.causal == CausalAlign::bottom_right) l = i + 1 + len - p.Lq;
@@ -277,22 +279,55 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
     for (int64_t j0 = kbeg; j0 < kend; j0 += kTileKeys) {
       const int64_t nk = imin(kTileKeys, kend - j0);
       // 1) S^T = K Q^T
-      const T* ka = kb + j0 * p.k_j;
+      const St* ks = kb + j0 * p.k_j;
+      const T* ka = nullptr;
+      if constexpr (kSame) ka = ks;
       int64_t lda = p.k_j;
-      if (!run.k_direct) {
-        for (int64_t jj = 0; jj < nk; ++jj)
-          for (int64_t d = 0; d < E; ++d) Kp[jj * E + d] = ka[jj * p.k_j + d * p.k_e];
+      // few rows (decode): one dot product per key, K streamed row by row (half precision widened as it is read)
+      const bool k_stream = !kSame && n <= kFewRows && p.k_e == 1;
+      if (!run.k_direct && !k_stream) {
+        for (int64_t jj = 0; jj < nk; ++jj) widen_row(ks + jj * p.k_j, p.k_e, Kp + jj * E, E);
         ka = Kp;
         lda = E;
       }
-      if (n <= kFewRows) {  // few rows (decode): its own tile step
-        few_rows_tile(few, j0, nk, ka, lda, vb);
-        continue;
+      if constexpr (kSame) {
+        if (n <= kFewRows) {  // few rows (decode) in full precision: row-major scores, few_rows_tile
+          few_rows_tile(few, j0, nk, ka, lda, vb);
+          continue;
+        }
       }
-      for (int64_t j = 0; j < nk; j += kMR)
-        for (int64_t pn = 0; pn < nqp; ++pn)
-          micro_rows<T, false, false>(static_cast<int>(imin(kMR, nk - j)), E, ka + j * lda, lda,
-                                      QT + pn * E * NR, NR, S + j * ldS + pn * NR, ldS);
+      auto few_row_dots = [&](auto kbase, int64_t ldk) {  // kbase: const T* or const St*
+        for (int64_t jj = 0; jj < nk; ++jj) {
+          const auto kr = kbase + jj * ldk;
+          prefetch_row(kr + kPrefetchRows * ldk, E);
+          for (int64_t rr = 0; rr < n; ++rr) {
+            const T* qr = Qr + rr * E;
+            V acc = V{}, acc1 = V{}, acc2 = V{}, acc3 = V{};  // four chains hide the FMA latency
+            int64_t d = 0;
+            for (; d + 4 * W <= E; d += 4 * W) {
+              acc += vload(qr + d) * vload_as<T>(kr + d);
+              acc1 += vload(qr + d + W) * vload_as<T>(kr + d + W);
+              acc2 += vload(qr + d + 2 * W) * vload_as<T>(kr + d + 2 * W);
+              acc3 += vload(qr + d + 3 * W) * vload_as<T>(kr + d + 3 * W);
+            }
+            for (; d + W <= E; d += W) acc += vload(qr + d) * vload_as<T>(kr + d);
+            acc += (acc1 + acc2) + acc3;
+            T dot = 0;
+            for (int t = 0; t < W; ++t) dot += acc[t];
+            for (; d < E; ++d) dot += qr[d] * widen(kr[d]);
+            S[jj * ldS + rr] = dot;
+          }
+        }
+      };
+      if (n <= kFewRows) {
+        if (k_stream) few_row_dots(ks, p.k_j);
+        else few_row_dots(ka, lda);
+      } else {
+        for (int64_t j = 0; j < nk; j += kMR)
+          for (int64_t pn = 0; pn < nqp; ++pn)
+            micro_rows<T, false, false>(static_cast<int>(imin(kMR, nk - j)), E, ka + j * lda, lda,
+                                        QT + pn * E * NR, NR, S + j * ldS + pn * NR, ldS);
+      }
       // 2) mask
       if (p.window > 0 && j0 < max_start) {  // sliding window: keys before a row's band, then the causal bound
         for (int64_t rr = 0; rr < ncols; ++rr) {
@@ -327,8 +362,8 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
             for (int64_t jj = 0; jj < c; ++jj)
               if (!mr[(j0 + jj) * p.m_j]) S[jj * ldS + rr] = ninf;
           } else {
-            const T* mf = reinterpret_cast<const T*>(mr);
-            for (int64_t jj = 0; jj < c; ++jj) S[jj * ldS + rr] += mf[(j0 + jj) * p.m_j];
+            const St* mf = reinterpret_cast<const St*>(mr);
+            for (int64_t jj = 0; jj < c; ++jj) S[jj * ldS + rr] += widen(mf[(j0 + jj) * p.m_j]);
           }
         }
       }
@@ -375,21 +410,43 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
         for (int64_t e = 0; e < EvPad; e += W) vstore(o + e, vload(o + e) * alpha[rr]);
       }
       // 4) O += P V
-      const T* vsrc = vb + j0 * p.v_j;
+      const St* vsrc = vb + j0 * p.v_j;
       int64_t ldv = p.v_j;
-      if (!run.v_direct) {
+      // few rows (decode): stream each V row once (half precision widened as it is read)
+      const bool v_stream = n <= kFewRows && p.v_e == 1 && Ev % NR == 0;
+      if (!run.v_direct && !v_stream && p.v_e == 1 && Ev % W == 0) {  // rows widened W at a time
         for (int64_t jj = 0; jj < nk; ++jj) {
-          const T* vr = vb + (j0 + jj) * p.v_j;
+          const St* vr = vb + (j0 + jj) * p.v_j;
+          for (int64_t e = 0; e < EvPad; e += W)
+            vstore(Vp + (e / NR) * kTileKeys * NR + jj * NR + e % NR, e < Ev ? vload_as<T>(vr + e) : V{});
+        }
+      } else if (!run.v_direct && !v_stream) {
+        for (int64_t jj = 0; jj < nk; ++jj) {
+          const St* vr = vb + (j0 + jj) * p.v_j;
           for (int64_t e = 0; e < EvPad; ++e)
-            Vp[(e / NR) * kTileKeys * NR + jj * NR + e % NR] = e < Ev ? vr[e * p.v_e] : T(0);
+            Vp[(e / NR) * kTileKeys * NR + jj * NR + e % NR] = e < Ev ? widen(vr[e * p.v_e]) : T(0);
         }
       }
+      if (v_stream) {
+        for (int64_t jj = 0; jj < nk; ++jj) {
+          const St* vr = vsrc + jj * ldv;
+          prefetch_row(vr + kPrefetchRows * ldv, Ev);
+          for (int64_t rr = 0; rr < n; ++rr) {
+            const V pj = vset(S[jj * ldS + rr]);
+            T* o = O + rr * EvPad;
+            for (int64_t e = 0; e < EvPad; e += W) vstore(o + e, vload(o + e) + pj * vload_as<T>(vr + e));
+          }
+        }
+        continue;
+      }
       for (int64_t pn = 0; pn * NR < EvPad; ++pn) {
-        const T* bsrc = run.v_direct ? vsrc + pn * NR : Vp + pn * kTileKeys * NR;
-        const int64_t ldb = run.v_direct ? ldv : NR;
-        for (int64_t rr = 0; rr < n; rr += kMR)
-          micro_rows<T, true, true>(static_cast<int>(imin(kMR, n - rr)), nk, S + rr, ldS, bsrc, ldb,
-                                    O + rr * EvPad + pn * NR, EvPad);
+        for (int64_t rr = 0; rr < n; rr += kMR) {
+          const int rows = static_cast<int>(imin(kMR, n - rr));
+          if (run.v_direct)  // V in place (half precision: each row widened as the micro-kernel loads it)
+            micro_rows<T, true, true, St>(rows, nk, S + rr, ldS, vsrc + pn * NR, ldv, O + rr * EvPad + pn * NR, EvPad);
+          else
+            micro_rows<T, true, true>(rows, nk, S + rr, ldS, Vp + pn * kTileKeys * NR, NR, O + rr * EvPad + pn * NR, EvPad);
+        }
       }
     }
 
@@ -398,17 +455,22 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       for (int64_t rr = 0; rr < n; ++rr) {
         const int64_t r = blk.r0 + rr, g = r / p.Lq, i = r % p.Lq, h = blk.hk * run.G + g;
         const T l = row_sum[rr];
-        T* orow = out + off.o + h * p.o_h + i * p.o_i;
-        const T* o = O + rr * EvPad;
+        St* orow = out + off.o + h * p.o_h + i * p.o_i;
+        T* o = O + rr * EvPad;
         if (!(l == 0)) {  // l is NaN when a NaN reached the row: the row stays NaN
           const T inv = T(1) / l;
-          for (int64_t e = 0; e < Ev; ++e) orow[e * p.o_e] = o[e] * inv;
+          if constexpr (kSame) {
+            for (int64_t e = 0; e < Ev; ++e) orow[e * p.o_e] = o[e] * inv;
+          } else {
+            for (int64_t e = 0; e < Ev; ++e) o[e] *= inv;
+            narrow_row(static_cast<const T*>(o), orow, p.o_e, Ev);
+          }
         } else {  // no visible key: zeros, whatever P V gathered from other rows' keys
-          for (int64_t e = 0; e < Ev; ++e) orow[e * p.o_e] = 0;
+          for (int64_t e = 0; e < Ev; ++e) orow[e * p.o_e] = narrow<St>(T(0));
         }
         if (lse)
           lse[off.l + h * p.l_h + i * p.l_i] =
-              l == 0 ? ninf : static_cast<T>(static_cast<double>(row_max[rr]) + std::log(static_cast<double>(l)));
+              narrow<St>(l == 0 ? ninf : static_cast<T>(static_cast<double>(row_max[rr]) + std::log(static_cast<double>(l))));
       }
     } else {
       T* dst = run.part + static_cast<size_t>(it) * run.part_stride;
@@ -422,13 +484,14 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
 }
 
 // Merge the nsplit partial results of each block: weights e^(m_s - M) / L (natural units).
-template <class T>
+template <class St>
 void attn_merge_task(void* ctx, int64_t begin, int64_t end, int) {
+  typedef Compute<St> T;
   AttnRun<T>& run = *static_cast<AttnRun<T>*>(ctx);
   const AttnProblem& p = *run.p;
   const int64_t EvPad = run.EvPad, ns = run.nsplit;
-  T* out = static_cast<T*>(p.out);
-  T* lse = static_cast<T*>(p.lse);
+  St* out = static_cast<St*>(p.out);
+  St* lse = static_cast<St*>(p.lse);
   for (int64_t blk_id = begin; blk_id < end; ++blk_id) {
     const Block blk = block_of_item(run, blk_id * ns);
     const BatchOffsets off = batch_offsets(p, blk.b);
@@ -441,13 +504,29 @@ void attn_merge_task(void* ctx, int64_t begin, int64_t end, int) {
         nan = nan || part[EvPad + 1] != part[EvPad + 1];
         if (part[EvPad + 1] > 0 && part[EvPad] > M) M = part[EvPad];
       }
-      T* orow = out + off.o + h * p.o_h + i * p.o_i;
+      St* orow = out + off.o + h * p.o_h + i * p.o_i;
       if (nan) {  // a NaN reached this row in some split: the row is NaN, as without splitting
-        for (int64_t e = 0; e < p.Ev; ++e) orow[e * p.o_e] = static_cast<T>(NAN);
-        if (lse) lse[off.l + h * p.l_h + i * p.l_i] = static_cast<T>(NAN);
+        for (int64_t e = 0; e < p.Ev; ++e) orow[e * p.o_e] = narrow<St>(static_cast<T>(NAN));
+        if (lse) lse[off.l + h * p.l_h + i * p.l_i] = narrow<St>(static_cast<T>(NAN));
         continue;
       }
       double L = 0;
+      if constexpr (!std::is_same<St, T>::value) {  // half precision: sum each output in float, narrow once
+        for (int64_t s = 0; s < ns; ++s) {
+          const T* part = run.part + static_cast<size_t>(blk_id * ns + s) * run.part_stride + rr * (EvPad + 2);
+          if (part[EvPad + 1] > 0) L += static_cast<double>(part[EvPad + 1]) * ::exp(static_cast<double>(part[EvPad]) - M);
+        }
+        for (int64_t e = 0; e < p.Ev; ++e) {
+          double acc = 0;
+          for (int64_t s = 0; L > 0 && s < ns; ++s) {
+            const T* part = run.part + static_cast<size_t>(blk_id * ns + s) * run.part_stride + rr * (EvPad + 2);
+            if (part[EvPad + 1] > 0) acc += static_cast<double>(part[e]) * ::exp(static_cast<double>(part[EvPad]) - M);
+          }
+          orow[e * p.o_e] = narrow<St>(static_cast<T>(L > 0 ? acc / L : 0.0));
+        }
+        if (lse) lse[off.l + h * p.l_h + i * p.l_i] = narrow<St>(L > 0 ? static_cast<T>(M + std::log(L)) : T(-INFINITY));
+        continue;
+      } else {
       for (int64_t e = 0; e < p.Ev; ++e) orow[e * p.o_e] = 0;
       if (M != -INFINITY) {
         for (int64_t s = 0; s < ns; ++s) {
@@ -461,12 +540,14 @@ void attn_merge_task(void* ctx, int64_t begin, int64_t end, int) {
         for (int64_t e = 0; e < p.Ev; ++e) orow[e * p.o_e] *= inv;
       }
       if (lse) lse[off.l + h * p.l_h + i * p.l_i] = L > 0 ? static_cast<T>(M + std::log(L)) : T(-INFINITY);
+      }
     }
   }
 }
 
-template <class T>
+template <class St>
 int attention_impl(const AttnProblem& p) {
+  typedef Compute<St> T;
   constexpr int NR = kNV * Simd<T>::W;
   if (p.B == 0 || p.Hq == 0 || p.Lq == 0) return 0;
   AttnRun<T> run;
@@ -476,7 +557,8 @@ int attention_impl(const AttnProblem& p) {
   run.heads_per_block = p.Lq >= kBlockRows ? 1 : imax(1, kBlockRows / p.Lq);
   run.blocks_per_kv_head = p.Lq >= kBlockRows ? run.G * run.qblocks : ceil_div(run.G, run.heads_per_block);
   run.EvPad = ceil_div(p.Ev, NR) * NR;
-  run.v_direct = p.v_e == 1 && p.Ev % NR == 0;
+  // (half precision: V is widened into the tile once, not by each row block's micro-kernel)
+  run.v_direct = is_half<St>() ? false : p.v_e == 1 && p.Ev % NR == 0;
   const int nt = num_threads();
   const int64_t blocks = p.B * p.Hk * run.blocks_per_kv_head;
   run.nsplit = 1;
@@ -488,7 +570,7 @@ int attention_impl(const AttnProblem& p) {
     run.nsplit = ceil_div(p.Lk, run.split_keys);
   }
   run.items = blocks * run.nsplit;
-  run.k_direct = p.k_e == 1;
+  run.k_direct = is_half<St>() ? false : p.k_e == 1;
   const size_t ws = sizeof(T) * static_cast<size_t>(kBlockRows * p.E + kTileKeys * kBlockRows + kBlockRows * run.EvPad +
                                                      (run.v_direct ? 0 : kTileKeys * run.EvPad) + (run.k_direct ? 0 : kTileKeys * p.E) +
                                                      kFewRows * p.E);
@@ -498,8 +580,8 @@ int attention_impl(const AttnProblem& p) {
     run.part = static_cast<T*>(std::malloc(sizeof(T) * run.part_stride * static_cast<size_t>(run.items)));
     if (!run.part) return 1;
   }
-  parallel_for(run.items, 1, attn_task<T>, &run, nt);
-  if (run.nsplit > 1) parallel_for(blocks, 1, attn_merge_task<T>, &run, nt);
+  parallel_for(run.items, 1, attn_task<St>, &run, nt);
+  if (run.nsplit > 1) parallel_for(blocks, 1, attn_merge_task<St>, &run, nt);
   return 0;
 }
 

@@ -19,7 +19,8 @@ void check(int status) {
   if (status == 2) throw std::logic_error("attnkit: a CPU kernel was handed a dtype it does not compute");
 }
 
-bool supports(DType d) { return d == DType::f32 || d == DType::f64; }
+// float16 and bfloat16 are storage types: widened on load, computed in float32 (kernels.cpp).
+bool supports(DType d) { return d == DType::f32 || d == DType::f64 || d == DType::f16 || d == DType::bf16; }
 void attention(const AttnProblem& p) { check(active_kernels().attention(p)); }
 void gemm(const GemmProblem& p) { check(active_kernels().gemm(p)); }
 void rows(const RowProblem& p) { check(active_kernels().rows(p)); }
@@ -29,7 +30,7 @@ int weight_layout() { return static_cast<int>(current_isa()); }
 
 void pack(const GemmProblem& p, PackedWeight& dst) {
   const Kernels& k = active_kernels();
-  dst.bytes = k.packed_bytes(p, &dst.panel_cols, &dst.depth_block);
+  dst.bytes = k.packed_bytes(p, &dst.panel_cols, &dst.depth_block, &dst.depth_group);
   void* mem = std::aligned_alloc(64, (dst.bytes + 63) / 64 * 64);
   if (!mem) throw std::bad_alloc();
   dst.data = std::shared_ptr<void>(mem, std::free);
@@ -40,18 +41,19 @@ void pack(const GemmProblem& p, PackedWeight& dst) {
 // W[n][k] from the panels of any layout (panel width pc, depth block kb): plain code, no ISA.
 template <class T>
 void unpack_as(const PackedWeight& w, T* dst) {
-  const int64_t pc = w.panel_cols, kb = w.depth_block, npan = (w.N + pc - 1) / pc;
+  const int64_t pc = w.panel_cols, kb = w.depth_block, npan = (w.N + pc - 1) / pc, g = w.depth_group;
   const T* src = static_cast<const T*>(w.data.get());
   for (int64_t n = 0; n < w.N; ++n)
     for (int64_t k = 0; k < w.K; ++k) {
-      const int64_t kc = k / kb, klen = std::min(kb, w.K - kc * kb);
+      const int64_t kc = k / kb, klen = (std::min(kb, w.K - kc * kb) + g - 1) / g * g, kk = k % kb;
       const int64_t c = w.gated ? gated_column(n, w.N, pc) : n;  // the panel column of row n
-      dst[n * w.K + k] = src[kc * kb * npan * pc + (c / pc) * klen * pc + (k % kb) * pc + c % pc];
+      dst[n * w.K + k] = src[kc * kb * npan * pc + (c / pc) * klen * pc + (kk / g) * pc * g + (c % pc) * g + kk % g];
     }
 }
 
 void unpack(const PackedWeight& w, void* dst) {
   if (w.dtype == DType::f64) unpack_as(w, static_cast<double*>(dst));
+  else if (dtype_size(w.dtype) == 2) unpack_as(w, static_cast<uint16_t*>(dst));  // float16, bfloat16: the bits
   else unpack_as(w, static_cast<float*>(dst));
 }
 

@@ -21,10 +21,14 @@ bool cpu_has(Isa isa) {
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
              __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::avx512_bf16: return cpu_has(Isa::avx512) && __builtin_cpu_supports("avx512bf16");
   }
   return false;
 }
 
+// avx512_bf16 (vdpbf16ps for bfloat16 linear) is opt-in (set_isa / ATTNKIT_ISA): on a 2-core Sapphire
+// Rapids it was 1.26x the avx512 path's widened bfloat16 at one row but 0.56x at 128-4096 rows
+// (bench/NOTES.md), and the rest of its table is the avx512 code.
 Isa best_isa() {
   if (cpu_has(Isa::avx512)) return Isa::avx512;
   if (cpu_has(Isa::avx2)) return Isa::avx2;
@@ -40,11 +44,12 @@ const char* isa_name(Isa isa) {
     case Isa::generic: return "generic";
     case Isa::avx2: return "avx2";
     case Isa::avx512: return "avx512";
+    case Isa::avx512_bf16: return "avx512_bf16";
   }
   return "?";
 }
 
-std::vector<Isa> compiled_isas() { return {Isa::generic, Isa::avx2, Isa::avx512}; }
+std::vector<Isa> compiled_isas() { return {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512_bf16}; }
 
 std::vector<Isa> usable_isas() {
   std::vector<Isa> out;
@@ -71,11 +76,12 @@ void set_isa(Isa isa) {
 Isa parse_isa(const std::string& name) {
   for (Isa i : compiled_isas())
     if (name == isa_name(i)) return i;
-  throw ValueError("isa: expected one of 'generic', 'avx2', 'avx512', got '" + name + "'");
+  throw ValueError("isa: expected one of 'generic', 'avx2', 'avx512', 'avx512_bf16', got '" + name + "'");
 }
 
 const Kernels& active_kernels() {
   switch (current_isa()) {
+    case Isa::avx512_bf16: return avx512_bf16::kernels();
     case Isa::avx512: return avx512::kernels();
     case Isa::avx2: return avx2::kernels();
     default: return generic::kernels();

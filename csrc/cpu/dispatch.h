@@ -5,7 +5,7 @@
 
 namespace attnkit { namespace cpu {
 
-enum class Isa { generic = 0, avx2 = 1, avx512 = 2 };
+enum class Isa { generic = 0, avx2 = 1, avx512 = 2, avx512_bf16 = 3 };
 
 const char* isa_name(Isa isa);
 std::vector<Isa> usable_isas();      // ordered from the most portable to the fastest

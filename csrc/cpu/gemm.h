@@ -29,21 +29,24 @@ struct GemmRun {
   int64_t lda = 0;
   Workspace ws;
   T* own_scratch = nullptr;  // gated: M x (panels * NR)
-  ~GemmRun() { std::free(own_pack); std::free(own_scratch); }
+  float* biasf = nullptr;    // half precision: the bias widened (owned)
+  int64_t ldcb = 0;          // half precision: row stride of the per-thread float C block
+  ~GemmRun() { std::free(own_pack); std::free(own_scratch); std::free(biasf); }
 };
 
 // W[n][k] of a weight packed in any layout (panel width pc, depth block kb).
 template <class T>
 inline T packed_at(const PackedWeight& w, int64_t n, int64_t k) {
-  const int64_t pc = w.panel_cols, kb = w.depth_block, npan = (w.N + pc - 1) / pc;
-  const int64_t kc = k / kb, klen = imin(kb, w.K - kc * kb);
+  const int64_t pc = w.panel_cols, kb = w.depth_block, npan = (w.N + pc - 1) / pc, g = w.depth_group;
+  const int64_t kc = k / kb, klen = ceil_div(imin(kb, w.K - kc * kb), g) * g, kk = k % kb;
   const int64_t c = w.gated ? gated_column(n, w.N, pc) : n;  // the panel column of row n
-  return static_cast<const T*>(w.data.get())[kc * kb * npan * pc + (c / pc) * klen * pc + (k % kb) * pc + c % pc];
+  return static_cast<const T*>(w.data.get())[kc * kb * npan * pc + (c / pc) * klen * pc + (kk / g) * pc * g + (c % pc) * g + kk % g];
 }
 
 // The packed panels: for depth block kc, panel pn, depth kk < klen, column jj < NR.
+// (Half precision weights are packed in panels as wide as float's.)
 template <class T>
-inline int64_t gemm_panels(int64_t N) { return ceil_div(N, kNV * Simd<T>::W); }
+inline int64_t gemm_panels(int64_t N) { return ceil_div(N, kNV * Simd<Compute<T>>::W); }
 
 inline int64_t gemm_row_offset(const GemmProblem& p, int64_t m) {
   int64_t off = 0;
@@ -95,15 +98,37 @@ void gated_epilogue(const GemmRun<T>& run, const T* c, int64_t rows, int64_t m, 
   }
 }
 
+// Depth grouping of the packed panels: 2 for bfloat16 on AVX-512-BF16 (vdpbf16ps multiplies
+// pairs along the depth), else 1.
+template <class T> constexpr int kDepthGroup = 1;
+#if defined(__AVX512BF16__)
+template <> constexpr int kDepthGroup<bf16_t> = 2;
+#endif
+
 template <class T>
 void gemm_pack_task(void* ctx, int64_t begin, int64_t end, int) {
   GemmRun<T>& run = *static_cast<GemmRun<T>*>(ctx);
   const GemmProblem& p = *run.p;
-  constexpr int NR = kNV * Simd<T>::W;
+  constexpr int NR = kNV * Simd<Compute<T>>::W, G = kDepthGroup<T>;
   for (int64_t it = begin; it < end; ++it) {
     const int64_t kc = it / run.npan, pn = it % run.npan;
     const int64_t k0 = kc * kGemmKC, klen = imin(kGemmKC, p.K - k0);
-    T* dst = run.own_pack + kc * kGemmKC * run.npan * NR + pn * klen * NR;
+    T* dst = run.own_pack + kc * kGemmKC * run.npan * NR + pn * ceil_div(klen, G) * G * NR;
+    if constexpr (G > 1) {  // [klen / G][NR][G], the depth padded with zeros
+      for (int jj = 0; jj < NR; ++jj) {
+        int64_t n = pn * NR + jj;
+        if (p.gated) {
+          const int64_t F = p.N / 2, f = pn * (NR / 2) + jj % (NR / 2);
+          n = f >= F ? p.N : jj < NR / 2 ? f : F + f;
+        }
+        for (int64_t kk = 0; kk < ceil_div(klen, G) * G; ++kk) {
+          T v{};
+          if (n < p.N && kk < klen) v = p.packed ? packed_at<T>(*p.packed, n, k0 + kk) : run.w[n * p.w_n + (k0 + kk) * p.w_k];
+          dst[(kk / G) * NR * G + jj * G + kk % G] = v;
+        }
+      }
+      continue;
+    }
     for (int jj = 0; jj < NR; ++jj) {
       int64_t n = pn * NR + jj;
       if (p.gated) {  // gated: gate features pn*NR/2 + jj in the first half, the same up features after
@@ -116,7 +141,7 @@ void gemm_pack_task(void* ctx, int64_t begin, int64_t end, int) {
         const T* wr = run.w + n * p.w_n + k0 * p.w_k;
         for (int64_t kk = 0; kk < klen; ++kk) dst[kk * NR + jj] = wr[kk * p.w_k];
       } else {
-        for (int64_t kk = 0; kk < klen; ++kk) dst[kk * NR + jj] = T(0);
+        for (int64_t kk = 0; kk < klen; ++kk) dst[kk * NR + jj] = T{};
       }
     }
   }
@@ -189,21 +214,23 @@ void gemm_task(void* ctx, int64_t begin, int64_t end, int tid) {
 }
 
 // s[j] = dot(x, y_j) for j < n <= kGemvRows, K long: x read once, the y_j in step with it.
-template <class T>
-inline void dots(const T* x, const T* const* ys, int64_t n, int64_t K, T* s) {
+// (S: the storage type; half precision is widened as it is loaded, the sums are float.)
+template <class S>
+inline void dots(const S* x, const S* const* ys, int64_t n, int64_t K, Compute<S>* s) {
+  typedef Compute<S> T;
   typedef typename Simd<T>::V V;
   constexpr int W = Simd<T>::W;
   V acc[kGemvRows];
   for (int64_t j = 0; j < n; ++j) acc[j] = V{};
   int64_t kk = 0;
   for (; kk + W <= K; kk += W) {
-    const V xv = vload(x + kk);
-    for (int64_t j = 0; j < n; ++j) acc[j] += vload(ys[j] + kk) * xv;
+    const V xv = vload_as<T>(x + kk);
+    for (int64_t j = 0; j < n; ++j) acc[j] += vload_as<T>(ys[j] + kk) * xv;
   }
   for (int64_t j = 0; j < n; ++j) {
     T t = 0;
     for (int l = 0; l < W; ++l) t += acc[j][l];
-    for (int64_t k = kk; k < K; ++k) t += ys[j][k] * x[k];
+    for (int64_t k = kk; k < K; ++k) t += widen(ys[j][k]) * widen(x[k]);
     s[j] = t;
   }
 }
@@ -214,14 +241,14 @@ void gemv_task(void* ctx, int64_t begin, int64_t end, int) {
   const GemmRun<T>& run = *static_cast<const GemmRun<T>*>(ctx);
   const GemmProblem& p = *run.p;
   const T* rows[kGemvRows];
-  T s[kGemvRows];
+  Compute<T> s[kGemvRows];
   for (int64_t m = 0; m < p.M; ++m) rows[m] = run.a + gemm_row_offset(p, m);
   for (int64_t n = begin; n < end; ++n) {
     const T* wr = run.w + n * p.w_n;
     prefetch_row(wr + kPrefetchRows * p.w_n, p.K);
     dots(wr, rows, p.M, p.K, s);
     for (int64_t m = 0; m < p.M; ++m)
-      run.out[m * p.ldc + n] = act_scalar(s[m] + (run.bias ? run.bias[n * p.bias_s] : T(0)), p.act);
+      run.out[m * p.ldc + n] = narrow<T>(act_scalar(s[m] + (run.bias ? widen(run.bias[n * p.bias_s]) : Compute<T>(0)), p.act));
   }
 }
 
@@ -232,13 +259,13 @@ void gemv_columns_task(void* ctx, int64_t begin, int64_t end, int) {
   const GemmRun<T>& run = *static_cast<const GemmRun<T>*>(ctx);
   const GemmProblem& p = *run.p;
   const T* wrows[kGemvRows];
-  T s[kGemvRows];
+  Compute<T> s[kGemvRows];
   for (int64_t n = 0; n < p.N; ++n) wrows[n] = run.w + n * p.w_n;
   for (int64_t m = begin; m < end; ++m) {
     const T* ar = run.a + gemm_row_offset(p, m);
     dots(ar, wrows, p.N, p.K, s);
     for (int64_t n = 0; n < p.N; ++n)
-      run.out[m * p.ldc + n] = act_scalar(s[n] + (run.bias ? run.bias[n * p.bias_s] : T(0)), p.act);
+      run.out[m * p.ldc + n] = narrow<T>(act_scalar(s[n] + (run.bias ? widen(run.bias[n * p.bias_s]) : Compute<T>(0)), p.act));
   }
 }
 
@@ -255,12 +282,40 @@ inline bool uniform_rows(const GemmProblem& p, int64_t* lda) {
   return p.a_k == 1;
 }
 
+// Strided W with few rows or few columns: dot products (gemv_task, gemv_columns_task); false otherwise.
 template <class T>
-size_t gemm_packed_bytes(const GemmProblem& p, int64_t* panel_cols, int64_t* depth_block) {
-  constexpr int NR = kNV * Simd<T>::W;
+bool gemm_dots(const GemmProblem& p, GemmRun<T>& run, int nt) {
+  if (p.packed || p.a_k != 1 || p.w_k != 1) return false;
+  if (p.M <= kGemvRows) {
+    parallel_for(p.N, 64, gemv_task<T>, &run, nt);
+    return true;
+  }
+  if (p.N <= kGemvRows) {
+    parallel_for(p.M, 16, gemv_columns_task<T>, &run, nt);
+    return true;
+  }
+  return false;
+}
+
+// The blocking of the panel GEMM: depth blocks, panels, row blocks, and panels per work item (at most
+// max_panels), N split only when M is short.
+template <class T>
+void gemm_blocks(const GemmProblem& p, GemmRun<T>& run, int nt, int64_t max_panels) {
+  run.nkc = imax(1, ceil_div(p.K, kGemmKC));
+  run.npan = gemm_panels<T>(p.N);
+  run.nmb = ceil_div(p.M, kGemmMC);
+  run.nnb = imin(run.npan, imax(1, ceil_div(2 * nt, run.nmb)));  // split N only when M is short
+  run.pan_per_nb = imin(ceil_div(run.npan, run.nnb), imax(1, max_panels));
+  run.nnb = ceil_div(run.npan, run.pan_per_nb);
+}
+
+template <class T>
+size_t gemm_packed_bytes(const GemmProblem& p, int64_t* panel_cols, int64_t* depth_block, int* depth_group) {
+  constexpr int NR = kNV * Simd<Compute<T>>::W;
   *panel_cols = NR;
   *depth_block = kGemmKC;
-  return sizeof(T) * static_cast<size_t>(imax(1, p.K) * gemm_panels<T>(p.N) * NR);
+  *depth_group = kDepthGroup<T>;
+  return sizeof(T) * static_cast<size_t>(imax(1, ceil_div(p.K, kDepthGroup<T>) * kDepthGroup<T>) * gemm_panels<T>(p.N) * NR);
 }
 
 template <class T>
@@ -303,22 +358,8 @@ int gemm_impl(const GemmProblem& p) {
     run.out = run.own_scratch;
     run.bias = nullptr;
   }
-  if (!p.packed && p.a_k == 1 && p.w_k == 1) {
-    if (p.M <= kGemvRows) {
-      parallel_for(p.N, 64, gemv_task<T>, &run, nt);
-      return 0;
-    }
-    if (p.N <= kGemvRows) {
-      parallel_for(p.M, 16, gemv_columns_task<T>, &run, nt);
-      return 0;
-    }
-  }
-  run.nkc = imax(1, ceil_div(p.K, kGemmKC));
-  run.npan = gemm_panels<T>(p.N);
-  run.nmb = ceil_div(p.M, kGemmMC);
-  run.nnb = imin(run.npan, imax(1, ceil_div(2 * nt, run.nmb)));  // split N only when M is short
-  run.pan_per_nb = ceil_div(run.npan, run.nnb);
-  run.nnb = ceil_div(run.npan, run.pan_per_nb);
+  if (gemm_dots(p, run, nt)) return 0;
+  gemm_blocks(p, run, nt, int64_t(1) << 40);  // no cap on the panels per item
   run.a_direct = p.M <= kGemmDirectRows && uniform_rows(p, &run.lda);
   if (!run.ws.alloc(nt, sizeof(T) * ((run.a_direct ? 0 : kGemmMC * kGemmKC) + kMR * NR))) return 1;
   if (p.packed) {
@@ -330,6 +371,189 @@ int gemm_impl(const GemmProblem& p) {
     run.bpack = run.own_pack;
   }
   parallel_for(run.nmb * run.nnb, 1, gemm_task<T>, &run, nt);
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Half precision (float16, bfloat16) GEMM: W^T packed in panels of S (half the bytes; the
+// micro-kernel widens each B row as it loads it), A blocks widened into float as they are packed,
+// products accumulated in a per-thread float block of C (kGemmMC rows x the item's panels), bias,
+// activation (or the SwiGLU gate) applied in float and the result narrowed once.
+#if defined(__AVX512BF16__)
+// AVX-512-BF16 micro-kernel: C[MR x 32] (+)= A[MR x 2K2] B[2K2 x 32] with vdpbf16ps (pairs of
+// bf16 products summed into fp32). a: [K2][kMR] pairs of row r (32 bits each); b: [K2][32][2].
+template <int MR, bool ACC>
+inline void micro_dp(int64_t K2, const uint32_t* a, const bf16_t* b, float* c, int64_t ldc) {
+  __m512 acc[MR][2];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    acc[r][0] = ACC ? _mm512_loadu_ps(c + r * ldc) : _mm512_setzero_ps();
+    acc[r][1] = ACC ? _mm512_loadu_ps(c + r * ldc + 16) : _mm512_setzero_ps();
+  }
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < K2; ++k) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + k * 64), b1 = (__m512bh)_mm512_loadu_si512(b + k * 64 + 32);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh ar = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[k * kMR + r]));
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], ar, b0);
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], ar, b1);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    _mm512_storeu_ps(c + r * ldc, acc[r][0]);
+    _mm512_storeu_ps(c + r * ldc + 16, acc[r][1]);
+  }
+}
+template <bool ACC>
+inline void micro_dp_rows(int rows, int64_t K2, const uint32_t* a, const bf16_t* b, float* c, int64_t ldc) {
+  switch (rows) {
+#define ATTNKIT_MICRO_DP_CASE(n) \
+    case n: if constexpr (n <= kMR) micro_dp<n, ACC>(K2, a, b, c, ldc); break;
+    ATTNKIT_MICRO_DP_CASE(1) ATTNKIT_MICRO_DP_CASE(2) ATTNKIT_MICRO_DP_CASE(3) ATTNKIT_MICRO_DP_CASE(4)
+    ATTNKIT_MICRO_DP_CASE(5) ATTNKIT_MICRO_DP_CASE(6) ATTNKIT_MICRO_DP_CASE(7) ATTNKIT_MICRO_DP_CASE(8)
+#undef ATTNKIT_MICRO_DP_CASE
+    default: break;
+  }
+}
+#endif
+
+template <class S>
+void gemm_task_half(void* ctx, int64_t begin, int64_t end, int tid) {
+  GemmRun<S>& run = *static_cast<GemmRun<S>*>(ctx);
+  const GemmProblem& p = *run.p;
+  constexpr int NR = kNV * Simd<float>::W, H = NR / 2;
+  const int64_t ldcb = run.ldcb;
+  float* C = run.ws.template get<float>(tid);  // kGemmMC x ldcb
+  float* Ap = C + kGemmMC * ldcb;              // kGemmMC x kGemmKC
+  float* Bw = Ap + kGemmMC * kGemmKC;          // kGemmKC x NR: a panel of W^T, widened once for all row panels
+  S* out = static_cast<S*>(p.out);
+  for (int64_t it = begin; it < end; ++it) {
+    const int64_t mb = it / run.nnb, nb = it % run.nnb;
+    const int64_t m0 = mb * kGemmMC, mlen = imin(kGemmMC, p.M - m0);
+    const int64_t pn0 = nb * run.pan_per_nb, pn1 = imin(run.npan, pn0 + run.pan_per_nb);
+    const int64_t nip = ceil_div(mlen, kMR);
+    for (int64_t kc = 0; kc < run.nkc; ++kc) {
+      const int64_t k0 = kc * kGemmKC, klen = imin(kGemmKC, p.K - k0);
+      const bool first = kc == 0, last = kc == run.nkc - 1;
+#if defined(__AVX512BF16__)
+      constexpr bool kDp = kDepthGroup<S> == 2;
+#else
+      constexpr bool kDp = false;
+#endif
+      const int64_t K2 = ceil_div(klen, 2);
+      for (int64_t ip = 0; kDp && ip < nip; ++ip) {  // vdpbf16ps: A panels of depth pairs, Ap[ip][k/2][kMR]
+        uint32_t* dst = reinterpret_cast<uint32_t*>(Ap) + ip * K2 * kMR;
+        for (int r = 0; r < kMR; ++r) {
+          const int64_t m = m0 + ip * kMR + r;
+          const S* ar = m < m0 + mlen ? run.a + gemm_row_offset(p, m) + k0 * p.a_k : nullptr;
+          for (int64_t k2 = 0; k2 < K2; ++k2) {
+            uint32_t lo = 0, hi = 0;
+            if (ar) {
+              std::memcpy(&lo, ar + 2 * k2 * p.a_k, 2);
+              if (2 * k2 + 1 < klen) std::memcpy(&hi, ar + (2 * k2 + 1) * p.a_k, 2);
+            }
+            dst[k2 * kMR + r] = lo | hi << 16;
+          }
+        }
+      }
+      for (int64_t ip = 0; !kDp && ip < nip; ++ip) {  // pack A panels, widened: Ap[ip][k][kMR]
+        float* dst = Ap + ip * klen * kMR;
+        for (int r = 0; r < kMR; ++r) {
+          const int64_t m = m0 + ip * kMR + r;
+          if (m < m0 + mlen) {
+            const S* ar = run.a + gemm_row_offset(p, m) + k0 * p.a_k;
+            for (int64_t kk = 0; kk < klen; ++kk) dst[kk * kMR + r] = widen(ar[kk * p.a_k]);
+          } else {
+            for (int64_t kk = 0; kk < klen; ++kk) dst[kk * kMR + r] = 0.0f;
+          }
+        }
+      }
+      const S* bk = run.bpack + kc * kGemmKC * run.npan * NR;
+      for (int64_t pn = pn0; pn < pn1; ++pn) {
+        const S* b = bk + pn * (kDp ? 2 * K2 : klen) * NR;
+        if (!kDp && nip > 1) widen_row(b, 1, Bw, klen * NR);
+        for (int64_t ip = 0; ip < nip; ++ip) {
+          const int rows = static_cast<int>(imin(kMR, mlen - ip * kMR));
+          float* c = C + ip * kMR * ldcb + (pn - pn0) * NR;
+          const float* a = Ap + ip * klen * kMR;
+          if constexpr (kDp) {
+#if defined(__AVX512BF16__)
+            const uint32_t* a2 = reinterpret_cast<const uint32_t*>(Ap) + ip * K2 * kMR;
+            if (rows == kMR && first) micro_dp<kMR, false>(K2, a2, b, c, ldcb);
+            else if (rows == kMR) micro_dp<kMR, true>(K2, a2, b, c, ldcb);
+            else if (first) micro_dp_rows<false>(rows, K2, a2, b, c, ldcb);
+            else micro_dp_rows<true>(rows, K2, a2, b, c, ldcb);
+#endif
+          } else if (nip > 1) {
+            if (rows == kMR && first) micro<float, kMR, true, false>(klen, a, kMR, Bw, NR, c, ldcb);
+            else if (rows == kMR) micro<float, kMR, true, true>(klen, a, kMR, Bw, NR, c, ldcb);
+            else if (first) micro_rows<float, true, false>(rows, klen, a, kMR, Bw, NR, c, ldcb);
+            else micro_rows<float, true, true>(rows, klen, a, kMR, Bw, NR, c, ldcb);
+          } else if (rows == kMR) {
+            if (first) micro<float, kMR, true, false, S>(klen, a, kMR, b, NR, c, ldcb);
+            else micro<float, kMR, true, true, S>(klen, a, kMR, b, NR, c, ldcb);
+          } else {
+            if (first) micro_rows<float, true, false, S>(rows, klen, a, kMR, b, NR, c, ldcb);
+            else micro_rows<float, true, true, S>(rows, klen, a, kMR, b, NR, c, ldcb);
+          }
+          if (!last) continue;
+          const int64_t m = m0 + ip * kMR;
+          if (p.gated) {  // out[m][f] = silu(gate + b_gate) * (up + b_up), f = pn * H + j
+            const int64_t F = p.N / 2, f0 = pn * H, nf = imin(H, F - f0);
+            for (int r = 0; r < rows; ++r) {
+              const float* cr = c + r * ldcb;
+              S* orow = out + (m + r) * p.ldc + f0;
+              for (int64_t j = 0; j < nf; ++j) {
+                float gt = cr[j], up = cr[H + j];
+                if (run.biasf) { gt += run.biasf[f0 + j]; up += run.biasf[F + f0 + j]; }
+                orow[j] = narrow<S>(act_scalar(gt, Activation::silu) * up);
+              }
+            }
+          } else {
+            const int64_t cols = imin(NR, p.N - pn * NR);
+            for (int r = 0; r < rows; ++r) {
+              float* cr = c + r * ldcb;
+              if (run.biasf || p.act != Activation::none) act_row(cr, run.biasf ? run.biasf + pn * NR : nullptr, cr, cols, p.act);
+              narrow_row(static_cast<const float*>(cr), out + (m + r) * p.ldc + pn * NR, 1, cols);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+template <class S>
+int gemm_impl_half(const GemmProblem& p) {
+  if (p.M == 0 || p.N == 0) return 0;
+  constexpr int NR = kNV * Simd<float>::W;
+  GemmRun<S> run;
+  run.p = &p;
+  run.a = static_cast<const S*>(p.a);
+  run.w = static_cast<const S*>(p.w);
+  run.bias = static_cast<const S*>(p.bias);
+  run.out = static_cast<S*>(p.out);
+  const int nt = num_threads();
+  if (p.bias) {
+    run.biasf = static_cast<float*>(std::malloc(sizeof(float) * static_cast<size_t>(p.N)));
+    if (!run.biasf) return 1;
+    widen_row(run.bias, p.bias_s, run.biasf, p.N);
+  }
+  if (!p.gated && gemm_dots(p, run, nt)) return 0;
+  gemm_blocks(p, run, nt, imax(1, 1024 / NR));  // the float C block stays <= 768 KiB
+  run.ldcb = run.pan_per_nb * NR;
+  if (!run.ws.alloc(nt, sizeof(float) * static_cast<size_t>(kGemmMC * run.ldcb + kGemmMC * kGemmKC + kGemmKC * NR))) return 1;
+  if (p.packed) {
+    run.bpack = static_cast<const S*>(p.packed->data.get());
+  } else {
+    run.own_pack = static_cast<S*>(std::malloc(sizeof(S) * static_cast<size_t>(run.nkc * kGemmKC * run.npan * NR)));
+    if (!run.own_pack) return 1;
+    parallel_for(run.nkc * run.npan, 4, gemm_pack_task<S>, &run, nt);
+    run.bpack = run.own_pack;
+  }
+  parallel_for(run.nmb * run.nnb, 1, gemm_task_half<S>, &run, nt);
   return 0;
 }
 

@@ -31,6 +31,8 @@ int attention(const AttnProblem& p) {
   switch (p.dtype) {
     case DType::f32: return attention_impl<float>(p);
     case DType::f64: return attention_impl<double>(p);
+    case DType::f16: return attention_impl<half_t>(p);
+    case DType::bf16: return attention_impl<bf16_t>(p);
     default: return 2;
   }
 }
@@ -39,6 +41,8 @@ int gemm(const GemmProblem& p) {
   switch (p.dtype) {
     case DType::f32: return gemm_impl<float>(p);
     case DType::f64: return gemm_impl<double>(p);
+    case DType::f16: return gemm_impl_half<half_t>(p);
+    case DType::bf16: return gemm_impl_half<bf16_t>(p);
     default: return 2;
   }
 }
@@ -47,14 +51,18 @@ int rows(const RowProblem& p) {
   switch (p.dtype) {
     case DType::f32: return rows_impl<float>(p);
     case DType::f64: return rows_impl<double>(p);
+    case DType::f16: return rows_impl_half<half_t>(p);
+    case DType::bf16: return rows_impl_half<bf16_t>(p);
     default: return 2;
   }
 }
 
-size_t packed_bytes(const GemmProblem& p, int64_t* panel_cols, int64_t* depth_block) {
+size_t packed_bytes(const GemmProblem& p, int64_t* panel_cols, int64_t* depth_block, int* depth_group) {
   switch (p.dtype) {
-    case DType::f32: return gemm_packed_bytes<float>(p, panel_cols, depth_block);
-    case DType::f64: return gemm_packed_bytes<double>(p, panel_cols, depth_block);
+    case DType::f32: return gemm_packed_bytes<float>(p, panel_cols, depth_block, depth_group);
+    case DType::f64: return gemm_packed_bytes<double>(p, panel_cols, depth_block, depth_group);
+    case DType::f16: return gemm_packed_bytes<half_t>(p, panel_cols, depth_block, depth_group);
+    case DType::bf16: return gemm_packed_bytes<bf16_t>(p, panel_cols, depth_block, depth_group);
     default: return 0;
   }
 }
@@ -63,6 +71,8 @@ int pack(const GemmProblem& p, void* dst) {
   switch (p.dtype) {
     case DType::f32: return gemm_pack<float>(p, static_cast<float*>(dst));
     case DType::f64: return gemm_pack<double>(p, static_cast<double*>(dst));
+    case DType::f16: return gemm_pack<half_t>(p, static_cast<half_t*>(dst));
+    case DType::bf16: return gemm_pack<bf16_t>(p, static_cast<bf16_t*>(dst));
     default: return 2;
   }
 }
@@ -71,6 +81,8 @@ int rope(const RopeProblem& p) {
   switch (p.dtype) {
     case DType::f32: return rope_impl<float>(p);
     case DType::f64: return rope_impl<double>(p);
+    case DType::f16: return rope_impl<half_t>(p);
+    case DType::bf16: return rope_impl<bf16_t>(p);
     default: return 2;
   }
 }

@@ -14,7 +14,7 @@ struct Kernels {
   // Prepacked weights: the bytes of W (p.N x p.K, p.dtype) in this path's panel layout (and
   // that layout's panel width and depth block); and packing p's W (strided p.w, or p.packed in
   // any layout) into dst, 64-byte aligned, of that size.
-  size_t (*packed_bytes)(const GemmProblem& p, int64_t* panel_cols, int64_t* depth_block);
+  size_t (*packed_bytes)(const GemmProblem& p, int64_t* panel_cols, int64_t* depth_block, int* depth_group);
   int (*pack)(const GemmProblem& p, void* dst);
   int (*rope)(const RopeProblem&);
 };
@@ -22,5 +22,6 @@ struct Kernels {
 namespace generic { const Kernels& kernels(); }
 namespace avx2 { const Kernels& kernels(); }
 namespace avx512 { const Kernels& kernels(); }
+namespace avx512_bf16 { const Kernels& kernels(); }
 
 }}  // namespace attnkit::cpu

@@ -8,8 +8,9 @@ namespace attnkit { namespace cpu { namespace ATTNKIT_ISA_NAMESPACE { namespace 
 // Micro-kernel: C[MR x NR] (+)= A[MR x K] * B[K x NR], NR = kNV * W, MR <= kMR.
 // A is column-major (element (r, k) at a[k*lda + r]: packed panels, P^T tiles) or row-major
 // (a[r*lda + k]: K rows read in place); B rows are NR contiguous elements, ldb apart.
-template <class T, int MR, bool ACOL, bool ACC>
-inline void micro(int64_t K, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc) {
+// BT: B's storage type (T, or float16/bfloat16 widened as each row is loaded, for T = float).
+template <class T, int MR, bool ACOL, bool ACC, class BT = T>
+inline void micro(int64_t K, const T* a, int64_t lda, const BT* b, int64_t ldb, T* c, int64_t ldc) {
   typedef typename Simd<T>::V V;
   constexpr int W = Simd<T>::W;
   V acc[MR][kNV];
@@ -19,7 +20,7 @@ inline void micro(int64_t K, const T* a, int64_t lda, const T* b, int64_t ldb, T
     for (int v = 0; v < kNV; ++v) acc[r][v] = ACC ? vload(c + r * ldc + v * W) : V{};
 #pragma GCC unroll 4
   for (int64_t k = 0; k < K; ++k) {
-    V b0 = vload(b + k * ldb), b1 = vload(b + k * ldb + W);
+    V b0 = vload_as<T>(b + k * ldb), b1 = vload_as<T>(b + k * ldb + W);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       V ar = vset(ACOL ? a[k * lda + r] : a[r * lda + k]);
@@ -34,11 +35,11 @@ inline void micro(int64_t K, const T* a, int64_t lda, const T* b, int64_t ldb, T
 }
 
 // The same for a run-time row count 1..kMR.
-template <class T, bool ACOL, bool ACC>
-inline void micro_rows(int rows, int64_t K, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc) {
+template <class T, bool ACOL, bool ACC, class BT = T>
+inline void micro_rows(int rows, int64_t K, const T* a, int64_t lda, const BT* b, int64_t ldb, T* c, int64_t ldc) {
   switch (rows) {
 #define ATTNKIT_MICRO_CASE(n) \
-    case n: if constexpr (n <= kMR) micro<T, n, ACOL, ACC>(K, a, lda, b, ldb, c, ldc); break;
+    case n: if constexpr (n <= kMR) micro<T, n, ACOL, ACC, BT>(K, a, lda, b, ldb, c, ldc); break;
     ATTNKIT_MICRO_CASE(1) ATTNKIT_MICRO_CASE(2) ATTNKIT_MICRO_CASE(3) ATTNKIT_MICRO_CASE(4)
     ATTNKIT_MICRO_CASE(5) ATTNKIT_MICRO_CASE(6) ATTNKIT_MICRO_CASE(7) ATTNKIT_MICRO_CASE(8)
     ATTNKIT_MICRO_CASE(9) ATTNKIT_MICRO_CASE(10) ATTNKIT_MICRO_CASE(11) ATTNKIT_MICRO_CASE(12)

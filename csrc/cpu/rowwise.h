@@ -266,4 +266,74 @@ int rows_impl(const RowProblem& p) {
   return 0;
 }
 
+// Half precision (float16, bfloat16): each row is widened into a per-thread float buffer (with
+// the residual added and the mask applied there), computed in float in place and narrowed into
+// the output; weight and bias are widened once.
+template <class S>
+struct HalfRowRun {
+  const RowProblem* p;
+  Workspace ws;                    // per thread: one float row
+  const float *w = nullptr, *b = nullptr;
+};
+
+template <class S>
+void row_task_half(void* ctx, int64_t begin, int64_t end, int tid) {
+  const HalfRowRun<S>& run = *static_cast<const HalfRowRun<S>*>(ctx);
+  const RowProblem& p = *run.p;
+  const int64_t n = p.n;
+  float* buf = run.ws.template get<float>(tid);
+  float* tmp = buf + ((n + 15) / 16) * 16;  // the residual row, widened
+  for (int64_t row = begin; row < end; ++row) {
+    const S* xr = static_cast<const S*>(p.x.data) + row_offset(p, p.x.strides, row);
+    S* orow = static_cast<S*>(p.out.data) + row_offset(p, p.out.strides, row);
+    widen_row(xr, p.x.strides[p.axis], buf, n);
+    switch (p.op) {
+      case RowOp::softmax:
+        if (p.mask.data) {
+          const uint8_t* mr = static_cast<const uint8_t*>(p.mask.data) + row_offset(p, p.mask.strides, row);
+          const int64_t ms = p.mask.strides[p.axis];
+          for (int64_t j = 0; j < n; ++j)
+            if (!mr[j * ms]) buf[j] = -INFINITY;
+        }
+        softmax_row(buf, buf, n);
+        break;
+      case RowOp::layer_norm:
+      case RowOp::rms_norm:
+        if (p.residual.data) {
+          const S* rr = static_cast<const S*>(p.residual.data) + row_offset(p, p.residual.strides, row);
+          widen_row(rr, p.residual.strides[p.axis], tmp, n);
+          add_row(buf, static_cast<const float*>(tmp), 1, n);
+        }
+        if (p.sum.data)
+          narrow_row(static_cast<const float*>(buf), static_cast<S*>(p.sum.data) + row_offset(p, p.sum.strides, row),
+                     p.sum.strides[p.axis], n);
+        if (p.op == RowOp::rms_norm) rms_norm_row(static_cast<const float*>(buf), n, run.w, p.eps, buf);
+        else layer_norm_row(static_cast<const float*>(buf), n, run.w, run.b, p.eps, buf);
+        break;
+      case RowOp::activation:
+        act_row(buf, static_cast<const float*>(nullptr), buf, n, p.act);
+        break;
+    }
+    narrow_row(static_cast<const float*>(buf), orow, p.out.strides[p.axis], n);
+  }
+}
+
+template <class S>
+int rows_impl_half(const RowProblem& p) {
+  if (p.rows == 0 || p.n == 0) return 0;
+  HalfRowRun<S> run;
+  run.p = &p;
+  const int nt = static_cast<int>(imin(num_threads(), p.rows));
+  const size_t row_bytes = sizeof(float) * static_cast<size_t>(((p.n + 15) / 16) * 16);
+  // per thread: the row and the residual row; then weight and bias, widened
+  if (!run.ws.alloc(nt + 1, 2 * row_bytes)) return 1;
+  float* wc = run.ws.template get<float>(nt);
+  float* bc = wc + row_bytes / sizeof(float);
+  if (p.weight) { widen_row(static_cast<const S*>(p.weight), p.weight_s, wc, p.n); run.w = wc; }
+  if (p.bias) { widen_row(static_cast<const S*>(p.bias), p.bias_s, bc, p.n); run.b = bc; }
+  const int64_t work = p.op == RowOp::activation ? 16384 : p.op == RowOp::layer_norm || p.op == RowOp::rms_norm ? 8192 : 4096;
+  parallel_for(p.rows, imax(1, work / p.n), row_task_half<S>, &run, nt);
+  return 0;
+}
+
 }}}}  // namespace attnkit::cpu::ATTNKIT_ISA_NAMESPACE::(anonymous)

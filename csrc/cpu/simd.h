@@ -6,6 +6,11 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
+
+#if defined(__F16C__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "attnkit/problems.h"
 #include "cpu/isa_config.h"
@@ -131,6 +136,154 @@ inline void act_row(const float* x, const float* bias, float* y, int64_t n, Acti
 }
 inline void act_row(const double* x, const double* bias, double* y, int64_t n, Activation act) {
   for (int64_t i = 0; i < n; ++i) y[i] = act_scalar(x[i] + (bias ? bias[i] : 0.0), act);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Half precision storage (float16, bfloat16): stored as 16 bits, computed in float. Conversions
+// on load (F16C where the path has it, a 16-bit shift for bf16) and rounding to nearest even on
+// store. Compute<S> is the arithmetic type of storage type S.
+struct half_t { uint16_t u; };  // IEEE binary16
+struct bf16_t { uint16_t u; };  // bfloat16: the top half of a float32
+
+template <class S> struct ComputeOf { typedef S type; };
+template <> struct ComputeOf<half_t> { typedef float type; };
+template <> struct ComputeOf<bf16_t> { typedef float type; };
+template <class S> using Compute = typename ComputeOf<S>::type;
+template <class S> constexpr bool is_half() { return sizeof(S) == 2; }
+
+inline float bits_f(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline uint32_t f_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+
+// scalar conversions: widen(s) -> Compute<S>, narrow<S>(x) rounds to nearest even
+inline float widen(float x) { return x; }
+inline double widen(double x) { return x; }
+inline float widen(bf16_t h) { return bits_f(static_cast<uint32_t>(h.u) << 16); }
+inline float widen(half_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h.u);
+#else
+  const uint32_t sign = static_cast<uint32_t>(h.u & 0x8000u) << 16, e = (h.u >> 10) & 0x1fu, m = h.u & 0x3ffu;
+  if (e == 0) {  // zero or subnormal: m * 2^-24, exact in float
+    const float v = static_cast<float>(m) * 5.9604644775390625e-08f;
+    return bits_f(f_bits(v) | sign);
+  }
+  if (e == 31) return bits_f(sign | 0x7f800000u | (m << 13));
+  return bits_f(sign | ((e + 112) << 23) | (m << 13));
+#endif
+}
+template <class S> inline S narrow(float x);
+template <class S> inline S narrow(double x) { return static_cast<S>(x); }
+template <> inline float narrow<float>(float x) { return x; }
+template <> inline double narrow<double>(float x) { return x; }
+template <> inline bf16_t narrow<bf16_t>(float x) {
+  const uint32_t u = f_bits(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16_t{static_cast<uint16_t>((u >> 16) | 0x40u)};  // NaN stays NaN
+  return bf16_t{static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
+}
+template <> inline half_t narrow<half_t>(float x) {
+#if defined(__F16C__)
+  return half_t{static_cast<uint16_t>(_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))};
+#else
+  // Maratyszcza's FP16 library (fp16_ieee_from_fp32_value): the float adder does the rounding.
+  float base = (std::fabs(x) * 5.192296858534828e+33f) * 7.703719777548943e-34f;  // * 2^112 * 2^-110
+  const uint32_t w = f_bits(x), shl1_w = w + w, sign = w & 0x80000000u;
+  uint32_t bias = shl1_w & 0xff000000u;
+  if (bias < 0x71000000u) bias = 0x71000000u;
+  base = bits_f((bias >> 1) + 0x07800000u) + base;
+  const uint32_t bits = f_bits(base);
+  const uint32_t nonsign = ((bits >> 13) & 0x7c00u) + (bits & 0x0fffu);
+  return half_t{static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xff000000u ? 0x7e00u : nonsign))};
+#endif
+}
+
+typedef uint16_t vu16 __attribute__((vector_size(kVecBytes / 2)));
+typedef uint32_t vu32 __attribute__((vector_size(kVecBytes)));
+
+// W floats from W stored elements (a plain load for float)
+inline vf vload_f(const float* p) { return vload(p); }
+inline vf vload_f(const bf16_t* p) {
+  vu16 h;
+  std::memcpy(&h, p, sizeof h);
+  return (vf)(__builtin_convertvector(h, vu32) << 16);
+}
+inline vf vload_f(const half_t* p) {
+#if defined(__AVX512F__)
+  if constexpr (kVecBytes == 64) return (vf)_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+#endif
+#if defined(__F16C__)
+  if constexpr (kVecBytes % 32 == 0) {
+    vf r;
+    for (int i = 0; i < kVecBytes / 32; ++i) {
+      __m256 h = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8 * i)));
+      std::memcpy(reinterpret_cast<char*>(&r) + 32 * i, &h, 32);
+    }
+    return r;
+  }
+#endif
+  vf r;
+  for (int i = 0; i < Simd<float>::W; ++i) r[i] = widen(p[i]);
+  return r;
+}
+inline void vstore_f(float* p, vf v) { vstore(p, v); }
+inline void vstore_f(bf16_t* p, vf v) {
+  const vu32 u = (vu32)v;
+  const vu32 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const vu32 nan = (u >> 16) | 0x40u;
+  const vu16 h = __builtin_convertvector(((u & 0x7fffffffu) > 0x7f800000u) ? nan : rounded, vu16);
+  std::memcpy(p, &h, sizeof h);
+}
+inline void vstore_f(half_t* p, vf v) {
+#if defined(__AVX512F__)
+  if constexpr (kVecBytes == 64) {
+    __m256i h = _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    std::memcpy(p, &h, 32);
+    return;
+  }
+#endif
+#if defined(__F16C__)
+  if constexpr (kVecBytes % 32 == 0) {
+    for (int i = 0; i < kVecBytes / 32; ++i) {
+      __m256 x;
+      std::memcpy(&x, reinterpret_cast<const char*>(&v) + 32 * i, 32);
+      __m128i h = _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      std::memcpy(p + 8 * i, &h, 16);
+    }
+    return;
+  }
+#endif
+  for (int i = 0; i < Simd<float>::W; ++i) p[i] = narrow<half_t>(v[i]);
+}
+// The same for a vector of Compute<S> where S may be the compute type itself (float, double).
+template <class T, class S> inline typename Simd<T>::V vload_as(const S* p) {
+  if constexpr (std::is_same<T, S>::value) return vload(p);
+  else return vload_f(p);
+}
+
+template <class S, class V> inline void vstore_as(S* p, V v) {
+  if constexpr (is_half<S>()) vstore_f(p, v);
+  else vstore(p, v);
+}
+
+// dst[0, n) = widen(src[0, n * stride) step stride); dst[0, n) -> narrow into out (step stride)
+template <class S>
+inline void widen_row(const S* src, int64_t stride, Compute<S>* dst, int64_t n) {
+  int64_t i = 0;
+  if constexpr (is_half<S>()) {
+    constexpr int W = Simd<float>::W;
+    if (stride == 1)
+      for (; i + W <= n; i += W) vstore(dst + i, vload_f(src + i));
+  }
+  for (; i < n; ++i) dst[i] = widen(src[i * stride]);
+}
+template <class S>
+inline void narrow_row(const Compute<S>* src, S* dst, int64_t stride, int64_t n) {
+  int64_t i = 0;
+  if constexpr (is_half<S>()) {
+    constexpr int W = Simd<float>::W;
+    if (stride == 1)
+      for (; i + W <= n; i += W) vstore_f(dst + i, vload(src + i));
+  }
+  for (; i < n; ++i) dst[i * stride] = narrow<S>(src[i]);
 }
 
 // ---------------------------------------------------------------------------------------------

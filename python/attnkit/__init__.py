@@ -65,7 +65,8 @@ def get_num_threads() -> int:
 
 
 def set_isa(name: str) -> None:
-    """Run the kernels on the instruction-set path `name` ('avx512', 'avx2' or 'generic').
+    """Run the kernels on the instruction-set path `name` ('avx512_bf16', 'avx512', 'avx2' or 'generic';
+    'avx512_bf16' is the avx512 path with bfloat16 `linear` on vdpbf16ps, opt-in).
 
     Raises ValueError if this CPU cannot run it. The default is the fastest usable path;
     the environment variable ATTNKIT_ISA chooses another one at import.

@@ -94,7 +94,8 @@ def scaled_dot_product_attention(
     """softmax(query @ key^T * scale + mask) @ value, per head, without forming the score matrix.
 
     Shapes: query (..., Hq, Lq, E), key (..., Hk, Lk, E), value (..., Hk, Lk, Ev) -> (..., Hq, Lq, Ev),
-    with 0 to 4 leading batch dims shared by all three. float32 or float64 (all the same dtype);
+    with 0 to 4 leading batch dims shared by all three. float32, float64, float16 or bfloat16
+    (``ml_dtypes.bfloat16``; all the same dtype; half precision computes in float32);
     the output has that dtype. Arrays of any strides are read in place (no copies).
 
     attn_mask: bool (True where a query may attend) or float of the query dtype (added to the
@@ -221,7 +222,7 @@ class PackedLinear:
         return w if dtype is None else w.astype(dtype)
 
     def astype(self, dtype) -> "PackedLinear":
-        """The same layer packed in another dtype (float32 or float64)."""
+        """The same layer packed in another dtype (float32, float64, float16 or bfloat16)."""
         bias = None if self.bias is None else self.bias.astype(dtype)
         if self.gated:
             w = self.unpack().astype(dtype)
@@ -428,8 +429,8 @@ def multi_head_attention(
         if not isinstance(arr, np.ndarray):
             raise TypeError(f"{name}: expected a numpy.ndarray, got {type(arr).__name__}")
     for name, arr in (("query", query), ("key", key), ("value", value), ("in_proj_weight", in_proj_weight)):
-        if arr.dtype not in (np.float32, np.float64):
-            raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {arr.dtype}")
+        if arr.dtype.name not in ("float32", "float64", "float16", "bfloat16"):
+            raise TypeError(f"{name}: expected a float32, float64, float16 or bfloat16 array, got dtype {arr.dtype}")
         if arr.dtype != query.dtype:
             raise TypeError(f"{name}: dtype {arr.dtype} does not match query's {query.dtype} (mixed dtypes are not allowed)")
     for name, arr in (("query", query), ("key", key), ("value", value)):

@@ -27,7 +27,7 @@ __all__ = [
     "apply_rotary",
 ]
 
-_erf = np.vectorize(math.erf, otypes=[np.float64])
+_erfc = np.vectorize(math.erfc, otypes=[np.float64])
 
 
 def _masked_softmax_parts(s, visible, axis=-1):
@@ -126,7 +126,8 @@ def gelu(x, approximate="none"):
     """x * Phi(x): "none" uses erf, "tanh" the tanh approximation of Hendrycks & Gimpel."""
     x = np.asarray(x)
     if approximate == "none":
-        return (0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))).astype(x.dtype)
+        # Phi(x) = erfc(-x / sqrt 2) / 2: the same as (1 + erf(x / sqrt 2)) / 2 without its cancellation for x << 0
+        return (0.5 * x * _erfc(-x / math.sqrt(2.0))).astype(x.dtype)
     if approximate == "tanh":
         return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
     raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")

@@ -58,6 +58,9 @@ struct PackedWeight {
   int64_t N = 0, K = 0;
   int layout = -1;
   int64_t panel_cols = 0, depth_block = 0;  // W^T packed as [K / depth_block][N / panel_cols][depth][panel_cols]
+  // depth_group 2 (AVX-512-BF16): each panel holds depth pairs, [depth / 2][panel_cols][2], a
+  // block's depth rounded up to even with zeros
+  int depth_group = 1;
   std::shared_ptr<void> data;               // kept alive by every plan that uses it
   size_t bytes = 0;
   // gated (SwiGLU): W's logical rows are [gate (F); up (F)], N = 2F; each panel holds

@@ -54,8 +54,60 @@ def load_config(directory) -> Dict[str, Any]:
     return config
 
 
+# safetensors dtypes -> NumPy; BF16 is ml_dtypes.bfloat16 (safetensors' NumPy API cannot make it)
+_ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+              "U8": "u1", "BOOL": "?"}
+
+
+def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
+    """A .safetensors file read directly (8-byte header length, JSON header, raw little-endian data), for
+    files with bfloat16 tensors; ValueError naming the file and the tensor for anything malformed."""
+    import ml_dtypes
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 8:
+        raise ValueError(f"{path}: not a valid safetensors file (shorter than its 8-byte header length)")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError(f"{path}: not a valid safetensors file (header of {n} bytes in a {len(data)}-byte file)")
+    try:
+        header = json.loads(data[8:8 + n])
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a valid safetensors file (header is not JSON: {e})") from e
+    body = memoryview(data)[8 + n:]
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            code, shape, (begin, end) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: tensor '{name}': malformed header entry {info!r}") from e
+        dt = np.dtype(ml_dtypes.bfloat16) if code == "BF16" else np.dtype(_ST_DTYPES[code]) if code in _ST_DTYPES else None
+        if dt is None:
+            raise ValueError(f"{path}: tensor '{name}': unsupported dtype {code!r}")
+        count = int(np.prod(shape, dtype=np.int64))
+        if not (0 <= begin <= end <= len(body)) or end - begin != count * dt.itemsize:
+            raise ValueError(f"{path}: tensor '{name}': data offsets [{begin}, {end}) do not hold {shape} of {code} "
+                             f"in a {len(body)}-byte data section")
+        out[name] = np.frombuffer(body[begin:end], dtype=dt).reshape(shape).copy()
+    return out
+
+
+def _has_bfloat16(path: str) -> bool:
+    """Whether the safetensors file at ``path`` lists a BF16 tensor (its header only is read)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            return n < (1 << 27) and b'"BF16"' in f.read(n)
+    except OSError:
+        return False
+
+
 def _load_safetensors(path: str) -> Dict[str, np.ndarray]:
     from safetensors.numpy import load_file
+    if _has_bfloat16(path):
+        return _read_safetensors(path)
     if os.path.isdir(path):
         raise ValueError(f"{path}: is a directory, expected a .safetensors file")
     if os.path.lexists(path) and not os.path.exists(path):

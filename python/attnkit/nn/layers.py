@@ -403,8 +403,12 @@ class Generator(Module):
 # --------------------------------------------------------------------------------------------------
 
 def _float_dtype(array) -> np.dtype:
-    """float64 weights stay float64; everything else (float16, bfloat16, float32) computes in float32."""
-    return np.dtype(np.float64) if "float64" in str(getattr(array, "dtype", "")) else np.dtype(np.float32)
+    """float64, float16 and bfloat16 (ml_dtypes) weights keep their dtype (half precision is stored in half and
+    computed in float32 by the kernels); everything else computes in float32."""
+    dt = getattr(array, "dtype", None)
+    if isinstance(dt, np.dtype) and dt.name in ("float64", "float16", "bfloat16"):
+        return dt
+    return np.dtype(np.float64) if "float64" in str(dt) else np.dtype(np.float32)
 
 
 def _uniform(rng, shape, dtype):

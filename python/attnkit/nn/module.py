@@ -32,6 +32,26 @@ def as_float_array(value, dtype, name: str, shape=None) -> np.ndarray:
     return array
 
 
+def _is_float(dtype) -> bool:
+    """float16/32/64 or bfloat16 (ml_dtypes' bfloat16 is a NumPy dtype of kind 'V')."""
+    return dtype.kind == "f" or dtype.name == "bfloat16"
+
+
+def float_dtype(dtype) -> np.dtype:
+    """The NumPy dtype of a model's weights: float32, float64, float16 or bfloat16 (``ml_dtypes.bfloat16``, or
+    the string "bfloat16"); ValueError naming ``dtype`` otherwise."""
+    if isinstance(dtype, str) and dtype == "bfloat16" or "bfloat16" in str(dtype):
+        import ml_dtypes   # the NumPy bfloat16 (a dependency of attnkit)
+        return np.dtype(ml_dtypes.bfloat16)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in ("float32", "float64", "float16"):
+        raise ValueError(f"dtype: float32, float64, float16 or bfloat16, got {dtype!r}")
+    return dt
+
+
 def _to_numpy(value) -> np.ndarray:
     """A NumPy view of an array or a (CPU) torch tensor; bfloat16 tensors become float32 (NumPy has none)."""
     if not isinstance(value, np.ndarray) and hasattr(value, "detach"):
@@ -62,13 +82,11 @@ class StateDict:
 
     def __init__(self, tensors, prefix: str = "", *, dtype=np.float32, origin: str = "state dict"):
         if isinstance(tensors, (str, os.PathLike)):
-            from safetensors.numpy import load_file
-            tensors = load_file(os.fspath(tensors))
+            from attnkit.models._checkpoint import _load_safetensors   # reads bfloat16 files too
+            tensors = _load_safetensors(os.fspath(tensors))
         if not hasattr(tensors, "keys"):
             raise TypeError(f"state_dict: expected a mapping of names to arrays, got {type(tensors).__name__}")
-        self.tensors, self.prefix, self.dtype, self.origin = tensors, prefix, np.dtype(dtype), origin
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype: float32 or float64, got {self.dtype}")
+        self.tensors, self.prefix, self.dtype, self.origin = tensors, prefix, float_dtype(dtype), origin
         self.used: Set[str] = set()
 
     def has(self, name: str) -> bool:
@@ -92,7 +110,7 @@ class StateDict:
         if key not in self.tensors:
             raise KeyError(f"{self.origin}: missing tensor '{key}'")
         array = _to_numpy(self.tensors[key])
-        if array.dtype.kind != "f":
+        if not _is_float(array.dtype):
             raise ValueError(f"{self.origin}: tensor '{key}' has dtype {array.dtype}, expected floating point")
         _check_shape(array, tuple(shape)[::-1] if transpose else shape, f"{self.origin}: tensor '{key}' has")
         self.used.add(key)
@@ -130,18 +148,17 @@ class Module:
     def dtype(self) -> np.dtype:
         """The floating dtype of the weights (the dtype inputs are computed in)."""
         for _, array in self._weights():
-            if array.dtype.kind == "f":
+            if _is_float(array.dtype):
                 return np.dtype(array.dtype)
         return np.dtype(np.float32)
 
     def astype(self, dtype) -> "Module":
-        """A copy of this module with every floating weight converted to ``dtype`` (float32 or float64)."""
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype: attnkit computes in float32 or float64, got {dtype}")
+        """A copy of this module with every floating weight converted to ``dtype`` (float32, float64, float16 or
+        bfloat16)."""
+        dtype = float_dtype(dtype)
         new = copy.copy(self)
         for name, value in vars(self).items():
-            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            if isinstance(value, np.ndarray) and _is_float(value.dtype):
                 setattr(new, name, value.astype(dtype))
             elif isinstance(value, PackedLinear):
                 setattr(new, name, value.astype(dtype))

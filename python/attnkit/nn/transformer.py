@@ -23,7 +23,7 @@ from .cache import KVCache
 from .generation import beam_search, greedy_search
 from .layers import (ACTIVATIONS, NO_MASK, AttentionMask, Embeddings, FeedForward, Generator, LayerNorm,
                      MultiHeadAttention)
-from .module import Module, StateDict
+from .module import Module, StateDict, float_dtype
 
 __all__ = ["TransformerConfig", "sublayer_connections", "EncoderLayer", "DecoderLayer", "Encoder", "Decoder", "Transformer"]
 
@@ -60,8 +60,10 @@ class TransformerConfig:
             raise ValueError(f"TransformerConfig.nhead: {self.nhead} must divide d_model={self.d_model}")
         if min(self.num_encoder_layers, self.num_decoder_layers) < 0 or self.dim_feedforward <= 0:
             raise ValueError("TransformerConfig: layer counts must be >= 0 and dim_feedforward > 0")
-        if np.dtype(self.dtype) not in (np.float32, np.float64):
-            raise ValueError(f"TransformerConfig.dtype: float32 or float64, got {self.dtype!r}")
+        try:
+            float_dtype(self.dtype)
+        except ValueError:
+            raise ValueError(f"TransformerConfig.dtype: float32, float64, float16 or bfloat16, got {self.dtype!r}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -221,7 +223,7 @@ class Transformer(Module):
     def from_config(cls, config: TransformerConfig, *, rng=None) -> "Transformer":
         """A model with random weights (Xavier-uniform projections, small random biases)."""
         rng = np.random.default_rng(rng)
-        c, dtype = config, np.dtype(config.dtype)
+        c, dtype = config, float_dtype(config.dtype)
         E = c.d_model
 
         def norm():
@@ -267,7 +269,7 @@ class Transformer(Module):
             dim_feedforward=(first or decoder.layers[0]).feed_forward.w1.shape[0], activation=activation,
             norm_first=norm_first, layer_norm_eps=layer_norm_eps,
             final_norm=encoder.norm is not None and decoder.norm is not None, positions="none",
-            dtype=np.dtype(dtype).name)
+            dtype=float_dtype(dtype).name)
         return cls(encoder, decoder, config=config)
 
     # -- forward -------------------------------------------------------------------------------------
