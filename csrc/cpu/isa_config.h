@@ -28,7 +28,6 @@ constexpr int kNV = 2;  // vectors per micro-tile row
 // panel of W^T stays in L1. Up to kGemvRows rows, dot products that read W once, in place.
 constexpr int64_t kGemmMC = 192, kGemmKC = 512;
 constexpr int64_t kGemvRows = 4;
-constexpr int64_t kGemmDirectRows = 64;  // up to this many rows, A is read in place (not packed)
 
 // Attention (attention.h): a work item holds up to kBlockRows query rows and walks the keys in
 // tiles of kTileKeys. Measured (bench/NOTES.md): on AVX2 (32 KiB L1d, 16 registers) 128 rows x
