@@ -182,7 +182,7 @@ void gemm_task(void* ctx, int64_t begin, int64_t end, int tid) {
         const T* b = bk + pn * klen * NR;
         // the next panel (contiguous after this one) comes from memory while this one is used:
         // each row block asks for its share of it (a model's weights are cold, read once per call)
-        const char* next = pn + 1 < pn1 ? reinterpret_cast<const char*>(b + klen * NR) : nullptr;
+        const char* next = pn + 1 < pn1 && nip >= 4 ? reinterpret_cast<const char*>(b + klen * NR) : nullptr;
         const int64_t share = ceil_div(klen * NR * static_cast<int64_t>(sizeof(T)), nip * 64) * 64;
         for (int64_t ip = 0; ip < nip; ++ip) {
           if (next)

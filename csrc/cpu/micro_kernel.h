@@ -18,8 +18,31 @@ inline void micro(int64_t K, const T* a, int64_t lda, const BT* b, int64_t ldb, 
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < kNV; ++v) acc[r][v] = ACC ? vload(c + r * ldc + v * W) : V{};
+  int64_t k = 0;
+  if constexpr (MR <= 3) {  // few rows: a second set of accumulators for odd k, or the FMA latency
+    V odd[MR][kNV];         // (not the loads) would bound the k loop
+    for (int r = 0; r < MR; ++r) odd[r][0] = odd[r][1] = V{};
+#pragma GCC unroll 2
+    for (; k + 2 <= K; k += 2) {
+      V b0 = vload_as<T>(b + k * ldb), b1 = vload_as<T>(b + k * ldb + W);
+      V b2 = vload_as<T>(b + (k + 1) * ldb), b3 = vload_as<T>(b + (k + 1) * ldb + W);
 #pragma GCC unroll 4
-  for (int64_t k = 0; k < K; ++k) {
+      for (int r = 0; r < MR; ++r) {
+        V a0 = vset(ACOL ? a[k * lda + r] : a[r * lda + k]);
+        V a1 = vset(ACOL ? a[(k + 1) * lda + r] : a[r * lda + k + 1]);
+        acc[r][0] += a0 * b0;
+        acc[r][1] += a0 * b1;
+        odd[r][0] += a1 * b2;
+        odd[r][1] += a1 * b3;
+      }
+    }
+    for (int r = 0; r < MR; ++r) {
+      acc[r][0] += odd[r][0];
+      acc[r][1] += odd[r][1];
+    }
+  }
+#pragma GCC unroll 4
+  for (; k < K; ++k) {
     V b0 = vload_as<T>(b + k * ldb), b1 = vload_as<T>(b + k * ldb + W);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
