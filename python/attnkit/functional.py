@@ -1,6 +1,7 @@
-"""NumPy-facing wrappers of the compiled kernels. Argument names follow PyTorch where they
-share a meaning; every check happens in the compiled entry points, which raise TypeError or
-ValueError naming the argument."""
+"""The public functions: NumPy arrays go to the compiled core (attnkit._core), GPU arrays to
+attnkit.cuda. Argument names follow PyTorch where they share a meaning. Python-level options
+(flags, names, kv_lengths, out=) are checked here; the arrays themselves (dtypes, shapes, strides,
+devices) in the compiled ops (csrc/ops). Both raise TypeError or ValueError naming the argument."""
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple, Union
