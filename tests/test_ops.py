@@ -143,6 +143,24 @@ def test_linear_large_blocks(backend, dtype, shape, rng):
 
 
 @dtypes
+@pytest.mark.parametrize("M", [193, 385, 1000, 1024, 1031])
+def test_linear_row_blocks_over_threads(backend, dtype, M, rng):
+    """Row blocks are sized by the thread count (even heights, a multiple of the threads):
+    every row is computed once, whatever the count."""
+    x = rng.standard_normal((M, 72)).astype(dtype)
+    w = rng.standard_normal((40, 72)).astype(dtype)
+    b = rng.standard_normal(40).astype(dtype)
+    want = ref.linear(as64(x), as64(w), as64(b), activation="relu")
+    before = attnkit.get_num_threads()
+    try:
+        for threads in (1, 2, 3, 5):
+            attnkit.set_num_threads(threads)
+            assert_close(backend.call(attnkit.linear, x, w, b, activation="relu"), want, dtype)
+    finally:
+        attnkit.set_num_threads(before)
+
+
+@dtypes
 def test_linear_zero_sized(backend, dtype, rng):
     w = rng.standard_normal((5, 4)).astype(dtype)
     b = rng.standard_normal(5).astype(dtype)
