@@ -87,6 +87,15 @@ def _bad_sdpa_cases():
     yield "kv_lengths_unbatched_too_long", (q3, k3, v3), {"kv_lengths": 8}, ValueError, "kv_lengths"
     yield "kv_lengths_huge_unsigned", (q, k, v), {"kv_lengths": np.array([2**64 - 1, 1], np.uint64)}, \
         ValueError, "kv_lengths"
+    # zero strides: the one entry held is checked (the op copies and checks only the distinct entries)
+    yield "kv_lengths_broadcast_negative", (q, k, v), {"kv_lengths": np.broadcast_to(np.array([-1]), (2,))}, \
+        ValueError, "kv_lengths"
+    yield "kv_lengths_broadcast_too_long", (q, k, v), {"kv_lengths": np.broadcast_to(np.int32(8), (2,))}, \
+        ValueError, "kv_lengths"
+    yield "kv_lengths_broadcast_shape", (q, k, v), {"kv_lengths": np.broadcast_to(np.array([3]), (3,))}, \
+        ValueError, "kv_lengths"
+    yield "kv_lengths_broadcast_huge_unsigned", (q, k, v), \
+        {"kv_lengths": np.broadcast_to(np.array([2**64 - 1], np.uint64), (2,))}, ValueError, "kv_lengths"
 
 
 BAD_SDPA = list(_bad_sdpa_cases())

@@ -340,6 +340,56 @@ def test_strided_kv_lengths_are_read_through_their_strides(rng):
     assert_close(out, ref.scaled_dot_product_attention(as64(q), as64(k), as64(v), kv_lengths=[4, 2]), np.float32)
 
 
+# kv_lengths broadcast over some batch dims (zero strides) and not others: the op keeps one entry per
+# distinct length and maps each batch index to it. batch: q's batch shape; held: the shape of the
+# lengths actually stored (1 on the broadcast dims); view: how the held array is turned into batch.
+KV_BROADCASTS = {
+    "rows": ((3, 4), (3, 1), None),                 # (B, 1) -> (B, H'): strides (8, 0)
+    "cols": ((3, 4), (1, 4), None),                 # (1, H') -> (B, H'): strides (0, 8)
+    "one": ((3, 4), (1, 1), None),                  # every stride 0
+    "one_dim": ((5,), (1,), None),
+    "middle": ((2, 3, 2), (2, 1, 2), None),         # the zero stride between two held dims
+    "outer_three": ((2, 2, 3, 2), (1, 2, 1, 2), None),
+    "rows_reversed": ((3, 4), (3, 1), "reversed"),  # a negative stride beside the zero one
+    "cols_int32": ((3, 4), (1, 4), "int32"),        # converted on the entries held, then broadcast
+    "full_transposed": ((3, 4), (3, 4), "transposed"),  # nothing broadcast, strides not row-major
+}
+
+
+@dtypes
+@pytest.mark.parametrize("name", list(KV_BROADCASTS))
+def test_kv_lengths_broadcast_over_batch_dims(backend, dtype, name, rng):
+    batch, held, view = KV_BROADCASTS[name]
+    Lk = 37
+    q, k, v = make_qkv(rng, batch, 4, 2, 5, Lk, 16, dtype=dtype)
+    lengths = rng.integers(0, Lk + 1, size=held)
+    lengths.flat[0] = Lk
+    if view == "reversed":
+        lengths = np.ascontiguousarray(lengths[::-1])[::-1]
+    elif view == "int32":
+        lengths = lengths.astype(np.int32)
+    elif view == "transposed":
+        lengths = np.ascontiguousarray(lengths.T).T
+    lengths = np.broadcast_to(lengths, batch)
+    for kw in (dict(), dict(is_causal=True, causal_alignment="bottom_right")):
+        check_sdpa(backend, q, k, v, kv_lengths=lengths, enable_gqa=True, return_lse=True, **kw)
+
+
+def test_zero_stride_kv_lengths_at_the_binding(rng):
+    # The binding itself, past the Python wrapper: each held entry is read and checked, each batch entry
+    # sees its own row's length. CPU only.
+    q, k, v = make_qkv(rng, (2, 3), 2, 2, 4, 6, 8, dtype=np.float32)
+    held = np.array([5, 2])
+    lengths = np.lib.stride_tricks.as_strided(held, shape=(2, 3), strides=(8, 0))
+    out = attnkit._core.sdpa(q, k, v, None, "none", None, False, lengths, False, None)
+    assert_close(out, ref.scaled_dot_product_attention(as64(q), as64(k), as64(v), kv_lengths=[[5] * 3, [2] * 3]),
+                 np.float32)
+    for bad in (np.array([5, 7]), np.array([-1, 2])):
+        with pytest.raises(ValueError, match="kv_lengths"):
+            attnkit._core.sdpa(q, k, v, None, "none", None, False,
+                               np.lib.stride_tricks.as_strided(bad, shape=(2, 3), strides=(8, 0)), False, None)
+
+
 # --------------------------------------------------------------------------------------------
 # Layouts: views are read in place and left untouched.
 # --------------------------------------------------------------------------------------------

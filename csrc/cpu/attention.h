@@ -229,7 +229,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
   for (int64_t it = begin; it < end; ++it) {
     const Block blk = block_of_item(run, it);
     const BatchOffsets off = batch_offsets(p, blk.b);
-    const int64_t len = p.kv_len ? p.kv_len[blk.b] : p.Lk;
+    const int64_t len = kv_length(p, blk.b);
     const St* kb = k + off.k + blk.hk * p.k_h;
     const St* vb = v + off.v + blk.hk * p.v_h;
     const int64_t n = blk.n, nqp = ceil_div(n, NR), ncols = nqp * NR, nqv = n <= kFewRows ? ceil_div(n, W) : ncols / W;  // (few rows: the softmax runs over their vectors only)

@@ -11,7 +11,8 @@ struct AttnParams {
   void* lse;                         // optional
   const void* mask;                  // optional: bool (1 byte) or additive of the element type
   bool mask_bool;
-  const int64_t* kv_len;             // optional, DEVICE copy of the problem's lengths
+  const int64_t* kv_len;             // optional, DEVICE copy of the problem's (distinct) lengths
+  int64_t len_b[kMaxBatchDims];      // kv_len's strides per batch dim, 0 where kv_lengths broadcasts
   int causal;                        // 0 none, 1 top_left, 2 bottom_right
   float scale_log2;                  // scale * log2(e): scores live in the log2 domain
   int64_t B, Hq, Hk, G, Lq, Lk, E, Ev;
@@ -52,7 +53,7 @@ struct KeyRange {
 
 __device__ __forceinline__ KeyRange key_range(const AttnParams& p, int64_t b) {
   KeyRange r;
-  r.n = p.kv_len ? p.kv_len[b] : p.Lk;
+  r.n = p.kv_len ? p.kv_len[batch_offset(b, p.nbatch, p.batch_shape, p.len_b)] : p.Lk;  // as kv_length (problems.h)
   r.off = p.causal == 2 ? r.n - p.Lq : 0;
   return r;
 }

@@ -564,11 +564,14 @@ void attention(const AttnProblem& pr) {
   if (p.B * p.Hq * ((p.Lq + 15) / 16) > (int64_t(1) << 31) - 1)
     throw ValueError("query: too many (batch, head, row block) triples for one CUDA launch");
 
-  // kv_lengths arrive in host memory: one copy to the device, ordered on the caller's stream.
-  StreamBuffer lengths(pr.kv_len ? sizeof(int64_t) * static_cast<size_t>(pr.B) : 0, s);
+  // kv_lengths arrive in host memory: one copy to the device, ordered on the caller's stream
+  // (its distinct entries only, reached through len_b).
+  const size_t len_bytes = pr.kv_len ? sizeof(int64_t) * static_cast<size_t>(pr.kv_len_count) : 0;
+  StreamBuffer lengths(len_bytes, s);
   if (pr.kv_len) {
-    AK_CUDA(cudaMemcpyAsync(lengths.ptr, pr.kv_len, sizeof(int64_t) * pr.B, cudaMemcpyHostToDevice, s));
+    AK_CUDA(cudaMemcpyAsync(lengths.ptr, pr.kv_len, len_bytes, cudaMemcpyHostToDevice, s));
     p.kv_len = lengths.as<int64_t>();
+    for (int i = 0; i < pr.nbatch; ++i) p.len_b[i] = pr.len_b[i];
   }
   switch (pr.dtype) {
     case DType::f32: run_attention<float>(p, s); break;

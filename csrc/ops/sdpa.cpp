@@ -17,11 +17,20 @@ void require_dims(const TensorView& t, const char* name, const char* layout) {
 }
 
 // kv_lengths read through its strides into memory of our own: what the kernel uses is what was
-// checked, even if the caller's array changes while the GIL is released.
-std::vector<int64_t> read_lengths(const TensorView& kl) {
-  const int64_t n = ops::checked_numel(kl.shape, kl.ndim, "kv_lengths");
+// checked, even if the caller's array changes while the GIL is released. Only the dims it does not
+// broadcast (size > 1, stride != 0) are copied, so a zero-stride array over a huge batch takes one
+// entry; `strides` gets the copy's stride per dim (row-major over those dims, 0 on the others).
+std::vector<int64_t> read_lengths(const TensorView& kl, int64_t* strides) {
+  if (ops::checked_numel(kl.shape, kl.ndim, "kv_lengths") == 0) return {};
+  int64_t kept[kMaxDims];  // kl's shape with the broadcast dims cut to 1
+  int64_t n = 1;
+  for (int d = kl.ndim - 1; d >= 0; --d) {
+    kept[d] = kl.strides[d] == 0 ? 1 : kl.shape[d];
+    strides[d] = kept[d] == 1 ? 0 : n;
+    n *= kept[d];
+  }
   std::vector<int64_t> out(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) out[i] = kl.ptr<const int64_t>()[ops::row_offset(kl.shape, kl.strides, kl.ndim, -1, i)];
+  for (int64_t i = 0; i < n; ++i) out[i] = kl.ptr<const int64_t>()[ops::row_offset(kept, kl.strides, kl.ndim, -1, i)];
   return out;
 }
 
@@ -148,11 +157,12 @@ void sdpa_prepare(const SdpaArgs& a, SdpaPlan& plan) {
       for (int i = 0; i < nb; ++i) t.shape[i] = q.shape[i];
       throw ValueError("kv_lengths: expected the batch shape " + shape_str(t) + " of query, got " + shape_str(kl));
     }
-    plan.kv_lengths = read_lengths(kl);
+    plan.kv_lengths = read_lengths(kl, p.len_b);
     for (int64_t len : plan.kv_lengths)
       if (len < 0 || len > p.Lk)
         throw ValueError("kv_lengths: expected values in [0, Lk=" + std::to_string(p.Lk) + "], got " + std::to_string(len));
     p.kv_len = plan.kv_lengths.data();
+    p.kv_len_count = static_cast<int64_t>(plan.kv_lengths.size());
   }
 }
 

@@ -66,9 +66,12 @@ def _int64_lengths(kv_lengths) -> np.ndarray:
         arr = arr.astype(np.int64)                       # [] for a batch of size 0
     if arr.dtype.kind not in "iu":
         raise TypeError(f"kv_lengths: expected an integer array, got dtype {arr.dtype}")
-    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+    # converted and checked over the entries it holds, then broadcast back: a zero-stride view over a
+    # huge batch stays a view (the compiled op reads any strides and copies only the distinct entries)
+    held = arr[tuple(slice(0, 1) if s == 0 else slice(None) for s in arr.strides)] if arr.ndim else arr
+    if held.dtype.kind == "u" and held.size and held.max() > np.iinfo(np.int64).max:
         raise ValueError("kv_lengths: values exceed the int64 range")
-    return np.require(arr.astype(np.int64, copy=False), requirements="C")
+    return np.broadcast_to(np.require(held.astype(np.int64, copy=False), requirements="A"), arr.shape)
 
 
 def _check_out_disjoint(out: np.ndarray, **inputs) -> None:

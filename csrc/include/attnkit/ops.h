@@ -37,7 +37,7 @@ struct SdpaArgs {
 struct SdpaPlan {
   AttnProblem problem;
   OutputSpec out, lse;            // out (..., Hq, Lq, Ev); lse (..., Hq, Lq)
-  std::vector<int64_t> kv_lengths;  // a checked copy; problem.kv_len points here
+  std::vector<int64_t> kv_lengths;  // a checked copy of the distinct lengths; problem.kv_len points here
   SdpaPlan() = default;
   SdpaPlan(const SdpaPlan&) = delete;
   SdpaPlan& operator=(const SdpaPlan&) = delete;

@@ -18,8 +18,8 @@ constexpr int kMaxBatchDims = 4;
 // Scaled dot-product attention over the flattened batch b (batch_shape, row-major), KV head hk,
 // query head h = hk * G + g with G = Hq / Hk (grouped-query attention reads K/V in place).
 //   out[b, h, i, :] = softmax_j(q[b,h,i,:] . k[b,hk,j,:] * scale + mask[b,h,i,j]) v[b,hk,j,:]
-// over the keys j that are visible: j < kv_len[b] (when given) and, when causal, j <= i
-// (top_left) or j <= i + kv_len[b] - Lq (bottom_right; kv_len[b] = Lk without kv_len).
+// over the keys j that are visible: j < n_b = kv_length(p, b) (Lk without kv_len) and, when causal,
+// j <= i (top_left) or j <= i + n_b - Lq (bottom_right).
 // A row with no visible key gives zeros and lse = -inf.
 struct AttnProblem {
   DType dtype = DType::f32;          // of q, k, v, out, lse and a float mask
@@ -28,7 +28,11 @@ struct AttnProblem {
   void* lse = nullptr;               // optional (..., Hq, Lq), natural log
   const void* mask = nullptr;        // optional: bool (1 byte, nonzero = visible) or additive, of dtype
   bool mask_bool = false;
-  const int64_t* kv_len = nullptr;   // optional, per flat batch index, in [0, Lk]; HOST memory on every device
+  // optional, in [0, Lk], HOST memory on every device: one entry per distinct length, not per batch
+  // index (kv_lengths broadcast over a batch dim is stored once along it); read it with kv_length
+  const int64_t* kv_len = nullptr;
+  int64_t kv_len_count = 0;          // entries at kv_len
+  int64_t len_b[kMaxBatchDims] = {}; // strides of kv_len per batch dim; 0 on broadcast dims
   CausalAlign causal = CausalAlign::none;
   double scale = 1.0;
   int64_t B = 1, Hq = 1, Hk = 1, Lq = 0, Lk = 0, E = 0, Ev = 0;
@@ -45,9 +49,20 @@ struct AttnProblem {
   int64_t m_h = 0, m_i = 0, m_j = 0;  // 0 on broadcast dims
   void* stream = nullptr;            // cudaStream_t for a cuda problem; unused on the cpu
   // sliding window (causal only): key j is visible to query i only if pos(i) - j < window, where
-  // pos(i) = i (top_left) or i + kv_len[b] - Lq (bottom_right); 0 = no window
+  // pos(i) = i (top_left) or i + kv_length(p, b) - Lq (bottom_right); 0 = no window
   int64_t window = 0;
 };
+
+// The keys of flat batch index b: its kv_len entry, or Lk without kv_lengths.
+inline int64_t kv_length(const AttnProblem& p, int64_t b) {
+  if (!p.kv_len) return p.Lk;
+  int64_t at = 0;
+  for (int d = p.nbatch - 1; d >= 0; --d) {
+    at += (b % p.batch_shape[d]) * p.len_b[d];
+    b /= p.batch_shape[d];
+  }
+  return p.kv_len[at];
+}
 
 // A weight W (N, K) in a backend's panel layout for its GEMM (attnkit.pack_linear). `layout`
 // is the backend's tag for the layout (on the cpu: the instruction-set path it was packed for);
