@@ -77,3 +77,34 @@ def test_plot_without_matplotlib_fails_before_the_run(tmp_path):
     assert "matplotlib" in res.stderr and "pip install" in res.stderr
     assert "attention" not in res.stdout                     # no benchmark ran
     assert time.perf_counter() - start < 20
+
+
+def test_bench_half_precision(tmp_path):
+    # --dtype bfloat16: attnkit in bfloat16 against attnkit float32 (same rounded inputs) and torch in bfloat16
+    path = tmp_path / "bench.json"
+    p = run_bench("--dtype", "bfloat16", "--json", str(path))
+    assert "dtype=bfloat16" in p.stdout and "bfloat16" in p.stdout and "vs fp32" in p.stdout
+    doc = json.loads(path.read_text())
+    assert doc["dtype"] == "bfloat16" and doc["suites"] == ["attention", "decode", "linear", "model"]
+    contenders = ["attnkit", "attnkit fp32"] + (["torch"] if "torch" in doc["machine"] else [])
+    rows = doc["rows"]
+    for suite in doc["suites"]:
+        mine = [r for r in rows if r["suite"] == suite]
+        assert mine, f"no {suite} rows"
+        for case in {r["case"] for r in mine}:
+            assert sorted(r["contender"] for r in mine if r["case"] == case) == sorted(contenders)
+        for r in mine:
+            assert r["median_ms"] > 0, r
+            assert r["dtype"] == ("float32" if r["contender"] == "attnkit fp32" else "bfloat16"), r
+            if r["contender"] != "attnkit fp32":
+                assert r["speedup_vs_fp32"] > 0, r
+                # bfloat16 against float32 on the same rounded inputs: bfloat16 output rounding and a few ulps
+                assert 0 <= r["max_abs_err_vs_fp32"] < 0.1, r
+    dec = {r["contender"]: r for r in rows if r["suite"] == "decode"}
+    assert dec["attnkit fp32"]["bytes"] == 2 * dec["attnkit"]["bytes"]  # GB/s of K+V in each contender's dtype
+
+
+def test_bench_half_precision_rejects_memory_suite():
+    p = subprocess.run([sys.executable, "-m", "attnkit.bench", "--dtype", "float16", "--suite", "memory"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "no --dtype float16 cases" in p.stderr

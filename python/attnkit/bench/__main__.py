@@ -1,7 +1,8 @@
 """python -m attnkit.bench: time attnkit against the NumPy oracle (and PyTorch when importable).
 
 See bench/README.md. Every contender runs with the same number of threads, side by side in the same run;
-the machine's ceilings (NumPy sgemm GFLOP/s, np.copyto GB/s) are measured in the same run.
+the machine's ceilings (NumPy sgemm GFLOP/s, np.copyto GB/s) are measured in the same run. With
+``--dtype float16|bfloat16``: attnkit in that dtype against attnkit float32 and PyTorch in that dtype.
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from attnkit.bench.harness import table
 THROTTLE_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 COLS_RATE = [("median ms", "median_ms", "ms"), ("min ms", "min_ms", "ms"), ("runs", "runs", "")]
-COLS_RATIO = [("vs numpy", "speedup_vs_numpy", ".2fx"), ("vs torch", "ratio_vs_torch", ".2fx"),
-              ("max err", "max_abs_err", ".1e"), ("note", "note", "")]
-LEAD = [("case", "case", ""), ("contender", "contender", "")]
+COLS_RATIO = [("vs numpy", "speedup_vs_numpy", ".2fx"), ("vs fp32", "speedup_vs_fp32", ".2fx"),
+              ("vs torch", "ratio_vs_torch", ".2fx"), ("max err", "max_abs_err", ".1e"),
+              ("max err vs fp32", "max_abs_err_vs_fp32", ".1e"), ("note", "note", "")]
+LEAD = [("case", "case", ""), ("contender", "contender", ""), ("dtype", "dtype", "")]  # dtype: half runs only
 COLUMNS = {
     "attention": COLS_RATE + [("GFLOP/s", "gflops", ".1f"), ("% sgemm", "pct_sgemm", ".0f")] + COLS_RATIO,
     "linear": COLS_RATE + [("GFLOP/s", "gflops", ".1f"), ("% sgemm", "pct_sgemm", ".0f")] + COLS_RATIO,
@@ -43,6 +45,9 @@ TITLES = {
     "memory": "memory (peak RSS above inputs and output, one cold call per child process)",
     "model": "model (rows from attnkit.bench.models.run_model_suite; vs numpy, vs torch and max err as in attention)",
 }
+HALF_TITLE = ("{suite} in {dtype} (attnkit and torch in {dtype}, attnkit fp32 on the same rounded inputs; vs fp32 = "
+              "attnkit fp32 time / contender time, vs torch = torch time / attnkit time, max err vs fp32 = "
+              "max |out - attnkit fp32's out|{extra})")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,7 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated: attention,decode,linear,memory,model or all (default all)")
     p.add_argument("--threads", type=int, default=default_threads,
                    help=f"threads for every contender (default: CPUs available to this process, {default_threads})")
-    p.add_argument("--isa", help="force attnkit's kernel path (attnkit.set_isa): avx512, avx2, generic")
+    p.add_argument("--isa", help="force attnkit's kernel path (attnkit.set_isa): avx512_bf16, avx512, avx2, generic")
+    p.add_argument("--dtype", choices=("float32",) + suites.HALF_DTYPES, default="float32",
+                   help="float16 or bfloat16: attnkit in that dtype against attnkit float32 and PyTorch in that "
+                        f"dtype, suites {','.join(suites.HALF_SUITES)} (default float32)")
     p.add_argument("--json", metavar="PATH", help="write all rows, machine info and ceilings as JSON")
     p.add_argument("--plot", metavar="PATH", help="PNG of GFLOP/s by sequence length per contender (matplotlib)")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when importable")
@@ -64,8 +72,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="cuda: attnkit's CUDA kernels against PyTorch on the GPU (attnkit/bench/cuda.py)")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # toy sizes, for the smoke test
     a = p.parse_args(argv)
-    names = list(suites.SUITES) if a.suite == "all" else [s.strip() for s in a.suite.split(",") if s.strip()]
-    unknown = [s for s in names if s not in suites.SUITES]
+    half = a.dtype != "float32"
+    known = suites.HALF_SUITES if half else tuple(suites.SUITES)
+    names = list(known) if a.suite == "all" else [s.strip() for s in a.suite.split(",") if s.strip()]
+    unknown = [s for s in names if s not in known]
+    if half and unknown and all(s in suites.SUITES for s in unknown):
+        p.error(f"suite {unknown} has no --dtype {a.dtype} cases (it has: {','.join(known)})")
     if unknown or a.threads < 1:
         p.error(f"unknown suite {unknown}" if unknown else "--threads must be >= 1")
     a.suites = names
@@ -81,7 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def header(opts, machine: dict, ceil: dict) -> str:
     ak, cpu = machine["attnkit"], machine["cpu"]
     lines = [f"attnkit.bench  {'quick' if opts.quick else 'full'}  threads={opts.threads}  "
-             f"contenders={','.join(opts.contenders)}",
+             + (f"dtype={opts.dtype}  " if opts.half else "") + f"contenders={','.join(opts.contenders)}",
              f"attnkit    {ak.get('version')}  isa={ak.get('isa')}  usable={ak.get('usable_isas')}  "
              f"compiled={ak.get('compiled_isas')}  threads={ak.get('num_threads')}",
              f"CPU        {cpu['model']}  ({cpu['logical_cpus']} logical CPUs; flags: {' '.join(cpu['flags']) or '-'};"
@@ -103,20 +115,24 @@ def header(opts, machine: dict, ceil: dict) -> str:
     return "\n".join(lines)
 
 
-def result_rows(case: suites.Case, res: dict, ceil: dict) -> list[dict]:
-    """One flat row per contender: times, rates, % of the ceilings, ratios, error vs the oracle."""
-    ratios = harness.compare(res)
+def result_rows(case: suites.Case, res: dict, ceil: dict, opts: suites.Options) -> list[dict]:
+    """One flat row per contender: times, rates, % of the ceilings, ratios, error vs the oracle (or, in a
+    half-precision run, vs attnkit fp32)."""
+    ratios = harness.compare(res, **suites.compare_keys(opts))
     rows = []
     for c, r in res.items():
-        row = {"suite": case.suite, "case": case.name, "contender": c, **case.params,
-               "flops": case.flops, "bytes": case.bytes or None, "sweep": case.sweep}
+        dtype = suites.contender_dtype(c, opts.dtype)
+        # case.bytes counts the run's dtype; a float32 baseline reads (itemsize ratio) times as many
+        nbytes = case.bytes * suites.np_dtype(dtype).itemsize / suites.np_dtype(opts.dtype).itemsize
+        row = {"suite": case.suite, "case": case.name, "contender": c, "dtype": dtype, **case.params,
+               "flops": case.flops, "bytes": nbytes or None, "sweep": case.sweep}
         row.update({k: v for k, v in r.items() if k != "out"})
         ms = r.get("median_ms")
         if ms:
             row["gflops"] = case.flops / ms / 1e6
             row["pct_sgemm"] = 100 * row["gflops"] / ceil["sgemm_gflops"]
-            if case.bytes:
-                row["gbps"] = case.bytes / ms / 1e6
+            if nbytes:
+                row["gbps"] = nbytes / ms / 1e6
                 row["pct_copy"] = 100 * row["gbps"] / ceil["copy_gbps"]
         row.update(ratios[c])
         rows.append(row)
@@ -126,12 +142,12 @@ def result_rows(case: suites.Case, res: dict, ceil: dict) -> list[dict]:
 def run_timed(case, opts, prog, ceil) -> list[dict]:
     todo = [c for c in opts.contenders if c not in case.skip]
     res = {c: {"note": f"skipped: {case.skip[c]}"} for c in opts.contenders if c in case.skip}
-    fns, _ = suites.make_fns(case.kind, case.params, todo)
+    fns, _ = suites.make_fns(case.kind, case.params, todo, opts.dtype)
     res.update(harness.measure_contenders(fns, opts.budget, opts.min_repeats,
                                           lambda c: prog.step(f"{case.suite}: {case.name} [{c}]")))
     for c in case.skip:
         prog.step(f"{case.suite}: {case.name} [{c}: skipped]")
-    return result_rows(case, {c: res[c] for c in opts.contenders}, ceil)
+    return result_rows(case, {c: res[c] for c in opts.contenders}, ceil, opts)
 
 
 def run_memory(case, opts, prog, ceil) -> list[dict]:
@@ -148,7 +164,7 @@ def run_memory(case, opts, prog, ceil) -> list[dict]:
             continue
         res[c] = {"median_ms": r["seconds"] * 1e3, "min_ms": r["seconds"] * 1e3, "runs": 1,
                   "peak_mib": r["peak_extra_bytes"] / harness.MiB}
-    rows = result_rows(case, res, ceil)
+    rows = result_rows(case, res, ceil, opts)
     limit = case.params.get("limit_mib")
     for row in rows:
         row.pop("limit_mib", None)
@@ -169,8 +185,13 @@ def main(argv=None) -> int:
                   f"OPENBLAS_L2_SIZE for this command to compare fairly", file=sys.stderr)
             break
     import attnkit
-    contenders = ["attnkit", "numpy"] + (["torch"] if not a.no_torch and suites.torch_available() else [])
-    opts = suites.Options(quick=a.quick, tiny=a.tiny, threads=a.threads, isa=a.isa, contenders=tuple(contenders))
+    with_torch = not a.no_torch and suites.torch_available()
+    if a.dtype != "float32":
+        contenders = suites.half_contenders(with_torch)
+    else:
+        contenders = ["attnkit", "numpy"] + (["torch"] if with_torch else [])
+    opts = suites.Options(quick=a.quick, tiny=a.tiny, threads=a.threads, isa=a.isa, contenders=tuple(contenders),
+                          dtype=a.dtype)
     try:
         suites.configure(opts.threads, opts.isa, contenders)
     except ValueError as e:
@@ -211,8 +232,10 @@ def main(argv=None) -> int:
         rows += new
         prog.close()
         if new:
-            cols = [c for c in COLUMNS[suite] if any(c[1] in r for r in new)]
-            print(f"\n{TITLES[suite]}  [{seconds[suite]:.1f} s]\n{table(cols, new)}", flush=True)
+            cols = [c for c in COLUMNS[suite] if any(c[1] in r for r in new) and (opts.half or c[1] != "dtype")]
+            title = TITLES[suite] if not opts.half else HALF_TITLE.format(
+                suite=suite, dtype=opts.dtype, extra="; GB/s of K+V in each contender's dtype" if suite == "decode" else "")
+            print(f"\n{title}  [{seconds[suite]:.1f} s]\n{table(cols, new)}", flush=True)
 
     elapsed = time.perf_counter() - t_start
     if any(r.get("contender") == "numpy" and str(r.get("note", "")).startswith("skipped") for r in rows):
@@ -222,7 +245,7 @@ def main(argv=None) -> int:
     print(f"total {elapsed:.1f} s")
     if a.json:
         doc = {"argv": sys.argv[1:] if argv is None else list(argv), "quick": opts.quick, "threads": opts.threads,
-               "isa": opts.isa, "suites": a.suites, "machine": machine, "ceilings": ceil, "rows": rows,
+               "isa": opts.isa, "dtype": opts.dtype, "suites": a.suites, "machine": machine, "ceilings": ceil, "rows": rows,
                "notes": notes, "suite_seconds": seconds, "elapsed_s": elapsed}
         with open(a.json, "w") as f:
             json.dump(doc, f, indent=1, default=str)

@@ -88,26 +88,35 @@ def measure_contenders(fns: dict, budget: float, min_repeats: int = 3, on_start=
     return res
 
 
-def compare(res: dict) -> dict:
-    """The ratios of one case's contenders, from ``{name: measure-like dict}``: ``speedup_vs_numpy`` (oracle
+def compare(res: dict, oracle: str = "numpy", speedup_key: str = "speedup_vs_numpy",
+            err_key: str = "max_abs_err") -> dict:
+    """The ratios of one case's contenders, from ``{name: measure-like dict}``: ``speedup_key`` (the ``oracle``'s
     time / its time, every other contender), ``ratio_vs_torch`` (torch time / attnkit time, attnkit's row) and
-    ``max_abs_err`` (against the oracle's output). Returns ``{name: {key: value}}``."""
+    ``err_key`` (max |out - the oracle's output|). The oracle is the NumPy reference by default; a
+    half-precision run compares with attnkit float32 ("attnkit fp32", keys speedup_vs_fp32 and
+    max_abs_err_vs_fp32). Returns ``{name: {key: value}}``."""
     t = {c: r["median_ms"] for c, r in res.items() if r.get("median_ms")}
-    ref = res.get("numpy", {}).get("out")
+    ref = res.get(oracle, {}).get("out")
     out = {c: {} for c in res}
     for c in t:
-        if c != "numpy" and "numpy" in t:
-            out[c]["speedup_vs_numpy"] = t["numpy"] / t[c]
+        if c != oracle and oracle in t:
+            out[c][speedup_key] = t[oracle] / t[c]
         if c == "attnkit" and "torch" in t:
             out[c]["ratio_vs_torch"] = t["torch"] / t[c]
-        if ref is not None and c != "numpy" and res[c].get("out") is not None:
-            out[c]["max_abs_err"] = max_abs_diff(res[c]["out"], ref)
+        if ref is not None and c != oracle and res[c].get("out") is not None:
+            out[c][err_key] = max_abs_diff(res[c]["out"], ref)
     return out
 
 
 def max_abs_diff(a, b) -> float:
-    """max |a - b|, a taken as float32; a and b NumPy arrays or CPU torch tensors."""
-    return float(np.max(np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b))))
+    """max |a - b| in float32; a and b NumPy arrays (any float dtype, bfloat16 included) or CPU torch tensors."""
+    return float(np.max(np.abs(_as_f32(a) - _as_f32(b))))
+
+
+def _as_f32(a) -> np.ndarray:
+    if hasattr(a, "detach"):  # a torch tensor (NumPy cannot take a bfloat16 one)
+        a = a.detach().float().numpy()
+    return np.asarray(a, dtype=np.float32)
 
 
 def ceilings(size: int, copy_bytes: int, budget: float) -> dict:

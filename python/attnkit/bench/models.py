@@ -11,6 +11,11 @@
 * a BERT-base-sized forward (12 layers, hidden 768, 12 heads, batch 1 x 128), random weights in memory:
   attnkit vs PyTorch (the same encoder in torch.nn.TransformerEncoder) vs NumPy (full mode only).
 
+    run_half_model_suite(opts) -> rows        (python -m attnkit.bench --dtype float16|bfloat16)
+
+* the same BERT-base-sized forward with its weights in float16 or bfloat16: attnkit in that dtype vs attnkit
+  float32 (the same rounded weights) vs PyTorch in that dtype.
+
 The machinery is the other suites': every contender gets ``threads`` threads (``suites.configure``), is timed
 by ``harness.measure_contenders`` (attnkit and PyTorch in alternating blocks, the oracle alone) and compared by
 ``harness.compare`` (speedup_vs_numpy, ratio_vs_torch = torch time / attnkit time, max_abs_err vs the oracle);
@@ -49,9 +54,10 @@ def _row(case: str, contender: str, m: Dict, tokens: int, **extra) -> Dict:
 
 def _compared_rows(case: str, fns: Dict, tokens: int, opts: suites.Options, torch=None) -> List[Dict]:
     """Time the contenders of one forward pass and compare them: one row per contender. attnkit's and
-    PyTorch's rows also get the time per category (linear, attention, norms, other) of one call."""
+    PyTorch's rows also get the time per category (linear, attention, norms, other) of one call.
+    The baseline of the ratios and errors: the NumPy oracle, or attnkit fp32 in a half-precision run."""
     res = harness.measure_contenders(fns, opts.budget, opts.min_repeats)
-    ratios = harness.compare(res)
+    ratios = harness.compare(res, **suites.compare_keys(opts))
     ours, theirs = (res.get(c, {}).get("out") for c in ("attnkit", "torch"))
     if ours is not None and theirs is not None:
         ratios["attnkit"]["max_abs_err_vs_torch"] = harness.max_abs_diff(ours, theirs)
@@ -227,24 +233,41 @@ def _gpt2_small_rows(torch, opts: suites.Options, rng) -> List[Dict]:
 # -------------------------------------------------------------------------------------------------
 # BERT-base
 # -------------------------------------------------------------------------------------------------
+def _bert_config(tiny: bool = False) -> BertConfig:
+    if tiny:  # toy sizes, for the smoke test
+        return BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=64, max_position_embeddings=64)
+    return BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                      intermediate_size=3072, max_position_embeddings=512)
+
+
+def _torch_bert(torch, model: BertModel, ids: np.ndarray, dtype=None):
+    """A callable running ``model`` (float32 weights) as PyTorch modules on ``ids``, in ``dtype`` (a torch
+    dtype; default float32): embeddings + LayerNorm, then torch.nn.TransformerEncoder."""
+    c, emb, L = model.config, model.embeddings, ids.shape[1]
+    tm = _torch_encoder(torch, model.encoder)
+    word, pos, typ, ln_w, ln_b = (torch.from_numpy(a) for a in (emb.word, emb.position, emb.token_type,
+                                                                emb.norm.weight, emb.norm.bias))
+    if dtype is not None:
+        tm = tm.to(dtype)
+        word, pos, typ, ln_w, ln_b = (a.to(dtype) for a in (word, pos, typ, ln_w, ln_b))
+    ids_t = torch.from_numpy(ids)
+
+    def run_torch():
+        x = word[ids_t] + pos[:L] + typ[0]
+        return tm(torch.nn.functional.layer_norm(x, (c.hidden_size,), ln_w, ln_b, c.layer_norm_eps))
+    return lambda: _no_grad(torch, run_torch)
+
+
 def _bert_rows(torch, opts: suites.Options, rng) -> List[Dict]:
-    config = BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                        intermediate_size=3072, max_position_embeddings=512)
+    config = _bert_config()
     model = BertModel.from_config(config, rng=rng)
     B, L = 1, 128
     ids = rng.integers(0, config.vocab_size, (B, L))
     emb = model.embeddings
     fns = {"attnkit": lambda: model(ids)}
     if torch is not None:
-        tm = _torch_encoder(torch, model.encoder)
-        word, pos, typ = (torch.from_numpy(a) for a in (emb.word, emb.position, emb.token_type))
-        ln_w, ln_b = torch.from_numpy(emb.norm.weight), torch.from_numpy(emb.norm.bias)
-        ids_t = torch.from_numpy(ids)
-
-        def run_torch():
-            x = word[ids_t] + pos[:L] + typ[0]
-            return tm(torch.nn.functional.layer_norm(x, (768,), ln_w, ln_b, config.layer_norm_eps))
-        fns["torch"] = lambda: _no_grad(torch, run_torch)
+        fns["torch"] = _torch_bert(torch, model, ids)
     if not opts.quick:
         numpy_encoder = _numpy_encoder(model.encoder)
 
@@ -254,6 +277,34 @@ def _bert_rows(torch, opts: suites.Options, rng) -> List[Dict]:
             return numpy_encoder(x)
         fns["numpy"] = run_numpy
     return _compared_rows(f"BERT-base fwd 12L d768 h12 ffn3072 B{B}xL{L}", fns, B * L, opts, torch)
+
+
+def run_half_model_suite(opts: suites.Options) -> List[Dict]:
+    """The model suite of a half-precision run (``opts.dtype`` float16 or bfloat16): a BERT-base-sized forward
+    (B1 x L128, random weights rounded to the dtype) in attnkit in the dtype, attnkit float32 with the same
+    rounded weights ("attnkit fp32": the baseline of speedup_vs_fp32 and max_abs_err_vs_fp32) and PyTorch in
+    the dtype. ``opts.tiny``: a 2-layer d32 model."""
+    torch = _torch()
+    contenders = suites.half_contenders(torch is not None)
+    suites.configure(opts.threads, opts.isa, contenders)
+    rng = np.random.default_rng(0)
+    config = _bert_config(opts.tiny)
+    dt = suites.np_dtype(opts.dtype)
+    weights = {k: v.astype(dt) for k, v in BertModel.random_state_dict(config, rng=rng).items()}
+    model = BertModel.from_state_dict(weights, config, dtype=dt)
+    model32 = BertModel.from_state_dict({k: v.astype(np.float32) for k, v in weights.items()}, config)
+    B, L = 1, 16 if opts.tiny else 128
+    ids = rng.integers(0, config.vocab_size, (B, L))
+    fns = {"attnkit": lambda: model(ids), suites.FP32: lambda: model32(ids)}
+    if torch is not None:
+        fns["torch"] = _torch_bert(torch, model32, ids, suites.torch_dtype(opts.dtype))
+    c = config
+    case = (f"{'BERT (toy)' if opts.tiny else 'BERT-base'} fwd {c.num_hidden_layers}L d{c.hidden_size} h{c.num_attention_heads} "
+            f"ffn{c.intermediate_size} B{B}xL{L} {opts.dtype}")
+    rows = _compared_rows(case, fns, B * L, opts, torch)
+    for r in rows:
+        r.update(threads=opts.threads, dtype=suites.contender_dtype(r["contender"], opts.dtype))
+    return rows
 
 
 def run_model_suite(quick: bool, threads: int) -> List[Dict]:

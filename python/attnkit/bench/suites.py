@@ -2,6 +2,10 @@
 
 A case is plain data (kind + params) so that a child process can rebuild it to measure peak memory.
 Useful FLOPs: 4*B*H*Lq*Lk*D for attention (half when causal), 2*M*N*K for linear.
+
+With a half-precision dtype (``Options.dtype`` "float16" or "bfloat16") the contenders are attnkit in that
+dtype ("attnkit"), attnkit in float32 on the same rounded inputs ("attnkit fp32", the baseline of the
+ratios and of the error column) and PyTorch in that dtype ("torch"); the NumPy oracle is left out.
 """
 from __future__ import annotations
 
@@ -22,6 +26,11 @@ class Options:
     threads: int = 1
     isa: str | None = None
     contenders: tuple = ("attnkit", "numpy")
+    dtype: str = "float32"  # or "float16", "bfloat16": the half-precision runs (see half_contenders)
+
+    @property
+    def half(self) -> bool:
+        return self.dtype != "float32"
 
     @property
     def budget(self) -> float:  # seconds of timed calls per contender per case
@@ -45,6 +54,41 @@ class Case:
 
 
 # ---------------------------------------------------------------- setup shared by the parent and the child
+HALF_DTYPES = ("float16", "bfloat16")
+FP32 = "attnkit fp32"  # the float32 baseline of a half-precision run
+
+
+def np_dtype(name: str) -> np.dtype:
+    """NumPy dtype of a dtype name: float32, float16, or bfloat16 (ml_dtypes)."""
+    if name == "bfloat16":
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def torch_dtype(name: str):
+    import torch
+    return getattr(torch, name)
+
+
+def half_contenders(with_torch: bool) -> list[str]:
+    """A half-precision run: attnkit in the dtype, attnkit fp32 on the same rounded inputs, torch in the dtype."""
+    return ["attnkit", FP32] + (["torch"] if with_torch else [])
+
+
+def contender_dtype(contender: str, dtype: str) -> str:
+    """The dtype a contender computes in: the run's, except the float32 baselines (attnkit fp32, the oracle)."""
+    return "float32" if contender in (FP32, "numpy") else dtype
+
+
+def compare_keys(opts: Options) -> dict:
+    """harness.compare's keywords for a run: the NumPy oracle is the baseline, or attnkit fp32 in a
+    half-precision run (ratio key speedup_vs_fp32, error key max_abs_err_vs_fp32)."""
+    if opts.half:
+        return {"oracle": FP32, "speedup_key": "speedup_vs_fp32", "err_key": "max_abs_err_vs_fp32"}
+    return {}
+
+
 def torch_available() -> bool:
     try:
         import torch  # noqa: F401
@@ -74,59 +118,81 @@ def configure(threads: int, isa: str | None, contenders) -> dict:
     return done
 
 
-def make_fns(kind: str, p: dict, contenders) -> tuple[dict, dict]:
+def make_fns(kind: str, p: dict, contenders, dtype: str = "float32") -> tuple[dict, dict]:
     """Allocate the inputs (and attnkit's ``out=`` buffer) once; return ({contender: fn}, {contender: bytes of
-    the output it allocates per call}) so that peak memory can be counted above inputs and output."""
+    the output it allocates per call}) so that peak memory can be counted above inputs and output.
+
+    ``dtype`` (float32, float16, bfloat16): the inputs are drawn in float32 and rounded to it once; attnkit and
+    torch run in it, "attnkit fp32" and the oracle on the same rounded values widened to float32."""
     import attnkit
     from attnkit import reference
     rng = np.random.default_rng(0)
     f32 = np.float32
+    dt = np_dtype(dtype)
+
+    def inputs(*arrays):  # (arrays in dt, the same values in float32); no copies when dt is float32
+        low = [a.astype(dt, copy=False) for a in arrays]
+        return low, [a.astype(f32, copy=False) for a in low]
+
+    def to_torch(a):
+        import torch
+        t = torch.from_numpy(np.ascontiguousarray(a, f32))
+        return t if dtype == "float32" else t.to(torch_dtype(dtype))
+
     fns, out_alloc = {}, {}
     if kind == "sdpa":
         B, H, Hk, Lq, Lk, D = (p[k] for k in ("B", "H", "Hk", "Lq", "Lk", "D"))
-        q = rng.standard_normal((B, H, Lq, D), dtype=f32)
-        k = rng.standard_normal((B, Hk, Lk, D), dtype=f32)
-        v = rng.standard_normal((B, Hk, Lk, D), dtype=f32)
+        (q, k, v), (q32, k32, v32) = inputs(rng.standard_normal((B, H, Lq, D), dtype=f32),
+                                            rng.standard_normal((B, Hk, Lk, D), dtype=f32),
+                                            rng.standard_normal((B, Hk, Lk, D), dtype=f32))
         kw = {"is_causal": p["causal"]}
         if Hk != H:
             kw["enable_gqa"] = True
-        out_bytes = B * H * Lq * D * 4
+        out_bytes = B * H * Lq * D * dt.itemsize
         if "attnkit" in contenders:
-            out = np.full((B, H, Lq, D), 0.0, f32)  # written now: np.zeros would leave its pages untouched
+            out = np.full((B, H, Lq, D), 0.0, dt)  # written now: np.zeros would leave its pages untouched
             fns["attnkit"] = lambda: attnkit.scaled_dot_product_attention(q, k, v, **kw, out=out)
             out_alloc["attnkit"] = 0
+        if FP32 in contenders:
+            out32 = np.full((B, H, Lq, D), 0.0, f32)
+            fns[FP32] = lambda: attnkit.scaled_dot_product_attention(q32, k32, v32, **kw, out=out32)
+            out_alloc[FP32] = 0
         if "numpy" in contenders:
-            fns["numpy"] = lambda: reference.scaled_dot_product_attention(q, k, v, **kw)
-            out_alloc["numpy"] = out_bytes
+            fns["numpy"] = lambda: reference.scaled_dot_product_attention(q32, k32, v32, **kw)
+            out_alloc["numpy"] = B * H * Lq * D * 4
         if "torch" in contenders:
             import torch
             sdpa = torch.nn.functional.scaled_dot_product_attention
-            tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+            tq, tk, tv = (to_torch(a) for a in (q, k, v))
             fns["torch"] = lambda: sdpa(tq, tk, tv, **kw)
             out_alloc["torch"] = out_bytes
     elif kind == "linear":
         M, K, N, act = p["M"], p["K"], p["N"], p["activation"]
-        x = rng.standard_normal((M, K), dtype=f32)
-        w = rng.standard_normal((N, K), dtype=f32) * f32(K**-0.5)
-        b = rng.standard_normal(N, dtype=f32) if p["bias"] else None
-        if "attnkit" in contenders:
+        (x, w), (x32, w32) = inputs(rng.standard_normal((M, K), dtype=f32),
+                                    rng.standard_normal((N, K), dtype=f32) * f32(K**-0.5))
+        (b,), (b32,) = inputs(rng.standard_normal(N, dtype=f32)) if p["bias"] else ((None,), (None,))
+
+        def ours(x, w, b):
             if p.get("packed"):  # a model's weight: packed once at load, as attnkit.nn does
                 packed = attnkit.pack_linear(w, b)
-                fns["attnkit"] = lambda: attnkit.linear(x, packed, activation=act)
-            else:
-                fns["attnkit"] = lambda: attnkit.linear(x, w, b, activation=act)
+                return lambda: attnkit.linear(x, packed, activation=act)
+            return lambda: attnkit.linear(x, w, b, activation=act)
+        if "attnkit" in contenders:
+            fns["attnkit"] = ours(x, w, b)
+        if FP32 in contenders:
+            fns[FP32] = ours(x32, w32, b32)
         if "numpy" in contenders:
-            plain = b is None and act is None
-            fns["numpy"] = (lambda: x @ w.T) if plain else (lambda: reference.linear(x, w, b, activation=act))
+            plain = b32 is None and act is None
+            fns["numpy"] = (lambda: x32 @ w32.T) if plain else (lambda: reference.linear(x32, w32, b32, activation=act))
         if "torch" in contenders:
             import torch
             F = torch.nn.functional
-            tx, tw = torch.from_numpy(x), torch.from_numpy(w)
-            tb = None if b is None else torch.from_numpy(b)
+            tx, tw = to_torch(x), to_torch(w)
+            tb = None if b is None else to_torch(b)
             post = {None: lambda y: y, "relu": F.relu, "gelu": F.gelu,
                     "gelu_tanh": lambda y: F.gelu(y, approximate="tanh")}[act]
             fns["torch"] = lambda: post(F.linear(tx, tw, tb))
-        out_alloc = {c: M * N * 4 for c in fns}
+        out_alloc = {c: M * N * np_dtype(contender_dtype(c, dtype)).itemsize for c in fns}
     else:
         raise ValueError(f"unknown case kind {kind!r}")
     return fns, out_alloc
@@ -156,7 +222,11 @@ def _available_bytes() -> int:
 
 
 def attention(opts: Options) -> list[Case]:
-    """Self, causal and cross attention; the B1 H8 D64 rows form the sequence-length sweep for --plot."""
+    """Self, causal and cross attention; the B1 H8 D64 rows form the sequence-length sweep for --plot.
+    Half precision: prefill B1 H8 L1024 D64 self and causal, B1 H16 L2048 D128 (not with --quick)."""
+    if opts.half and not opts.tiny:
+        cases = [_sdpa("attention", 1, 8, 1024, 1024, 64, c, opts=opts) for c in (False, True)]
+        return cases if opts.quick else cases + [_sdpa("attention", 1, 16, 2048, 2048, 128, opts=opts)]
     if opts.tiny:
         return [_sdpa("attention", 1, 2, L, L, 16, c, opts=opts, sweep=True) for L in (32, 64) for c in (False, True)] \
             + [_sdpa("attention", 1, 2, 16, 48, 16, label="cross 1x2 q16 k48 d16", opts=opts)]
@@ -172,16 +242,17 @@ def attention(opts: Options) -> list[Case]:
 
 
 def decode(opts: Options) -> list[Case]:
-    """One query per sequence over a KV cache; memory bound: GB/s of K+V read, as % of copy bandwidth."""
+    """One query per sequence over a KV cache; memory bound: GB/s of K+V read, as % of copy bandwidth
+    (bytes in the run's dtype; the float32 baseline of a half-precision run reads twice as many)."""
     def case(B, H, Lk, D, Hk=None):
         Hk = Hk or H
         name = f"decode {B}x{H}" + (f"/kv{Hk}" if Hk != H else "") + f" k{Lk} d{D}"
         c = _sdpa("decode", B, H, 1, Lk, D, Hk=Hk, label=name, opts=opts)
-        c.bytes = 2.0 * B * Hk * Lk * D * 4
+        c.bytes = 2.0 * B * Hk * Lk * D * np_dtype(opts.dtype).itemsize
         return c
     if opts.tiny:
         return [case(1, 2, 64, 16)]
-    if opts.quick:
+    if opts.quick or opts.half:
         return [case(4, 32, 4096, 128)]
     return [case(4, 32, 1024, 128), case(4, 32, 4096, 128), case(4, 32, 4096, 128, Hk=8)]
 
@@ -199,9 +270,11 @@ def linear(opts: Options) -> list[Case]:
     # MLP) at 1 (decode) to 512 rows, weights packed once as the models hold them
     inference = [case(M, K, N, True, packed=True) for K, N in ((768, 2304), (768, 3072), (3072, 768))
                  for M in (1, 8, 32, 128, 512)]
+    quick = [c for c in inference if c.params["M"] in (1, 128) and c.params["K"] == 768 and c.params["N"] == 3072]
+    if opts.half:  # half precision: the inference shapes only
+        return quick if opts.quick else inference
     if opts.quick:
-        return [case(4096, 1024, 3072)] + [c for c in inference if c.params["M"] in (1, 128) and c.params["K"] == 768
-                                           and c.params["N"] == 3072]
+        return [case(4096, 1024, 3072)] + quick
     return [case(4096, 1024, 3072), case(4096, 1024, 3072, True, "gelu"), case(512, 768, 768, True)] + inference
 
 
@@ -220,13 +293,18 @@ def memory(opts: Options) -> list[Case]:
 
 
 def model(opts: Options) -> tuple[list[dict], str | None]:
-    """Rows from attnkit.bench.models.run_model_suite (written separately); (rows, note)."""
+    """Rows from attnkit.bench.models.run_model_suite (written separately); (rows, note). Half precision:
+    run_half_model_suite (the BERT-base-sized forward in the dtype)."""
     try:
-        from attnkit.bench.models import run_model_suite
+        from attnkit.bench.models import run_half_model_suite, run_model_suite
     except Exception as e:  # ImportError, or anything its imports raise
         return [], f"model suite skipped: cannot import attnkit.bench.models.run_model_suite ({e})"
-    rows = run_model_suite(quick=opts.quick or opts.tiny, threads=opts.threads)
+    if opts.half:
+        rows = run_half_model_suite(opts)
+    else:
+        rows = run_model_suite(quick=opts.quick or opts.tiny, threads=opts.threads)
     return [dict({"suite": "model"}, **r) for r in rows], None
 
 
 SUITES = {"attention": attention, "decode": decode, "linear": linear, "memory": memory, "model": model}
+HALF_SUITES = ("attention", "decode", "linear", "model")  # the suites a --dtype float16|bfloat16 run has
