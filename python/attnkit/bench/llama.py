@@ -43,7 +43,9 @@ def _err(res: Dict):
 
 
 def llama_rows(torch, opts: suites.Options, rng) -> List[Dict]:
-    """The rows above; [] without torch or transformers."""
+    """The rows above; [] without torch or transformers. In a half-precision run (``opts.dtype``) the weights
+    are rounded to that dtype once: attnkit runs in it, "attnkit fp32" on the same values widened (the
+    baseline of speedup_vs_fp32), transformers in the dtype."""
     if torch is None:
         return []
     try:
@@ -58,55 +60,67 @@ def llama_rows(torch, opts: suites.Options, rng) -> List[Dict]:
     torch.manual_seed(int(rng.integers(2**31)))
     hf = transformers.LlamaForCausalLM(hf_config).eval()
     config = LlamaConfig.from_dict(hf_config.to_dict())
-    model = LlamaForCausalLM.from_state_dict({k: v.numpy() for k, v in hf.state_dict().items()}, config)
+    tensors = {k: v.numpy() for k, v in hf.state_dict().items()}
+    models = {"attnkit": LlamaForCausalLM.from_state_dict(tensors, config)}
+    if opts.half:  # the same rounded weights everywhere (round to nearest even, as torch's .to does)
+        dt = suites.np_dtype(opts.dtype)
+        tensors = {k: v.astype(dt) for k, v in tensors.items()}
+        models = {"attnkit": LlamaForCausalLM.from_state_dict(tensors, config, dtype=dt),
+                  suites.FP32: LlamaForCausalLM.from_state_dict(
+                      {k: v.astype(np.float32) for k, v in tensors.items()}, config)}
+        hf = hf.to(suites.torch_dtype(opts.dtype))
     params = sum(p.numel() for p in hf.parameters())
     label = (f"llama-shaped {s['num_hidden_layers']}L d{s['hidden_size']} h{s['num_attention_heads']}/"
-             f"kv{s['num_key_value_heads']} ffn{s['intermediate_size']} V{s['vocab_size']} ({params / 1e6:.0f}M)")
+             f"kv{s['num_key_value_heads']} ffn{s['intermediate_size']} V{s['vocab_size']} ({params / 1e6:.0f}M)"
+             + (f" {opts.dtype}" if opts.half else ""))
     rows: List[Dict] = []
+
+    def measured(case: str, fns: Dict, tokens: int, **extra):
+        res = harness.measure_contenders(fns, opts.budget, opts.min_repeats)
+        ratios = harness.compare(res, **suites.compare_keys(opts))
+        err = _err(res)
+        for c, r in res.items():
+            rows.append(_row(case, c, r, tokens, **extra, **ratios[c],
+                             dtype=suites.contender_dtype(c, opts.dtype),
+                             **({"max_abs_err_vs_torch": err} if c == "attnkit" else {})))
 
     # prefill: every token's hidden state, the last token's logits
     P = prefixes[0]
     ids = rng.integers(0, s["vocab_size"], (1, P))
     ids_t = torch.from_numpy(ids)
 
-    def ours_prefill():
-        return model.logits(model.hidden_states(ids)[:, -1])
+    def prefill(model):
+        return lambda: model.logits(model.hidden_states(ids)[:, -1])
 
     def hf_prefill():
         with torch.inference_mode():
-            return hf(ids_t, logits_to_keep=1).logits[:, -1].numpy()
-    res = harness.measure_contenders({"attnkit": ours_prefill, "torch": hf_prefill}, opts.budget, opts.min_repeats)
-    ratios = harness.compare(res)
-    err = _err(res)
-    for c, r in res.items():
-        rows.append(_row(f"{label} prefill {P} tok", c, r, P, **ratios[c],
-                         **({"max_abs_err_vs_torch": err} if c == "attnkit" else {})))
+            return hf(ids_t, logits_to_keep=1).logits[:, -1].float().numpy()
+    measured(f"{label} prefill {P} tok", {**{c: prefill(m) for c, m in models.items()}, "torch": hf_prefill}, P)
 
     # decode: one token after each prefix, with the cache rewound (attnkit) / cropped (transformers)
     for prefix in prefixes:
         ids = rng.integers(0, s["vocab_size"], (1, prefix))
-        cache = model.new_cache(1, prefix + 8)
-        model.hidden_states(ids, cache=cache)
         token = np.array([[7]])
+
+        def step(model):
+            cache = model.new_cache(1, prefix + 8)
+            model.hidden_states(ids, cache=cache)
+
+            def run():
+                out = model.logits(model.hidden_states(token, cache=cache)[:, -1])
+                cache.lengths -= 1                                         # rewind: the next call redoes the step
+                return out
+            return run
         with torch.inference_mode():
             past = hf(torch.from_numpy(ids), use_cache=True).past_key_values
         token_t = torch.tensor([[7]])
         pos_t = torch.tensor([[prefix]])
 
-        def ours_step():
-            out = model.logits(model.hidden_states(token, cache=cache)[:, -1])
-            cache.lengths -= 1                                             # rewind: the next call redoes the step
-            return out
-
         def hf_step():
             with torch.inference_mode():
-                out = hf(token_t, past_key_values=past, use_cache=True, position_ids=pos_t).logits[:, -1].numpy()
+                out = hf(token_t, past_key_values=past, use_cache=True, position_ids=pos_t).logits[:, -1].float().numpy()
             past.crop(-1)                                                  # drop the step again
             return out
-        res = harness.measure_contenders({"attnkit": ours_step, "torch": hf_step}, opts.budget, opts.min_repeats)
-        ratios = harness.compare(res)
-        err = _err(res)
-        for c, r in res.items():
-            rows.append(_row(f"{label} decode 1 tok @{prefix}", c, r, 1, prefix=prefix, **ratios[c],
-                             **({"max_abs_err_vs_torch": err} if c == "attnkit" else {})))
+        measured(f"{label} decode 1 tok @{prefix}", {**{c: step(m) for c, m in models.items()}, "torch": hf_step}, 1,
+                 prefix=prefix)
     return rows

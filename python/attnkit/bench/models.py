@@ -303,7 +303,10 @@ def run_half_model_suite(opts: suites.Options) -> List[Dict]:
             f"ffn{c.intermediate_size} B{B}xL{L} {opts.dtype}")
     rows = _compared_rows(case, fns, B * L, opts, torch)
     for r in rows:
-        r.update(threads=opts.threads, dtype=suites.contender_dtype(r["contender"], opts.dtype))
+        r["dtype"] = suites.contender_dtype(r["contender"], opts.dtype)
+    rows += llama_rows(torch, opts, rng)
+    for r in rows:
+        r["threads"] = opts.threads
     return rows
 
 
