@@ -38,6 +38,48 @@ def test_sdpa_half_sizes(backend, dtype, E, Lk, rng):
 
 
 @half_dtypes
+@pytest.mark.parametrize("E", [1, 16, 17, 33, 64, 96, 128])
+@pytest.mark.parametrize("Lk", [1, 17, 300])
+@pytest.mark.parametrize("Lq,G", [(1, 1), (1, 4), (2, 2)], ids=["1row", "gqa4", "2x2rows"])
+def test_sdpa_half_decode_sizes(backend, dtype, E, Lk, Lq, G, rng):
+    # few query rows per KV head (decode): K and V streamed in half precision, W keys' dot products summed
+    # together; bfloat16 K in pairs or with vdpbf16ps (avx512_bf16); head dims below, at and off 32
+    Hk = 2
+    q = rand(rng, (2, Hk * G, Lq, E), dtype)
+    k, v = rand(rng, (2, Hk, Lk, E), dtype), rand(rng, (2, Hk, Lk, E), dtype)
+    kw = dict(enable_gqa=True, is_causal=True, causal_alignment="bottom_right")
+    out = backend.call(attnkit.scaled_dot_product_attention, q, k, v, **kw)
+    assert out.dtype == dtype
+    assert_close(out, ref.scaled_dot_product_attention(as64(q), as64(k), as64(v), **kw), dtype)
+
+
+@half_dtypes
+@pytest.mark.parametrize("case", ["bool_mask", "float_mask", "kv_lengths", "strided_k", "strided_v", "scale"])
+def test_sdpa_half_decode_options(backend, dtype, case, rng):
+    B, Hq, Hk, Lk, E = 2, 8, 2, 260, 64
+    q = rand(rng, (B, Hq, 1, E), dtype)
+    k, v = rand(rng, (B, Hk, Lk, E), dtype), rand(rng, (B, Hk, Lk, E), dtype)
+    kw = dict(enable_gqa=True)
+    if case == "bool_mask":
+        kw["attn_mask"] = rng.random((Hq, 1, Lk)) < 0.5
+    if case == "float_mask":
+        kw["attn_mask"] = rand(rng, (Hq, 1, Lk), dtype)
+    if case == "kv_lengths":
+        kw["kv_lengths"] = np.array([Lk - 3, 19])
+    if case == "strided_k":
+        k = rand(rng, (B, Lk, Hk, 2 * E), dtype).transpose(0, 2, 1, 3)[..., ::2]
+    if case == "strided_v":
+        v = rand(rng, (B, Lk, Hk, 2 * E), dtype).transpose(0, 2, 1, 3)[..., ::2]
+    if case == "scale":
+        kw["scale"] = 0.3
+    rkw = {key: (as64(val) if key == "attn_mask" else val) for key, val in kw.items()}
+    out, lse = backend.call(attnkit.scaled_dot_product_attention, q, k, v, return_lse=True, **kw)
+    want, want_lse = ref.scaled_dot_product_attention(as64(q), as64(k), as64(v), return_lse=True, **rkw)
+    assert_close(out, want, dtype)
+    assert_close(lse, want_lse, dtype, what="lse")
+
+
+@half_dtypes
 @pytest.mark.parametrize("case", ["causal", "bottom_right_gqa", "bool_mask", "float_mask", "kv_lengths", "decode", "split_keys", "strided"])
 def test_sdpa_half_options(backend, dtype, case, rng):
     B, Hq, Hk, Lq, Lk, E = 2, 4, 4, 70, 130, 64

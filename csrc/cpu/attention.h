@@ -79,47 +79,116 @@ inline Block block_of_item(const AttnRun<T>& run, int64_t it) {
 // Few query rows (decode): the scores of a tile are kept row-major, R[rr][jj] (one row per query,
 // contiguous along the keys, padded to whole vectors with -inf), so the mask and the online softmax
 // are vector operations along the keys instead of along padded query columns; K and V are streamed
-// row by row (one dot product per key and row, then O += P V one V row at a time).
+// row by row (one dot product per key and row, then O += P V one V row at a time). Half precision
+// is widened as it is read (K from KS = St or, when K had to be gathered, T; V and a float mask from St).
 template <class T>
 struct FewRows {
   const AttnProblem* p;
   int64_t n, E, Ev, EvPad;
   const T* Qr;                   // [n][E], scaled
+  const void* Qk;                // bfloat16 K (few_rows_scores_half): [n][E] of Qr pair_split, or (dp) the bf16 query
+  bool dp;                       // bfloat16 K on AVX-512-BF16: vdpbf16ps with the unscaled bf16 query, then * qscale
+  T qscale;
   T* R;                          // [kFewRows][kTileKeys]
   T* O;                          // [n][EvPad]
   T* Vrow;                       // [EvPad]: a V row gathered when V is not read in place
-  bool v_direct;
+  bool v_direct;                 // V rows read in place (widened as they are read)
   const int64_t *key_limit, *key_start;
   const char* const* mask_rows;
   T *row_max, *row_sum;
 };
 
-template <class T>
-void few_rows_tile(const FewRows<T>& f, int64_t j0, int64_t nk, const T* ka, int64_t lda, const T* vb) {
+// Half-precision scores of a few rows: W keys at a time, their vectors of partial sums reduced together
+// (sum_lanes). bfloat16 K is read in pairs (vload_pairs, the query rows pair_split in Qk) or, on
+// AVX-512-BF16, multiplied by the bfloat16 query with vdpbf16ps (exact products, float sums), then scaled.
+template <class KS>
+void few_rows_scores_half(const FewRows<float>& f, int64_t nk, const KS* ka, int64_t lda) {
+  typedef vf V;
+  constexpr int W = Simd<float>::W;
+  const int64_t E = f.E;
+  alignas(64) V acc[kFewRows][W];
+  auto dot = [&](int64_t rr, const KS* kr) -> V {  // partial sums of q_rr . k
+    V a0 = V{}, a1 = V{}, a2 = V{}, a3 = V{};
+    int64_t d = 0;
+    if constexpr (std::is_same<KS, bf16_t>::value) {
+#if defined(__AVX512BF16__)
+      if (f.dp) {  // E % 32 == 0
+        const bf16_t* q = static_cast<const bf16_t*>(f.Qk) + rr * E;
+        __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
+        for (; d + 64 <= E; d += 64) {
+          b0 = _mm512_dpbf16_ps(b0, (__m512bh)_mm512_loadu_si512(q + d), (__m512bh)_mm512_loadu_si512(kr + d));
+          b1 = _mm512_dpbf16_ps(b1, (__m512bh)_mm512_loadu_si512(q + d + 32), (__m512bh)_mm512_loadu_si512(kr + d + 32));
+        }
+        if (d < E) b0 = _mm512_dpbf16_ps(b0, (__m512bh)_mm512_loadu_si512(q + d), (__m512bh)_mm512_loadu_si512(kr + d));
+        return (V)_mm512_add_ps(b0, b1);
+      }
+#endif
+      const float* q = static_cast<const float*>(f.Qk) + rr * E;
+      for (; d + 2 * W <= E; d += 2 * W) {
+        V ke, ko;
+        vload_pairs(kr + d, ke, ko);
+        if ((d / (2 * W)) % 2 == 0) { a0 += vload(q + d) * ke; a1 += vload(q + d + W) * ko; }
+        else { a2 += vload(q + d) * ke; a3 += vload(q + d + W) * ko; }
+      }
+      for (; d + W <= E; d += W) a0 += vload(q + d) * vload_f(kr + d);
+      for (; d < E; ++d) a0[0] += q[d] * widen(kr[d]);
+    } else {
+      const float* q = f.Qr + rr * E;
+      for (; d + 4 * W <= E; d += 4 * W) {
+        a0 += vload(q + d) * vload_as<float>(kr + d);
+        a1 += vload(q + d + W) * vload_as<float>(kr + d + W);
+        a2 += vload(q + d + 2 * W) * vload_as<float>(kr + d + 2 * W);
+        a3 += vload(q + d + 3 * W) * vload_as<float>(kr + d + 3 * W);
+      }
+      for (; d + W <= E; d += W) a0 += vload(q + d) * vload_as<float>(kr + d);
+      for (; d < E; ++d) a0[0] += q[d] * widen(kr[d]);
+    }
+    return (a0 + a1) + (a2 + a3);
+  };
+  for (int64_t g = 0; g < nk; g += W) {
+    const int64_t gn = imin(W, nk - g);
+    for (int64_t i = 0; i < gn; ++i) {
+      const KS* kr = ka + (g + i) * lda;
+      prefetch_row(kr + kPrefetchRows * lda, E);
+      for (int64_t rr = 0; rr < f.n; ++rr) acc[rr][lane_slot(static_cast<int>(i))] = dot(rr, kr);
+    }
+    for (int64_t rr = 0; rr < f.n; ++rr) {
+      float* r = f.R + rr * kTileKeys + g;
+      V sums = gn == W ? sum_lanes(acc[rr]) : V{};
+      if (gn < W)
+        for (int64_t i = 0; i < gn; ++i) sums[i] = hsum(acc[rr][lane_slot(static_cast<int>(i))]);
+      vstore(r, f.dp ? sums * f.qscale : sums);
+    }
+  }
+}
+
+template <class St, class T, class KS>
+void few_rows_tile(const FewRows<T>& f, int64_t j0, int64_t nk, const KS* ka, int64_t lda, const St* vb) {
   typedef typename Simd<T>::V V;
   constexpr int W = Simd<T>::W;
   const AttnProblem& p = *f.p;
   const T ninf = -INFINITY;
   const int64_t nkv = ceil_div(nk, W) * W;
   // 1) scores: one dot product per key and row (four chains hide the FMA latency)
-  for (int64_t jj = 0; jj < nk; ++jj) {
-    const T* kr = ka + jj * lda;
+  if constexpr (is_half<St>()) few_rows_scores_half(f, nk, ka, lda);
+  else for (int64_t jj = 0; jj < nk; ++jj) {
+    const KS* kr = ka + jj * lda;
     prefetch_row(kr + kPrefetchRows * lda, f.E);
     for (int64_t rr = 0; rr < f.n; ++rr) {
       const T* qr = f.Qr + rr * f.E;
       V acc = V{}, acc1 = V{}, acc2 = V{}, acc3 = V{};
       int64_t d = 0;
       for (; d + 4 * W <= f.E; d += 4 * W) {
-        acc += vload(qr + d) * vload(kr + d);
-        acc1 += vload(qr + d + W) * vload(kr + d + W);
-        acc2 += vload(qr + d + 2 * W) * vload(kr + d + 2 * W);
-        acc3 += vload(qr + d + 3 * W) * vload(kr + d + 3 * W);
+        acc += vload(qr + d) * vload_as<T>(kr + d);
+        acc1 += vload(qr + d + W) * vload_as<T>(kr + d + W);
+        acc2 += vload(qr + d + 2 * W) * vload_as<T>(kr + d + 2 * W);
+        acc3 += vload(qr + d + 3 * W) * vload_as<T>(kr + d + 3 * W);
       }
-      for (; d + W <= f.E; d += W) acc += vload(qr + d) * vload(kr + d);
+      for (; d + W <= f.E; d += W) acc += vload(qr + d) * vload_as<T>(kr + d);
       acc += (acc1 + acc2) + acc3;
       T dot = 0;
       for (int t = 0; t < W; ++t) dot += acc[t];
-      for (; d < f.E; ++d) dot += qr[d] * kr[d];
+      for (; d < f.E; ++d) dot += qr[d] * widen(kr[d]);
       f.R[rr * kTileKeys + jj] = dot;
     }
   }
@@ -135,8 +204,8 @@ void few_rows_tile(const FewRows<T>& f, int64_t j0, int64_t nk, const T* ka, int
         for (int64_t jj = lo; jj < hi; ++jj)
           if (!mr[(j0 + jj) * p.m_j]) r[jj] = ninf;
       } else {
-        const T* mf = reinterpret_cast<const T*>(mr);
-        for (int64_t jj = lo; jj < hi; ++jj) r[jj] += mf[(j0 + jj) * p.m_j];
+        const St* mf = reinterpret_cast<const St*>(mr);
+        for (int64_t jj = lo; jj < hi; ++jj) r[jj] += widen(mf[(j0 + jj) * p.m_j]);
       }
     }
     // 3) online softmax along the row (natural units; log2 e only inside exp2)
@@ -173,17 +242,21 @@ void few_rows_tile(const FewRows<T>& f, int64_t j0, int64_t nk, const T* ka, int
     }
   }
   // 4) O += P V, each V row read once
-  for (int64_t jj = 0; jj < nk; ++jj) {
-    const T* vr = vb + (j0 + jj) * p.v_j;
-    prefetch_row(vr + kPrefetchRows * p.v_j, f.Ev);
-    if (!f.v_direct) {
-      for (int64_t e = 0; e < f.EvPad; ++e) f.Vrow[e] = e < f.Ev ? vr[e * p.v_e] : T(0);
-      vr = f.Vrow;
-    }
+  auto add_pv = [&](int64_t jj, auto vr) {  // vr: const St* in place, or const T* gathered
     for (int64_t rr = 0; rr < f.n; ++rr) {
       const V pj = vset(f.R[rr * kTileKeys + jj]);
       T* o = f.O + rr * f.EvPad;
-      for (int64_t e = 0; e < f.EvPad; e += W) vstore(o + e, vload(o + e) + pj * vload(vr + e));
+      for (int64_t e = 0; e < f.EvPad; e += W) vstore(o + e, vload(o + e) + pj * vload_as<T>(vr + e));
+    }
+  };
+  for (int64_t jj = 0; jj < nk; ++jj) {
+    const St* vr = vb + (j0 + jj) * p.v_j;
+    prefetch_row(vr + kPrefetchRows * p.v_j, f.Ev);
+    if (f.v_direct) {
+      add_pv(jj, vr);
+    } else {
+      for (int64_t e = 0; e < f.EvPad; ++e) f.Vrow[e] = e < f.Ev ? widen(vr[e * p.v_e]) : T(0);
+      add_pv(jj, static_cast<const T*>(f.Vrow));
     }
   }
 }
@@ -209,6 +282,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
   T* Vp = O + kBlockRows * EvPad;                // [EvPad / NR][kTileKeys][NR] when V is not read in place
   T* Kp = Vp + (run.v_direct ? 0 : kTileKeys * EvPad);  // [kTileKeys][E] when K is not read in place
   T* Qr = Kp + (run.k_direct ? 0 : kTileKeys * E);      // [kFewRows][E]: Q rows, for the few-rows path
+  T* Qk = Qr + kFewRows * E;                            // [kFewRows][E]: Q rows prepared for bfloat16 K (FewRows::Qk)
   // per query row: running max and sum (base 2), the rescale factor of the last tile, the keys it
   // may see (key_limit, absolute; tile_limit, relative to the tile, exact in T)
   alignas(64) T row_max[kBlockRows], row_sum[kBlockRows], tile_limit[kBlockRows], alpha[kBlockRows];
@@ -225,6 +299,11 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
   const T qscale = static_cast<T>(p.scale);
   const T l2e = static_cast<T>(kLog2e);
   const char* mask_rows[kBlockRows];
+#if defined(__AVX512BF16__)  // bfloat16 K read in place: q . k on vdpbf16ps (few_rows_scores_half)
+  const bool few_dp = std::is_same<St, bf16_t>::value && p.k_e == 1 && E % 32 == 0;
+#else
+  const bool few_dp = false;
+#endif
 
   for (int64_t it = begin; it < end; ++it) {
     const Block blk = block_of_item(run, it);
@@ -232,7 +311,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
     const int64_t len = kv_length(p, blk.b);
     const St* kb = k + off.k + blk.hk * p.k_h;
     const St* vb = v + off.v + blk.hk * p.v_h;
-    const int64_t n = blk.n, nqp = ceil_div(n, NR), ncols = nqp * NR, nqv = n <= kFewRows ? ceil_div(n, W) : ncols / W;  // (few rows: the softmax runs over their vectors only)
+    const int64_t n = blk.n, nqp = ceil_div(n, NR), ncols = nqp * NR, nqv = ncols / W;
 
     // rows: pack Q^T (scaled), causal bounds, mask rows
     int64_t max_limit = 0, min_limit = len;
@@ -251,8 +330,15 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       const int64_t r = blk.r0 + rr, g = r / p.Lq, i = r % p.Lq, h = blk.hk * run.G + g;
       const St* qr = q + off.q + h * p.q_h + i * p.q_i;
       for (int64_t d = 0; d < E; ++d) dst[d * NR] = widen(qr[d * p.q_e]) * qscale;
-      if (n <= kFewRows)
+      if (n <= kFewRows) {
         for (int64_t d = 0; d < E; ++d) Qr[rr * E + d] = widen(qr[d * p.q_e]) * qscale;
+        if constexpr (std::is_same<St, bf16_t>::value) {
+          if (few_dp)
+            for (int64_t d = 0; d < E; ++d) reinterpret_cast<St*>(Qk)[rr * E + d] = qr[d * p.q_e];
+          else
+            pair_split(Qr + rr * E, Qk + rr * E, E);
+        }
+      }
       int64_t l = len;
       if (p.causal == CausalAlign::top_left) l = i + 1;
       else if (p.causal == CausalAlign::bottom_right) l = i + 1 + len - p.Lq;
@@ -270,8 +356,10 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       if (p.mask) mask_rows[rr] = static_cast<const char*>(p.mask) + (off.m + h * p.m_h + i * p.m_i) * mask_elem;
     }
     std::memset(O, 0, sizeof(T) * static_cast<size_t>(n * EvPad));
-    const FewRows<T> few{&p, n, E, Ev, EvPad, Qr, S, O, Vp, run.v_direct, key_limit, key_start, mask_rows,
-                         row_max, row_sum};
+    // (few rows read V in place whenever its rows are contiguous and whole vectors; half precision too)
+    const bool few_v_direct = kSame ? run.v_direct : p.v_e == 1 && Ev % NR == 0;
+    const FewRows<T> few{&p, n, E, Ev, EvPad, Qr, Qk, few_dp, qscale, S, O, Vp, few_v_direct, key_limit, key_start,
+                         mask_rows, row_max, row_sum};
 
     int64_t kbeg = blk.s * run.split_keys;
     const int64_t kend = imin(max_limit, kbeg + run.split_keys);
@@ -290,44 +378,15 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
         ka = Kp;
         lda = E;
       }
-      if constexpr (kSame) {
-        if (n <= kFewRows) {  // few rows (decode) in full precision: row-major scores, few_rows_tile
-          few_rows_tile(few, j0, nk, ka, lda, vb);
-          continue;
-        }
+      if (n <= kFewRows) {  // few rows (decode): row-major scores, few_rows_tile
+        if (k_stream) few_rows_tile<St>(few, j0, nk, ks, p.k_j, vb);
+        else few_rows_tile<St>(few, j0, nk, ka, lda, vb);
+        continue;
       }
-      auto few_row_dots = [&](auto kbase, int64_t ldk) {  // kbase: const T* or const St*
-        for (int64_t jj = 0; jj < nk; ++jj) {
-          const auto kr = kbase + jj * ldk;
-          prefetch_row(kr + kPrefetchRows * ldk, E);
-          for (int64_t rr = 0; rr < n; ++rr) {
-            const T* qr = Qr + rr * E;
-            V acc = V{}, acc1 = V{}, acc2 = V{}, acc3 = V{};  // four chains hide the FMA latency
-            int64_t d = 0;
-            for (; d + 4 * W <= E; d += 4 * W) {
-              acc += vload(qr + d) * vload_as<T>(kr + d);
-              acc1 += vload(qr + d + W) * vload_as<T>(kr + d + W);
-              acc2 += vload(qr + d + 2 * W) * vload_as<T>(kr + d + 2 * W);
-              acc3 += vload(qr + d + 3 * W) * vload_as<T>(kr + d + 3 * W);
-            }
-            for (; d + W <= E; d += W) acc += vload(qr + d) * vload_as<T>(kr + d);
-            acc += (acc1 + acc2) + acc3;
-            T dot = 0;
-            for (int t = 0; t < W; ++t) dot += acc[t];
-            for (; d < E; ++d) dot += qr[d] * widen(kr[d]);
-            S[jj * ldS + rr] = dot;
-          }
-        }
-      };
-      if (n <= kFewRows) {
-        if (k_stream) few_row_dots(ks, p.k_j);
-        else few_row_dots(ka, lda);
-      } else {
-        for (int64_t j = 0; j < nk; j += kMR)
-          for (int64_t pn = 0; pn < nqp; ++pn)
-            micro_rows<T, false, false>(static_cast<int>(imin(kMR, nk - j)), E, ka + j * lda, lda,
-                                        QT + pn * E * NR, NR, S + j * ldS + pn * NR, ldS);
-      }
+      for (int64_t j = 0; j < nk; j += kMR)
+        for (int64_t pn = 0; pn < nqp; ++pn)
+          micro_rows<T, false, false>(static_cast<int>(imin(kMR, nk - j)), E, ka + j * lda, lda,
+                                      QT + pn * E * NR, NR, S + j * ldS + pn * NR, ldS);
       // 2) mask
       if (p.window > 0 && j0 < max_start) {  // sliding window: keys before a row's band, then the causal bound
         for (int64_t rr = 0; rr < ncols; ++rr) {
@@ -412,32 +471,18 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       // 4) O += P V
       const St* vsrc = vb + j0 * p.v_j;
       int64_t ldv = p.v_j;
-      // few rows (decode): stream each V row once (half precision widened as it is read)
-      const bool v_stream = n <= kFewRows && p.v_e == 1 && Ev % NR == 0;
-      if (!run.v_direct && !v_stream && p.v_e == 1 && Ev % W == 0) {  // rows widened W at a time
+      if (!run.v_direct && p.v_e == 1 && Ev % W == 0) {  // rows widened W at a time
         for (int64_t jj = 0; jj < nk; ++jj) {
           const St* vr = vb + (j0 + jj) * p.v_j;
           for (int64_t e = 0; e < EvPad; e += W)
             vstore(Vp + (e / NR) * kTileKeys * NR + jj * NR + e % NR, e < Ev ? vload_as<T>(vr + e) : V{});
         }
-      } else if (!run.v_direct && !v_stream) {
+      } else if (!run.v_direct) {
         for (int64_t jj = 0; jj < nk; ++jj) {
           const St* vr = vb + (j0 + jj) * p.v_j;
           for (int64_t e = 0; e < EvPad; ++e)
             Vp[(e / NR) * kTileKeys * NR + jj * NR + e % NR] = e < Ev ? widen(vr[e * p.v_e]) : T(0);
         }
-      }
-      if (v_stream) {
-        for (int64_t jj = 0; jj < nk; ++jj) {
-          const St* vr = vsrc + jj * ldv;
-          prefetch_row(vr + kPrefetchRows * ldv, Ev);
-          for (int64_t rr = 0; rr < n; ++rr) {
-            const V pj = vset(S[jj * ldS + rr]);
-            T* o = O + rr * EvPad;
-            for (int64_t e = 0; e < EvPad; e += W) vstore(o + e, vload(o + e) + pj * vload_as<T>(vr + e));
-          }
-        }
-        continue;
       }
       for (int64_t pn = 0; pn * NR < EvPad; ++pn) {
         for (int64_t rr = 0; rr < n; rr += kMR) {
@@ -573,7 +618,7 @@ int attention_impl(const AttnProblem& p) {
   run.k_direct = is_half<St>() ? false : p.k_e == 1;
   const size_t ws = sizeof(T) * static_cast<size_t>(kBlockRows * p.E + kTileKeys * kBlockRows + kBlockRows * run.EvPad +
                                                      (run.v_direct ? 0 : kTileKeys * run.EvPad) + (run.k_direct ? 0 : kTileKeys * p.E) +
-                                                     kFewRows * p.E);
+                                                     2 * kFewRows * p.E);
   if (!run.ws.alloc(nt, ws)) return 1;
   if (run.nsplit > 1) {
     run.part_stride = static_cast<size_t>(kBlockRows * (run.EvPad + 2));

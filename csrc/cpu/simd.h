@@ -264,6 +264,69 @@ template <class S, class V> inline void vstore_as(S* p, V v) {
   else vstore(p, v);
 }
 
+// bfloat16 in pairs: 2W stored elements read as W 32-bit words give the even elements (word << 16)
+// and the odd ones (word & 0xffff0000), one instruction each, where vload_f spends two per W
+// (zero-extension, shift). The other operand must be laid out alike (pair_split below).
+inline void vload_pairs(const bf16_t* p, vf& even, vf& odd) {
+  vu32 w;
+  std::memcpy(&w, p, sizeof w);
+  even = (vf)(w << 16);
+  odd = (vf)(w & 0xffff0000u);
+}
+// src[0, n) -> dst[0, n) with each whole block of 2W elements split into its W even then W odd ones
+// (the layout vload_pairs's partner operand needs); a tail shorter than 2W stays in place.
+inline void pair_split(const float* src, float* dst, int64_t n) {
+  constexpr int W = Simd<float>::W;
+  int64_t d = 0;
+  for (; d + 2 * W <= n; d += 2 * W)
+    for (int t = 0; t < W; ++t) { dst[d + t] = src[d + 2 * t]; dst[d + W + t] = src[d + 2 * t + 1]; }
+  for (; d < n; ++d) dst[d] = src[d];
+}
+
+// Horizontal sums of W vectors at once: lane i of sum_lanes(a) = the sum of the lanes of
+// a[lane_slot(i)] (a transposing tree of shuffles and adds: about 3 instructions per vector instead
+// of W - 1 dependent scalar adds). The order of the additions differs from a plain left-to-right sum.
+#if defined(__AVX512F__)
+constexpr int lane_slot(int i) { return kVecBytes == 64 ? 4 * (i % 4) + i / 4 : i; }
+#elif defined(__AVX2__) && !defined(ATTNKIT_LAYOUT_AVX512)
+constexpr int lane_slot(int i) { return i / 4 + 2 * (i % 4); }
+#else
+constexpr int lane_slot(int i) { return i; }
+#endif
+inline vf sum_lanes(const vf* a) {
+#if defined(__AVX512F__)
+  if constexpr (kVecBytes == 64) {
+    __m512 t[8], u[4], v[2];
+    for (int i = 0; i < 8; ++i) {  // 128-bit lanes: (a.0 + a.2, a.1 + a.3, b.0 + b.2, b.1 + b.3)
+      const __m512 x = (__m512)a[2 * i], y = (__m512)a[2 * i + 1];
+      t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x44), _mm512_shuffle_f32x4(x, y, 0xee));
+    }
+    for (int i = 0; i < 4; ++i)    // one 128-bit lane per vector: 4 partial sums each
+      u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88),
+                           _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xdd));
+    for (int i = 0; i < 2; ++i)    // two vectors per 128-bit lane: 2 partial sums each
+      v[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(u[2 * i]), _mm512_castps_pd(u[2 * i + 1]))),
+                           _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(u[2 * i]), _mm512_castps_pd(u[2 * i + 1]))));
+    return (vf)_mm512_add_ps(_mm512_shuffle_ps(v[0], v[1], 0x88), _mm512_shuffle_ps(v[0], v[1], 0xdd));
+  }
+#endif
+#if defined(__AVX2__) && !defined(ATTNKIT_LAYOUT_AVX512)
+  __m256 t[4], u[2];
+  for (int i = 0; i < 4; ++i) {    // one 128-bit lane per vector: 4 partial sums each
+    const __m256 x = (__m256)a[2 * i], y = (__m256)a[2 * i + 1];
+    t[i] = _mm256_add_ps(_mm256_permute2f128_ps(x, y, 0x20), _mm256_permute2f128_ps(x, y, 0x31));
+  }
+  for (int i = 0; i < 2; ++i)
+    u[i] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t[2 * i]), _mm256_castps_pd(t[2 * i + 1]))),
+                         _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t[2 * i]), _mm256_castps_pd(t[2 * i + 1]))));
+  return (vf)_mm256_add_ps(_mm256_shuffle_ps(u[0], u[1], 0x88), _mm256_shuffle_ps(u[0], u[1], 0xdd));
+#else
+  vf r;
+  for (int i = 0; i < Simd<float>::W; ++i) r[i] = hsum(a[lane_slot(i)]);
+  return r;
+#endif
+}
+
 // dst[0, n) = widen(src[0, n * stride) step stride); dst[0, n) -> narrow into out (step stride)
 template <class S>
 inline void widen_row(const S* src, int64_t stride, Compute<S>* dst, int64_t n) {
