@@ -8,16 +8,28 @@ set(ATTNKIT_ISA_FLAGS_avx2 "-mavx2;-mfma;-mf16c")
 set(ATTNKIT_ISA_FLAGS_avx512 "-mavx512f;-mavx512dq;-mavx512bw;-mavx512vl;-mfma;-mavx2;-mf16c")
 # AVX-512 plus AVX512_BF16 (vdpbf16ps: bfloat16 linear; Cooper Lake, Sapphire Rapids, Zen 4 and later)
 set(ATTNKIT_ISA_FLAGS_avx512_bf16 "${ATTNKIT_ISA_FLAGS_avx512};-mavx512bf16")
+# AVX-512-BF16 plus AMX-TILE/AMX-BF16 (tdpbf16ps: bfloat16 linear on tiles; Sapphire Rapids and later).
+# ATTNKIT_AMX_EMULATE (a test build) replaces the tile instructions with plain C++ (csrc/cpu/amx_tiles.h)
+# and leaves the AMX flags out, so that no tile instruction is in the module at all.
+if(ATTNKIT_AMX_EMULATE)
+  set(ATTNKIT_ISA_FLAGS_amx_bf16 "${ATTNKIT_ISA_FLAGS_avx512_bf16}")
+else()
+  set(ATTNKIT_ISA_FLAGS_amx_bf16 "${ATTNKIT_ISA_FLAGS_avx512_bf16};-mamx-tile;-mamx-bf16")
+endif()
+set(ATTNKIT_ISAS generic avx2 avx512 avx512_bf16 amx_bf16)
 
 function(attnkit_add_isa_kernels out_var source)
   set(objs)
-  foreach(isa generic avx2 avx512 avx512_bf16)
+  foreach(isa IN LISTS ATTNKIT_ISAS)
     set(tgt attnkit_kernels_${isa})
     add_library(${tgt} OBJECT ${source})
     target_include_directories(${tgt} PRIVATE ${PROJECT_SOURCE_DIR}/csrc/include ${PROJECT_SOURCE_DIR}/csrc)
     target_compile_definitions(${tgt} PRIVATE ATTNKIT_ISA_NAMESPACE=${isa})
     if(ATTNKIT_TEST_AVX512_LAYOUT)
       target_compile_definitions(${tgt} PRIVATE ATTNKIT_AVX512_LAYOUT)
+    endif()
+    if(isa STREQUAL "amx_bf16")
+      target_compile_definitions(${tgt} PRIVATE ATTNKIT_AMX $<$<BOOL:${ATTNKIT_AMX_EMULATE}>:ATTNKIT_AMX_EMULATE>)
     endif()
     target_compile_options(${tgt} PRIVATE ${ATTNKIT_ISA_FLAGS_${isa}} ${ATTNKIT_WARNINGS} -O3 -fno-math-errno -ffp-contract=fast)
     set_target_properties(${tgt} PROPERTIES POSITION_INDEPENDENT_CODE ON CXX_VISIBILITY_PRESET hidden)
@@ -31,7 +43,7 @@ endfunction()
 function(attnkit_check_isa_symbols target)
   if(CMAKE_NM)
     add_custom_command(TARGET ${target} POST_BUILD
-      COMMAND ${CMAKE_COMMAND} -DNM=${CMAKE_NM} "-DOBJECTS=$<JOIN:$<TARGET_OBJECTS:attnkit_kernels_avx2>;$<TARGET_OBJECTS:attnkit_kernels_avx512>;$<TARGET_OBJECTS:attnkit_kernels_avx512_bf16>,;>"
+      COMMAND ${CMAKE_COMMAND} -DNM=${CMAKE_NM} "-DOBJECTS=$<JOIN:$<TARGET_OBJECTS:attnkit_kernels_avx2>;$<TARGET_OBJECTS:attnkit_kernels_avx512>;$<TARGET_OBJECTS:attnkit_kernels_avx512_bf16>;$<TARGET_OBJECTS:attnkit_kernels_amx_bf16>,;>"
               -P ${PROJECT_SOURCE_DIR}/cmake/check_isa_symbols.cmake
       VERBATIM)
   endif()

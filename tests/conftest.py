@@ -326,7 +326,7 @@ def known_gap(request, backend, name, reason):
         request.applymarker(pytest.mark.xfail(reason=f"{name}: {reason}", strict=True))
 
 
-BACKENDS = [CpuBackend("avx512_bf16"), CpuBackend("avx512"), CpuBackend("avx2"), CpuBackend("generic"), CudaBackend()]
+BACKENDS = [CpuBackend("amx_bf16"), CpuBackend("avx512_bf16"), CpuBackend("avx512"), CpuBackend("avx2"), CpuBackend("generic"), CudaBackend()]
 _UNAVAILABLE = {}                                      # backend name -> why not (None: available), once a session
 
 

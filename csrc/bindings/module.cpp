@@ -287,5 +287,6 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_isa", &attnkit::set_isa, py::arg("name"));
   m.def("usable_isas", &attnkit::usable_isas);
   m.def("compiled_isas", &attnkit::compiled_isas);
+  m.def("amx_status", &attnkit::amx_status);
   m.attr("__version__") = ATTNKIT_VERSION;
 }

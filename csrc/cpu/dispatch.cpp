@@ -1,7 +1,13 @@
 // ISA detection, the kernel table of the path in use, and the runtime settings of attnkit/runtime.h.
 #include "cpu/dispatch.h"
 
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 
 #include "attnkit/runtime.h"
 #include "attnkit/tensor.h"
@@ -10,6 +16,39 @@
 
 namespace attnkit { namespace cpu {
 namespace {
+
+bool cpu_has(Isa isa);
+
+// Why the amx_bf16 path cannot run here, "" when it can; asked once. The tile state needs the
+// CPU (cpuid 7: AMX-TILE, AMX-BF16), the OS (XCR0 bits 17-18: XTILECFG, XTILEDATA) and, on
+// Linux, a per-process permission (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), Linux
+// 5.16+; refused, e.g., where a thread's sigaltstack is too small for the larger signal frame).
+// An ATTNKIT_AMX_EMULATE build runs the tile instructions in C++: usable wherever avx512_bf16 is.
+std::string amx_check() {
+  if (!cpu_has(Isa::avx512_bf16)) return "the path needs AVX-512-BF16 (its other kernels are the avx512_bf16 code)";
+#if defined(ATTNKIT_AMX_EMULATE)
+  return "";
+#else
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 22)))
+    return "this CPU has no AMX-TILE/AMX-BF16 (cpuid)";
+  unsigned lo = 0, hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));  // OSXSAVE: checked with avx512 above
+  if ((lo & (3u << 17)) != (3u << 17)) return "the OS does not enable the AMX tile state (XCR0 bits 17-18)";
+  constexpr int kArchGetXcompPerm = 0x1022, kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0)
+    return std::string("arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) refused: ") + std::strerror(errno);
+  unsigned long granted = 0;
+  if (syscall(SYS_arch_prctl, kArchGetXcompPerm, &granted) != 0 || !(granted & (1ul << kXfeatureXtiledata)))
+    return "arch_prctl(ARCH_GET_XCOMP_PERM) does not list XTILEDATA after the request";
+  return "";
+#endif
+}
+
+const std::string& amx_unusable_reason() {
+  static const std::string why = amx_check();
+  return why;
+}
 
 bool cpu_has(Isa isa) {
   __builtin_cpu_init();
@@ -22,10 +61,12 @@ bool cpu_has(Isa isa) {
              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
              __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case Isa::avx512_bf16: return cpu_has(Isa::avx512) && __builtin_cpu_supports("avx512bf16");
+    case Isa::amx_bf16: return amx_unusable_reason().empty();
   }
   return false;
 }
 
+// amx_bf16 (tdpbf16ps for bfloat16 linear) is opt-in until it is measured on an AMX CPU (none here).
 // avx512_bf16 (vdpbf16ps for bfloat16 linear) is opt-in (set_isa / ATTNKIT_ISA): on a 2-core Sapphire
 // Rapids it was 1.26x the avx512 path's widened bfloat16 at one row but 0.56x at 128-4096 rows
 // (bench/NOTES.md), and the rest of its table is the avx512 code.
@@ -45,11 +86,12 @@ const char* isa_name(Isa isa) {
     case Isa::avx2: return "avx2";
     case Isa::avx512: return "avx512";
     case Isa::avx512_bf16: return "avx512_bf16";
+    case Isa::amx_bf16: return "amx_bf16";
   }
   return "?";
 }
 
-std::vector<Isa> compiled_isas() { return {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512_bf16}; }
+std::vector<Isa> compiled_isas() { return {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512_bf16, Isa::amx_bf16}; }
 
 std::vector<Isa> usable_isas() {
   std::vector<Isa> out;
@@ -69,18 +111,22 @@ Isa current_isa() {
 
 void set_isa(Isa isa) {
   if (!cpu_has(isa))
-    throw ValueError(std::string("set_isa: this CPU cannot run the '") + isa_name(isa) + "' path");
+    throw ValueError(std::string("set_isa: this CPU cannot run the '") + isa_name(isa) + "' path" +
+                     (isa == Isa::amx_bf16 ? ": " + amx_unusable_reason() : std::string()));
   g_isa.store(static_cast<int>(isa), std::memory_order_relaxed);
 }
 
 Isa parse_isa(const std::string& name) {
   for (Isa i : compiled_isas())
     if (name == isa_name(i)) return i;
-  throw ValueError("isa: expected one of 'generic', 'avx2', 'avx512', 'avx512_bf16', got '" + name + "'");
+  throw ValueError("isa: expected one of 'generic', 'avx2', 'avx512', 'avx512_bf16', 'amx_bf16', got '" + name + "'");
 }
+
+const std::string& amx_unusable() { return amx_unusable_reason(); }
 
 const Kernels& active_kernels() {
   switch (current_isa()) {
+    case Isa::amx_bf16: return amx_bf16::kernels();
     case Isa::avx512_bf16: return avx512_bf16::kernels();
     case Isa::avx512: return avx512::kernels();
     case Isa::avx2: return avx2::kernels();
@@ -104,5 +150,12 @@ std::string get_isa() { return cpu::isa_name(cpu::current_isa()); }
 void set_isa(const std::string& name) { cpu::set_isa(cpu::parse_isa(name)); }
 std::vector<std::string> usable_isas() { return names(cpu::usable_isas()); }
 std::vector<std::string> compiled_isas() { return names(cpu::compiled_isas()); }
+std::string amx_status() {
+  const std::string& why = cpu::amx_unusable();
+#if defined(ATTNKIT_AMX_EMULATE)
+  if (why.empty()) return "emulated: tile instructions run as plain C++ (an ATTNKIT_AMX_EMULATE build)";
+#endif
+  return why.empty() ? "usable" : "unusable: " + why;
+}
 
 }  // namespace attnkit

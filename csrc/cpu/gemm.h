@@ -44,10 +44,32 @@ inline T packed_at(const PackedWeight& w, int64_t n, int64_t k) {
   return static_cast<const T*>(w.data.get())[kc * kb * npan * pc + (c / pc) * klen * pc + (kk / g) * pc * g + (c % pc) * g + kk % g];
 }
 
-// The packed panels: for depth block kc, panel pn, depth kk < klen, column jj < NR.
-// (Half precision weights are packed in panels as wide as float's.)
+// The packed layout of W^T for storage type T on this path: [K / kDepthBlock][panels][depth /
+// kDepthGroup][kPanelCols][kDepthGroup], a block's depth rounded up to the group with zeros.
+// Panels are as wide as the micro-tile (half precision as wide as float's); the depth group is
+// 2 for bfloat16 on AVX-512-BF16 and AMX (vdpbf16ps and tdpbf16ps multiply pairs along the
+// depth); AMX packs bfloat16 in panels one B tile wide and whole tiles deep (gemm_amx.h).
+template <class T> constexpr int kPanelCols = kNV * Simd<Compute<T>>::W;
+template <class T> constexpr int64_t kDepthBlock = kGemmKC;
+template <class T> constexpr int kDepthGroup = 1;
+template <class T> constexpr bool kAmxGemm = false;  // the half precision GEMM on AMX tiles
+template <class T> constexpr int64_t kRowUnit = kMR;   // row blocks are a multiple of this (gemm_blocks)
+#if defined(__AVX512BF16__)
+template <> constexpr int kDepthGroup<bf16_t> = 2;
+#endif
+#if defined(ATTNKIT_AMX)
+template <> constexpr bool kAmxGemm<bf16_t> = true;
+template <> constexpr int kPanelCols<bf16_t> = kAmxCols;
+template <> constexpr int64_t kDepthBlock<bf16_t> = kAmxKC;
+template <> constexpr int64_t kRowUnit<bf16_t> = 2 * kAmxRows;  // two row tiles a block
+// bfloat16 on tiles (gemm_amx.h, included after this file by kernels.cpp)
+template <class S> void gemm_task_amx(void* ctx, int64_t begin, int64_t end, int tid);
+template <class S> size_t gemm_amx_workspace(int64_t ldcb);
+#endif
+
+// The packed panels: for depth block kc, panel pn, depth kk < klen, column jj < kPanelCols.
 template <class T>
-inline int64_t gemm_panels(int64_t N) { return ceil_div(N, kNV * Simd<Compute<T>>::W); }
+inline int64_t gemm_panels(int64_t N) { return ceil_div(N, kPanelCols<T>); }
 
 inline int64_t gemm_row_offset(const GemmProblem& p, int64_t m) {
   int64_t off = 0;
@@ -99,22 +121,16 @@ void gated_epilogue(const GemmRun<T>& run, const T* c, int64_t rows, int64_t m, 
   }
 }
 
-// Depth grouping of the packed panels: 2 for bfloat16 on AVX-512-BF16 (vdpbf16ps multiplies
-// pairs along the depth), else 1.
-template <class T> constexpr int kDepthGroup = 1;
-#if defined(__AVX512BF16__)
-template <> constexpr int kDepthGroup<bf16_t> = 2;
-#endif
-
 template <class T>
 void gemm_pack_task(void* ctx, int64_t begin, int64_t end, int) {
   GemmRun<T>& run = *static_cast<GemmRun<T>*>(ctx);
   const GemmProblem& p = *run.p;
-  constexpr int NR = kNV * Simd<Compute<T>>::W, G = kDepthGroup<T>;
+  constexpr int NR = kPanelCols<T>, G = kDepthGroup<T>;
+  constexpr int64_t KB = kDepthBlock<T>;
   for (int64_t it = begin; it < end; ++it) {
     const int64_t kc = it / run.npan, pn = it % run.npan;
-    const int64_t k0 = kc * kGemmKC, klen = imin(kGemmKC, p.K - k0);
-    T* dst = run.own_pack + kc * kGemmKC * run.npan * NR + pn * ceil_div(klen, G) * G * NR;
+    const int64_t k0 = kc * KB, klen = imin(KB, p.K - k0);
+    T* dst = run.own_pack + kc * KB * run.npan * NR + pn * ceil_div(klen, G) * G * NR;
     if constexpr (G > 1) {  // [klen / G][NR][G], the depth padded with zeros
       for (int jj = 0; jj < NR; ++jj) {
         int64_t n = pn * NR + jj;
@@ -148,6 +164,14 @@ void gemm_pack_task(void* ctx, int64_t begin, int64_t end, int) {
   }
 }
 
+// Work item `it` of the panel GEMM: rows m0 .. m0 + mlen, panels pn0 .. pn1.
+struct GemmItem { int64_t m0, mlen, pn0, pn1; };
+template <class T>
+inline GemmItem gemm_item(const GemmRun<T>& run, int64_t it) {
+  const int64_t m0 = it / run.nnb * run.mc, pn0 = it % run.nnb * run.pan_per_nb;
+  return {m0, imin(run.mc, run.p->M - m0), pn0, imin(run.npan, pn0 + run.pan_per_nb)};
+}
+
 template <class T>
 void gemm_task(void* ctx, int64_t begin, int64_t end, int tid) {
   GemmRun<T>& run = *static_cast<GemmRun<T>*>(ctx);
@@ -156,9 +180,7 @@ void gemm_task(void* ctx, int64_t begin, int64_t end, int tid) {
   T* tile = run.ws.template get<T>(tid);  // kMR x NR, for partial panels
   T* Ap = tile + kMR * NR;                // kGemmMC x kGemmKC, when A is packed
   for (int64_t it = begin; it < end; ++it) {
-    const int64_t mb = it / run.nnb, nb = it % run.nnb;
-    const int64_t m0 = mb * run.mc, mlen = imin(run.mc, p.M - m0);
-    const int64_t pn0 = nb * run.pan_per_nb, pn1 = imin(run.npan, pn0 + run.pan_per_nb);
+    const auto [m0, mlen, pn0, pn1] = gemm_item(run, it);
     const int64_t nip = ceil_div(mlen, kMR);
     for (int64_t kc = 0; kc < run.nkc; ++kc) {
       const int64_t k0 = kc * kGemmKC, klen = imin(kGemmKC, p.K - k0);
@@ -308,7 +330,7 @@ bool gemm_dots(const GemmProblem& p, GemmRun<T>& run, int nt) {
 // max_panels), N split only when M is short.
 template <class T>
 void gemm_blocks(const GemmProblem& p, GemmRun<T>& run, int nt, int64_t max_panels) {
-  run.nkc = imax(1, ceil_div(p.K, kGemmKC));
+  run.nkc = imax(1, ceil_div(p.K, kDepthBlock<T>));
   run.npan = gemm_panels<T>(p.N);
   run.mc = kGemmMC;
   run.nmb = ceil_div(p.M, kGemmMC);
@@ -319,7 +341,7 @@ void gemm_blocks(const GemmProblem& p, GemmRun<T>& run, int nt, int64_t max_pane
     // thread count (up to 4 rounds more), take the one whose busiest thread has the fewest rows.
     int64_t best = -1;
     for (int64_t n = ceil_div(run.nmb, nt) * nt; n <= ceil_div(run.nmb, nt) * nt + 4 * nt; n += nt) {
-      const int64_t mc = imin(kGemmMC, ceil_div(ceil_div(p.M, n), kMR) * kMR);
+      const int64_t mc = imin(kGemmMC, ceil_div(ceil_div(p.M, n), kRowUnit<T>) * kRowUnit<T>);
       const int64_t busiest = ceil_div(ceil_div(p.M, mc), nt) * mc;
       if (best < 0 || busiest < best) { best = busiest; run.mc = mc; }
     }
@@ -332,9 +354,9 @@ void gemm_blocks(const GemmProblem& p, GemmRun<T>& run, int nt, int64_t max_pane
 
 template <class T>
 size_t gemm_packed_bytes(const GemmProblem& p, int64_t* panel_cols, int64_t* depth_block, int* depth_group) {
-  constexpr int NR = kNV * Simd<Compute<T>>::W;
+  constexpr int NR = kPanelCols<T>;
   *panel_cols = NR;
-  *depth_block = kGemmKC;
+  *depth_block = kDepthBlock<T>;
   *depth_group = kDepthGroup<T>;
   return sizeof(T) * static_cast<size_t>(imax(1, ceil_div(p.K, kDepthGroup<T>) * kDepthGroup<T>) * gemm_panels<T>(p.N) * NR);
 }
@@ -346,7 +368,7 @@ int gemm_pack(const GemmProblem& p, T* dst) {
   run.w = static_cast<const T*>(p.w);
   run.own_pack = dst;
   run.npan = gemm_panels<T>(p.N);
-  run.nkc = imax(1, ceil_div(p.K, kGemmKC));
+  run.nkc = imax(1, ceil_div(p.K, kDepthBlock<T>));
   parallel_for(run.nkc * run.npan, 4, gemm_pack_task<T>, &run, num_threads());
   run.own_pack = nullptr;  // the caller's
   return 0;
@@ -442,20 +464,45 @@ inline void micro_dp_rows(int rows, int64_t K2, const uint32_t* a, const bf16_t*
 }
 #endif
 
+// The end of a half precision product: rows x (panel pn) of the float C block c (row stride
+// ldcb), for out's rows m.. : bias, activation or the SwiGLU gate in float, narrowed into out.
+template <class S>
+void half_epilogue(const GemmRun<S>& run, float* c, int64_t ldcb, int64_t rows, int64_t m, int64_t pn) {
+  const GemmProblem& p = *run.p;
+  constexpr int NR = kPanelCols<S>, H = NR / 2;
+  S* out = static_cast<S*>(p.out);
+  if (p.gated) {  // out[m][f] = silu(gate + b_gate) * (up + b_up), f = pn * H + j
+    const int64_t F = p.N / 2, f0 = pn * H, nf = imin(H, F - f0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* cr = c + r * ldcb;
+      S* orow = out + (m + r) * p.ldc + f0;
+      for (int64_t j = 0; j < nf; ++j) {
+        float gt = cr[j], up = cr[H + j];
+        if (run.biasf) { gt += run.biasf[f0 + j]; up += run.biasf[F + f0 + j]; }
+        orow[j] = narrow<S>(act_scalar(gt, Activation::silu) * up);
+      }
+    }
+  } else {
+    const int64_t cols = imin(NR, p.N - pn * NR);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* cr = c + r * ldcb;
+      if (run.biasf || p.act != Activation::none) act_row(cr, run.biasf ? run.biasf + pn * NR : nullptr, cr, cols, p.act);
+      narrow_row(static_cast<const float*>(cr), out + (m + r) * p.ldc + pn * NR, 1, cols);
+    }
+  }
+}
+
 template <class S>
 void gemm_task_half(void* ctx, int64_t begin, int64_t end, int tid) {
   GemmRun<S>& run = *static_cast<GemmRun<S>*>(ctx);
   const GemmProblem& p = *run.p;
-  constexpr int NR = kNV * Simd<float>::W, H = NR / 2;
+  constexpr int NR = kNV * Simd<float>::W;
   const int64_t ldcb = run.ldcb;
   float* C = run.ws.template get<float>(tid);  // kGemmMC x ldcb
   float* Ap = C + kGemmMC * ldcb;              // kGemmMC x kGemmKC
   float* Bw = Ap + kGemmMC * kGemmKC;          // kGemmKC x NR: a panel of W^T, widened once for all row panels
-  S* out = static_cast<S*>(p.out);
   for (int64_t it = begin; it < end; ++it) {
-    const int64_t mb = it / run.nnb, nb = it % run.nnb;
-    const int64_t m0 = mb * run.mc, mlen = imin(run.mc, p.M - m0);
-    const int64_t pn0 = nb * run.pan_per_nb, pn1 = imin(run.npan, pn0 + run.pan_per_nb);
+    const auto [m0, mlen, pn0, pn1] = gemm_item(run, it);
     const int64_t nip = ceil_div(mlen, kMR);
     for (int64_t kc = 0; kc < run.nkc; ++kc) {
       const int64_t k0 = kc * kGemmKC, klen = imin(kGemmKC, p.K - k0);
@@ -521,27 +568,7 @@ void gemm_task_half(void* ctx, int64_t begin, int64_t end, int tid) {
             if (first) micro_rows<float, true, false, S>(rows, klen, a, kMR, b, NR, c, ldcb);
             else micro_rows<float, true, true, S>(rows, klen, a, kMR, b, NR, c, ldcb);
           }
-          if (!last) continue;
-          const int64_t m = m0 + ip * kMR;
-          if (p.gated) {  // out[m][f] = silu(gate + b_gate) * (up + b_up), f = pn * H + j
-            const int64_t F = p.N / 2, f0 = pn * H, nf = imin(H, F - f0);
-            for (int r = 0; r < rows; ++r) {
-              const float* cr = c + r * ldcb;
-              S* orow = out + (m + r) * p.ldc + f0;
-              for (int64_t j = 0; j < nf; ++j) {
-                float gt = cr[j], up = cr[H + j];
-                if (run.biasf) { gt += run.biasf[f0 + j]; up += run.biasf[F + f0 + j]; }
-                orow[j] = narrow<S>(act_scalar(gt, Activation::silu) * up);
-              }
-            }
-          } else {
-            const int64_t cols = imin(NR, p.N - pn * NR);
-            for (int r = 0; r < rows; ++r) {
-              float* cr = c + r * ldcb;
-              if (run.biasf || p.act != Activation::none) act_row(cr, run.biasf ? run.biasf + pn * NR : nullptr, cr, cols, p.act);
-              narrow_row(static_cast<const float*>(cr), out + (m + r) * p.ldc + pn * NR, 1, cols);
-            }
-          }
+          if (last) half_epilogue(run, c, ldcb, rows, m0 + ip * kMR, pn);
         }
       }
     }
@@ -551,7 +578,7 @@ void gemm_task_half(void* ctx, int64_t begin, int64_t end, int tid) {
 template <class S>
 int gemm_impl_half(const GemmProblem& p) {
   if (p.M == 0 || p.N == 0) return 0;
-  constexpr int NR = kNV * Simd<float>::W;
+  constexpr int NR = kPanelCols<S>;
   GemmRun<S> run;
   run.p = &p;
   run.a = static_cast<const S*>(p.a);
@@ -567,16 +594,27 @@ int gemm_impl_half(const GemmProblem& p) {
   if (!p.gated && gemm_dots(p, run, nt)) return 0;
   gemm_blocks(p, run, nt, imax(1, 1024 / NR));  // the float C block stays <= 768 KiB
   run.ldcb = run.pan_per_nb * NR;
-  if (!run.ws.alloc(nt, sizeof(float) * static_cast<size_t>(kGemmMC * run.ldcb + kGemmMC * kGemmKC + kGemmKC * NR))) return 1;
+  size_t ws = 0;
+  void (*task)(void*, int64_t, int64_t, int) = nullptr;
+  if constexpr (!kAmxGemm<S>) {
+    ws = sizeof(float) * static_cast<size_t>(kGemmMC * run.ldcb + kGemmMC * kGemmKC + kGemmKC * NR);
+    task = gemm_task_half<S>;
+  } else {
+#if defined(ATTNKIT_AMX)
+    ws = gemm_amx_workspace<S>(run.ldcb);
+    task = gemm_task_amx<S>;
+#endif
+  }
+  if (!run.ws.alloc(nt, ws)) return 1;
   if (p.packed) {
     run.bpack = static_cast<const S*>(p.packed->data.get());
   } else {
-    run.own_pack = static_cast<S*>(std::malloc(sizeof(S) * static_cast<size_t>(run.nkc * kGemmKC * run.npan * NR)));
+    run.own_pack = static_cast<S*>(std::malloc(sizeof(S) * static_cast<size_t>(run.nkc * kDepthBlock<S> * run.npan * NR)));
     if (!run.own_pack) return 1;
     parallel_for(run.nkc * run.npan, 4, gemm_pack_task<S>, &run, nt);
     run.bpack = run.own_pack;
   }
-  parallel_for(run.nmb * run.nnb, 1, gemm_task_half<S>, &run, nt);
+  parallel_for(run.nmb * run.nnb, 1, task, &run, nt);
   return 0;
 }
 

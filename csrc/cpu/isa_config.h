@@ -29,6 +29,15 @@ constexpr int kNV = 2;  // vectors per micro-tile row
 constexpr int64_t kGemmMC = 192, kGemmKC = 512;
 constexpr int64_t kGemvRows = 4;
 
+#if defined(ATTNKIT_AMX)
+// AMX (gemm_amx.h): tiles of 16 rows x 64 bytes. A tile of A holds 16 rows x 32 bfloat16 (the depth
+// of one tdpbf16ps), a tile of B 16 depth pairs x 16 columns x 2, a tile of C 16 x 16 floats; a
+// 2 x 2 block of C tiles takes 4 of the 8 tiles, two of A and two of B the rest. bfloat16 weights
+// are packed in panels of kAmxCols columns (one B tile wide), kAmxKC deep (whole tiles).
+constexpr int kAmxRows = 16, kAmxDepth = 32, kAmxCols = 16;
+constexpr int64_t kAmxKC = 512;
+#endif
+
 // Attention (attention.h): a work item holds up to kBlockRows query rows and walks the keys in
 // tiles of kTileKeys. Measured (bench/NOTES.md): on AVX2 (32 KiB L1d, 16 registers) 128 rows x
 // 64 keys beat 64 x 128 and 64 x 64 by 5-25 %, most for head dim 128; on AVX-512 64 x 128.

@@ -1,10 +1,11 @@
 // The CPU kernel unit: written once, compiled once per instruction set (cmake/isa.cmake) as
-// generic (x86-64 baseline, SSE2), avx2 (AVX2 + FMA) and avx512 (AVX-512 F/DQ/BW/VL). The rooms
-// it includes:
+// generic (x86-64 baseline, SSE2), avx2 (AVX2 + FMA), avx512 (AVX-512 F/DQ/BW/VL), avx512_bf16
+// (+ AVX512_BF16) and amx_bf16 (+ AMX-TILE/AMX-BF16, ATTNKIT_AMX). The rooms it includes:
 //   isa_config.h    every per-ISA constant (vector width, micro-tile, block sizes)
 //   simd.h          vectors, exp2, activations, per-thread workspaces
 //   micro_kernel.h  the register-tile product shared by GEMM and attention
 //   gemm.h          linear: packed GEMM and the few-rows GEMV
+//   gemm_amx.h      amx_bf16 only: bfloat16 linear on AMX tiles (amx_tiles.h: the tile operations)
 //   attention.h     flash attention (prefill) and the few-rows / split-KV path (decode)
 //   rowwise.h       softmax, layer_norm, activations
 // Everything has internal linkage except this ISA's kernel table, so no inline function
@@ -20,6 +21,9 @@
 
 #include "cpu/attention.h"
 #include "cpu/gemm.h"
+#if defined(ATTNKIT_AMX)
+#include "cpu/gemm_amx.h"
+#endif
 #include "cpu/rope.h"
 #include "cpu/rowwise.h"
 

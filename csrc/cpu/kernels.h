@@ -23,5 +23,6 @@ namespace generic { const Kernels& kernels(); }
 namespace avx2 { const Kernels& kernels(); }
 namespace avx512 { const Kernels& kernels(); }
 namespace avx512_bf16 { const Kernels& kernels(); }
+namespace amx_bf16 { const Kernels& kernels(); }
 
 }}  // namespace attnkit::cpu

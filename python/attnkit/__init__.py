@@ -65,10 +65,11 @@ def get_num_threads() -> int:
 
 
 def set_isa(name: str) -> None:
-    """Run the kernels on the instruction-set path `name` ('avx512_bf16', 'avx512', 'avx2' or 'generic';
-    'avx512_bf16' is the avx512 path with bfloat16 `linear` on vdpbf16ps, opt-in).
+    """Run the kernels on the instruction-set path `name` ('amx_bf16', 'avx512_bf16', 'avx512', 'avx2' or
+    'generic'; 'avx512_bf16' is the avx512 path with bfloat16 `linear` on vdpbf16ps, 'amx_bf16' the same
+    with bfloat16 `linear` on AMX tiles (tdpbf16ps); both opt-in).
 
-    Raises ValueError if this CPU cannot run it. The default is the fastest usable path;
+    Raises ValueError if this CPU cannot run it (for 'amx_bf16' with the reason, also in get_config()['amx']). The default is the fastest usable path;
     the environment variable ATTNKIT_ISA chooses another one at import.
     """
     if not isinstance(name, str):
@@ -77,12 +78,14 @@ def set_isa(name: str) -> None:
 
 
 def get_config() -> dict:
-    """Version, the instruction set in use, the usable and compiled ones, and the thread count."""
+    """Version, the instruction set in use, the usable and compiled ones, whether the amx_bf16 path
+    can run here ('amx': 'usable', 'emulated: ...' or 'unusable: <why>'), and the thread count."""
     return {
         "version": __version__,
         "isa": _core.get_isa(),
         "usable_isas": list(_core.usable_isas()),
         "compiled_isas": list(_core.compiled_isas()),
+        "amx": _core.amx_status(),
         "num_threads": _core.get_num_threads(),
     }
 

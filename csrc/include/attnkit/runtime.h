@@ -8,10 +8,13 @@ namespace attnkit {
 void set_num_threads(int n);              // ValueError outside [1, 1024]
 int get_num_threads();
 
-std::string get_isa();                    // the path in use: "avx512", "avx2" or "generic"
+std::string get_isa();                    // the path in use: "amx_bf16", "avx512_bf16", "avx512", "avx2" or "generic"
 void set_isa(const std::string& name);    // ValueError for an unknown name or one this CPU cannot run
 std::vector<std::string> usable_isas();   // from the most portable to the fastest
 std::vector<std::string> compiled_isas();
+// The amx_bf16 path here: "usable", "emulated: ..." (an ATTNKIT_AMX_EMULATE build) or "unusable: <why>"
+// (no AMX in cpuid, the OS does not enable the tile state, or arch_prctl refused it).
+std::string amx_status();
 
 // The CUDA module's (attnkit._cuda) settings: where cuBLASLt is loaded from (dlopen at first use),
 // and whether it loaded ("cuBLASLt <version>" or "unavailable: <why>").
