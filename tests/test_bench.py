@@ -108,3 +108,43 @@ def test_bench_half_precision_rejects_memory_suite():
     p = subprocess.run([sys.executable, "-m", "attnkit.bench", "--dtype", "float16", "--suite", "memory"],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "no --dtype float16 cases" in p.stderr
+
+
+# ---------------------------------------------------------------- optional engines in the model suite (issue 8)
+@pytest.fixture(scope="module")
+def engine_rows():
+    """The model suite's BERT and GPT-2-small rows at toy sizes (``tiny``), with every installed engine."""
+    torch = pytest.importorskip("torch", reason="the engines' models are built from torch + transformers")
+    pytest.importorskip("transformers", reason="the engines' models are built from torch + transformers")
+    import numpy as np
+    from attnkit.bench import models, suites
+    opts, rng = suites.Options(tiny=True, quick=True, threads=1), np.random.default_rng(0)
+    return models._bert_rows(torch, opts, rng), models._gpt2_small_rows(torch, opts, rng)
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "ctranslate2"])
+def test_engine_rows_agree_with_attnkit(engine_rows, engine):
+    pytest.importorskip(engine, reason=f"{engine} not installed: the model suite leaves it out")
+    bert, gpt2 = engine_rows
+    ours = next(r for r in bert if r["contender"] == "attnkit")
+    theirs = next(r for r in bert if r["contender"] == engine)
+    assert theirs["median_ms"] > 0 and theirs["version"].startswith(engine), theirs
+    assert theirs["max_abs_err_vs_attnkit"] < 1e-4, theirs          # same weights, same output
+    assert ours[f"ratio_vs_{engine}"] > 0 and "max |diff| vs attnkit" in theirs["note"]
+    ours = next(r for r in gpt2 if r["contender"] == "attnkit" and "greedy" in r["case"])
+    if engine == "onnxruntime":                                        # decoding: left out, and said so
+        assert not any(r["contender"] == engine for r in gpt2) and f"{engine} not measured" in ours["note"]
+    else:
+        theirs = next(r for r in gpt2 if r["contender"] == engine)
+        assert theirs["same_tokens_as_attnkit"] and theirs["tokens_per_s"] > 0, theirs
+        assert ours[f"ratio_vs_{engine}"] > 0
+
+
+def test_engines_left_out_when_not_importable(monkeypatch):
+    import sys
+    from attnkit.bench import engines
+    for engine in engines.ENGINES:
+        monkeypatch.setitem(sys.modules, engine, None)   # import raises ImportError
+    fns, skipped = engines.bert_engines({}, None, 1)
+    assert fns == {} and set(skipped) == set(engines.ENGINES)
+    assert all("not installed" in why or "torch and transformers" in why for why in skipped.values()), skipped

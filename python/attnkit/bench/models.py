@@ -16,6 +16,9 @@
 * the same BERT-base-sized forward with its weights in float16 or bfloat16: attnkit in that dtype vs attnkit
   float32 (the same rounded weights) vs PyTorch in that dtype.
 
+The BERT-base forward and GPT-2-small decoding also time ONNX Runtime and CTranslate2 when they are installed
+(``bench.engines``: same weights, float32, same threads; each row says how far its output is from attnkit's).
+
 The machinery is the other suites': every contender gets ``threads`` threads (``suites.configure``), is timed
 by ``harness.measure_contenders`` (attnkit and PyTorch in alternating blocks, the oracle alone) and compared by
 ``harness.compare`` (speedup_vs_numpy, ratio_vs_torch = torch time / attnkit time, max_abs_err vs the oracle);
@@ -29,7 +32,7 @@ import numpy as np
 
 from attnkit import nn
 from attnkit import reference as R
-from attnkit.bench import breakdown, harness, suites
+from attnkit.bench import breakdown, engines, harness, suites
 from attnkit.bench.llama import llama_rows
 from attnkit.models import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
@@ -52,9 +55,11 @@ def _row(case: str, contender: str, m: Dict, tokens: int, **extra) -> Dict:
     return dict(row, **extra)
 
 
-def _compared_rows(case: str, fns: Dict, tokens: int, opts: suites.Options, torch=None) -> List[Dict]:
+def _compared_rows(case: str, fns: Dict, tokens: int, opts: suites.Options, torch=None,
+                   skipped: Dict = None) -> List[Dict]:
     """Time the contenders of one forward pass and compare them: one row per contender. attnkit's and
-    PyTorch's rows also get the time per category (linear, attention, norms, other) of one call.
+    PyTorch's rows also get the time per category (linear, attention, norms, other) of one call; the engines'
+    rows (``bench.engines``) their agreement with attnkit, and attnkit's note the engines ``skipped``.
     The baseline of the ratios and errors: the NumPy oracle, or attnkit fp32 in a half-precision run."""
     res = harness.measure_contenders(fns, opts.budget, opts.min_repeats)
     ratios = harness.compare(res, **suites.compare_keys(opts))
@@ -69,6 +74,10 @@ def _compared_rows(case: str, fns: Dict, tokens: int, opts: suites.Options, torc
     for c, p in parts.items():
         ratios[c]["breakdown_ms"] = p
         ratios[c]["note"] = breakdown.describe(p)
+    engines.compare_with_attnkit(res, ratios)
+    if skipped:
+        ratios["attnkit"]["note"] = "; ".join(filter(None, [ratios["attnkit"].get("note"),
+                                                           engines.describe_skipped(skipped)]))
     return [_row(case, c, r, tokens, **ratios[c]) for c, r in res.items()]
 
 
@@ -199,20 +208,23 @@ def _step_over_kernels(model: GPT2LMHeadModel, label: str, rng, prefix: int = 12
 
 def _gpt2_small_rows(torch, opts: suites.Options, rng) -> List[Dict]:
     """Greedy decoding with a GPT-2-small-shaped random model (12 layers, d 768, 12 heads, vocab 50257;
-    2 layers with quick): attnkit vs Hugging Face transformers (PyTorch eager) holding the same weights,
-    per new token, and one decoding step against the sum of its kernels' times."""
+    2 layers with quick, toy sizes with tiny): attnkit vs Hugging Face transformers (PyTorch eager) and the
+    installed engines of ``bench.engines`` holding the same weights, per new token, and one decoding step
+    against the sum of its kernels' times."""
     try:
         import transformers
     except ImportError:
         return []
-    layers = 2 if opts.quick else 12
-    hf_config = transformers.GPT2Config(n_layer=layers, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
+    shape = (dict(n_layer=1, n_embd=64, n_head=4, vocab_size=512) if opts.tiny else
+             dict(n_layer=2 if opts.quick else 12, n_embd=768, n_head=12, vocab_size=50257))
+    layers, d, heads, V = shape["n_layer"], shape["n_embd"], shape["n_head"], shape["vocab_size"]
+    hf_config = transformers.GPT2Config(n_positions=1024, bos_token_id=V - 1, eos_token_id=V - 1, **shape)
     torch.manual_seed(int(rng.integers(2**31)))
     hf = transformers.GPT2LMHeadModel(hf_config).eval()
-    config = GPT2Config(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=layers, n_head=12)
+    config = GPT2Config(n_positions=1024, **shape)
     model = GPT2LMHeadModel.from_state_dict({k: v.numpy() for k, v in hf.state_dict().items()}, config)
     prompt_len, new = 32, (8 if opts.quick else 32)
-    prompt = rng.integers(0, 50257, (1, prompt_len))
+    prompt = rng.integers(0, V, (1, prompt_len))
     prompt_t = torch.from_numpy(prompt)
 
     def run_hf():
@@ -220,12 +232,16 @@ def _gpt2_small_rows(torch, opts: suites.Options, rng) -> List[Dict]:
             return hf.generate(prompt_t, max_new_tokens=new, do_sample=False, use_cache=True,
                                attention_mask=torch.ones_like(prompt_t), pad_token_id=0)
     fns = {"attnkit": lambda: model.generate(prompt, new), "torch": run_hf}
+    found, skipped = engines.gpt2_engines(hf, opts.threads)
+    fns.update({e: (lambda f=f: f(prompt, new)) for e, f in found.items()})
     res = harness.measure_contenders(fns, opts.budget, min_repeats=2)
     same = bool(np.array_equal(res["attnkit"]["out"], res["torch"]["out"].numpy()))
-    label = f"gpt2-small-shaped {layers}L d768 h12 V50257 greedy {prompt_len}+{new} tok"
+    label = f"gpt2-small-shaped {layers}L d{d} h{heads} V{V} greedy {prompt_len}+{new} tok"
     ratios = harness.compare(res)
-    rows = [_row(label, c, r, new, **ratios[c], **({"same_tokens": same, "note": f"same tokens as transformers: {same}"}
-                                                   if c == "attnkit" else {})) for c, r in res.items()]
+    engines.compare_with_attnkit(res, ratios, tokens=True)
+    ratios["attnkit"].update(same_tokens=same, note="; ".join(filter(None, [f"same tokens as transformers: {same}",
+                                                                            engines.describe_skipped(skipped)])))
+    rows = [_row(label, c, r, new, **ratios[c]) for c, r in res.items()]
     rows.append(_step_over_kernels(model, f"gpt2-small-shaped {layers}L", rng))
     return rows
 
@@ -260,9 +276,13 @@ def _torch_bert(torch, model: BertModel, ids: np.ndarray, dtype=None):
 
 
 def _bert_rows(torch, opts: suites.Options, rng) -> List[Dict]:
-    config = _bert_config()
-    model = BertModel.from_config(config, rng=rng)
-    B, L = 1, 128
+    """BERT-base forward at B1 x L128 (toy sizes with tiny): attnkit vs PyTorch, NumPy (full mode only) and
+    the engines of ``bench.engines`` that are installed, all holding the same weights."""
+    config = _bert_config(opts.tiny)
+    E = config.hidden_size
+    weights = BertModel.random_state_dict(config, rng=rng)     # what from_config does, weights kept for the engines
+    model = BertModel.from_state_dict(weights, config, origin="random weights")
+    B, L = 1, 16 if opts.tiny else 128
     ids = rng.integers(0, config.vocab_size, (B, L))
     emb = model.embeddings
     fns = {"attnkit": lambda: model(ids)}
@@ -273,10 +293,16 @@ def _bert_rows(torch, opts: suites.Options, rng) -> List[Dict]:
 
         def run_numpy():
             x = emb.word[ids] + emb.position[:L] + emb.token_type[0]
-            x = R.layer_norm(x, (768,), emb.norm.weight, emb.norm.bias, config.layer_norm_eps)
+            x = R.layer_norm(x, (E,), emb.norm.weight, emb.norm.bias, config.layer_norm_eps)
             return numpy_encoder(x)
         fns["numpy"] = run_numpy
-    return _compared_rows(f"BERT-base fwd 12L d768 h12 ffn3072 B{B}xL{L}", fns, B * L, opts, torch)
+    found, skipped = engines.bert_engines(weights, config, opts.threads)
+    del weights
+    fns.update({e: (lambda f=f: f(ids)) for e, f in found.items()})
+    c = config
+    name = (f"BERT-{'tiny' if opts.tiny else 'base'} fwd {c.num_hidden_layers}L d{E} h{c.num_attention_heads} "
+            f"ffn{c.intermediate_size} B{B}xL{L}")
+    return _compared_rows(name, fns, B * L, opts, torch, skipped)
 
 
 def run_half_model_suite(opts: suites.Options) -> List[Dict]:
