@@ -374,16 +374,36 @@ int gemm_pack(const GemmProblem& p, T* dst) {
   return 0;
 }
 
+// A run's pointers from its problem (both GEMMs).
 template <class T>
-int gemm_impl(const GemmProblem& p) {
-  if (p.M == 0 || p.N == 0) return 0;
-  constexpr int NR = kNV * Simd<T>::W;
-  GemmRun<T> run;
+void gemm_start(GemmRun<T>& run, const GemmProblem& p) {
   run.p = &p;
   run.a = static_cast<const T*>(p.a);
   run.w = static_cast<const T*>(p.w);
   run.bias = static_cast<const T*>(p.bias);
   run.out = static_cast<T*>(p.out);
+}
+
+// W^T's panels for the run: the prepacked weight, or W packed for this call. false: out of memory.
+template <class T>
+bool gemm_bpack(GemmRun<T>& run, const GemmProblem& p, int nt) {
+  if (p.packed) {
+    run.bpack = static_cast<const T*>(p.packed->data.get());
+    return true;
+  }
+  run.own_pack = static_cast<T*>(std::malloc(sizeof(T) * static_cast<size_t>(run.nkc * kDepthBlock<T> * run.npan * kPanelCols<T>)));
+  if (!run.own_pack) return false;
+  parallel_for(run.nkc * run.npan, 4, gemm_pack_task<T>, &run, nt);
+  run.bpack = run.own_pack;
+  return true;
+}
+
+template <class T>
+int gemm_impl(const GemmProblem& p) {
+  if (p.M == 0 || p.N == 0) return 0;
+  constexpr int NR = kNV * Simd<T>::W;
+  GemmRun<T> run;
+  gemm_start(run, p);
   const int nt = num_threads();
   GemmProblem scratch_p;  // gated: the GEMM into a scratch of whole panels, out written by gated_epilogue
   if (p.gated) {
@@ -407,14 +427,7 @@ int gemm_impl(const GemmProblem& p) {
   // (bench/NOTES.md), no slower at 4096; packed only for rows that are not evenly spaced
   run.a_direct = uniform_rows(p, &run.lda);
   if (!run.ws.alloc(nt, sizeof(T) * ((run.a_direct ? 0 : kGemmMC * kGemmKC) + kMR * NR))) return 1;
-  if (p.packed) {
-    run.bpack = static_cast<const T*>(p.packed->data.get());
-  } else {
-    run.own_pack = static_cast<T*>(std::malloc(sizeof(T) * static_cast<size_t>(run.nkc * kGemmKC * run.npan * NR)));
-    if (!run.own_pack) return 1;
-    parallel_for(run.nkc * run.npan, 4, gemm_pack_task<T>, &run, nt);
-    run.bpack = run.own_pack;
-  }
+  if (!gemm_bpack(run, p, nt)) return 1;
   parallel_for(run.nmb * run.nnb, 1, gemm_task<T>, &run, nt);
   return 0;
 }
@@ -580,11 +593,7 @@ int gemm_impl_half(const GemmProblem& p) {
   if (p.M == 0 || p.N == 0) return 0;
   constexpr int NR = kPanelCols<S>;
   GemmRun<S> run;
-  run.p = &p;
-  run.a = static_cast<const S*>(p.a);
-  run.w = static_cast<const S*>(p.w);
-  run.bias = static_cast<const S*>(p.bias);
-  run.out = static_cast<S*>(p.out);
+  gemm_start(run, p);
   const int nt = num_threads();
   if (p.bias) {
     run.biasf = static_cast<float*>(std::malloc(sizeof(float) * static_cast<size_t>(p.N)));
@@ -605,15 +614,7 @@ int gemm_impl_half(const GemmProblem& p) {
     task = gemm_task_amx<S>;
 #endif
   }
-  if (!run.ws.alloc(nt, ws)) return 1;
-  if (p.packed) {
-    run.bpack = static_cast<const S*>(p.packed->data.get());
-  } else {
-    run.own_pack = static_cast<S*>(std::malloc(sizeof(S) * static_cast<size_t>(run.nkc * kDepthBlock<S> * run.npan * NR)));
-    if (!run.own_pack) return 1;
-    parallel_for(run.nkc * run.npan, 4, gemm_pack_task<S>, &run, nt);
-    run.bpack = run.own_pack;
-  }
+  if (!run.ws.alloc(nt, ws) || !gemm_bpack(run, p, nt)) return 1;
   parallel_for(run.nmb * run.nnb, 1, task, &run, nt);
   return 0;
 }
