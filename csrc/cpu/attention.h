@@ -336,77 +336,6 @@ inline void amx_pv(const AttnProblem& p, const float* S, int64_t ldS, int64_t n,
 }
 #endif
 
-#if defined(__AVX512BF16__) && !defined(ATTNKIT_AMX)
-// bfloat16 O += P V on vdpbf16ps (avx512_bf16, blocks of more than kFewRows rows): P rounded to
-// bfloat16 and stored as pairs of consecutive keys (one 32-bit word per row, broadcast), V rows
-// interleaved in pairs of keys as they are loaded (16 columns x 2 per 64 bytes), 8 rows x 32 columns
-// of float accumulators per step. Buffers: Pp [nk2][ncols] words, Vp2 [EvPad / 16][nk2][16][2].
-inline __m512i bf16_bits(__m512 x) {  // round to nearest even: bfloat16 bits in the low half of each word
-  const __m512i u = _mm512_castps_si512(x);
-  const __m512i r = _mm512_srli_epi32(
-      _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)))), 16);
-  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
-  return _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-}
-inline void dp_pv(const AttnProblem& p, const float* S, int64_t ldS, int64_t n, int64_t ncols, int64_t nk, const bf16_t* vs,
-                  int64_t EvPad, uint32_t* Pp, bf16_t* Vp2, float* O) {
-  const int64_t nk2 = ceil_div(nk, 2);
-  for (int64_t k = 0; k < nk2; ++k) {
-    const float* s0 = S + 2 * k * ldS;
-    const bool odd = 2 * k + 1 < nk;
-    for (int64_t rr = 0; rr < ncols; rr += 16) {
-      const __m512i lo = bf16_bits(_mm512_loadu_ps(s0 + rr));
-      const __m512i hi = odd ? _mm512_slli_epi32(bf16_bits(_mm512_loadu_ps(s0 + ldS + rr)), 16) : _mm512_setzero_si512();
-      _mm512_storeu_si512(Pp + k * ncols + rr, _mm512_or_si512(lo, hi));
-    }
-  }
-  const bool vec = p.v_e == 1 && p.Ev % 16 == 0;
-  for (int64_t k = 0; k < nk2; ++k) {
-    const bf16_t* v0 = vs + 2 * k * p.v_j;
-    const bool odd = 2 * k + 1 < nk;
-    bf16_t* dst = Vp2 + k * 32;
-    for (int64_t e = 0; e < EvPad; e += 16) {
-      bf16_t* d = dst + (e / 16) * nk2 * 32;
-      if (vec && e < p.Ev) {
-        const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v0 + e)));
-        const __m512i hi = odd ? _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v0 + p.v_j + e))), 16)
-                               : _mm512_setzero_si512();
-        _mm512_storeu_si512(d, _mm512_or_si512(lo, hi));
-      } else {
-        for (int64_t c = 0; c < 16; ++c) {
-          d[2 * c] = e + c < p.Ev ? v0[(e + c) * p.v_e] : bf16_t{0};
-          d[2 * c + 1] = odd && e + c < p.Ev ? v0[p.v_j + (e + c) * p.v_e] : bf16_t{0};
-        }
-      }
-    }
-  }
-  for (int64_t c = 0; c < EvPad / 16; c += 2)
-    for (int64_t r0 = 0; r0 < n; r0 += 8) {
-      const int rows = static_cast<int>(imin(8, n - r0));
-      __m512 acc[8][2];
-      for (int r = 0; r < rows; ++r) {
-        acc[r][0] = _mm512_loadu_ps(O + (r0 + r) * EvPad + c * 16);
-        acc[r][1] = _mm512_loadu_ps(O + (r0 + r) * EvPad + c * 16 + 16);
-      }
-      const bf16_t* v0 = Vp2 + c * nk2 * 32;
-      const bf16_t* v1 = v0 + nk2 * 32;
-      for (int64_t k = 0; k < nk2; ++k) {
-        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(v0 + k * 32), b1 = (__m512bh)_mm512_loadu_si512(v1 + k * 32);
-#pragma GCC unroll 8
-        for (int r = 0; r < rows; ++r) {
-          const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(Pp[k * ncols + r0 + r]));
-          acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);
-          acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
-        }
-      }
-      for (int r = 0; r < rows; ++r) {
-        _mm512_storeu_ps(O + (r0 + r) * EvPad + c * 16, acc[r][0]);
-        _mm512_storeu_ps(O + (r0 + r) * EvPad + c * 16 + 16, acc[r][1]);
-      }
-    }
-}
-#endif
-
 // St: the storage type of q, k, v, out, lse and a float mask; T = Compute<St> the arithmetic
 // (half precision is widened as it is packed: Q^T, K and V tiles, mask values; narrowed on output).
 template <class St>
@@ -650,14 +579,6 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
           continue;
         }
 #endif
-#if defined(__AVX512BF16__) && !defined(ATTNKIT_AMX)
-      if constexpr (std::is_same<St, bf16_t>::value)
-        if (n > kFewRows) {
-          dp_pv(p, S, ldS, n, ncols, nk, vsrc, EvPad, reinterpret_cast<uint32_t*>(Qk + kFewRows * E),
-                reinterpret_cast<bf16_t*>(Qk + kFewRows * E + kBlockRows * kTileKeys / 2), O);
-          continue;
-        }
-#endif
       int64_t ldv = p.v_j;
       if (!run.v_direct && p.v_e == 1 && Ev % W == 0) {  // rows widened W at a time
         for (int64_t jj = 0; jj < nk; ++jj) {
@@ -810,9 +731,6 @@ int attention_impl(const AttnProblem& p) {
   size_t ws = sizeof(T) * static_cast<size_t>(kBlockRows * p.E + kTileKeys * kBlockRows + kBlockRows * run.EvPad +
                                                      (run.v_direct ? 0 : kTileKeys * run.EvPad) + (run.k_direct ? 0 : kTileKeys * p.E) +
                                                      2 * kFewRows * p.E);
-#if defined(__AVX512BF16__) && !defined(ATTNKIT_AMX)
-  if (std::is_same<St, bf16_t>::value) ws += sizeof(bf16_t) * static_cast<size_t>((kBlockRows + 2 + run.EvPad) * kTileKeys);  // dp_pv
-#endif
 #if defined(ATTNKIT_AMX)
   if (std::is_same<St, bf16_t>::value) ws += sizeof(bf16_t) * static_cast<size_t>(amx_attn_elems(p.E, run.EvPad));  // amx_scores, amx_pv
 #endif
