@@ -30,6 +30,7 @@ namespace attnkit { namespace cpu { namespace ATTNKIT_ISA_NAMESPACE { namespace 
 // and at the end out = O / l, lse = m + ln l. Scores, the mask and the running max stay in natural
 // units, so every finite float mask value is added exactly as given (scaling a mask of finfo.min
 // by log2 e would overflow); log2 e is applied only to the differences that go into exp2.
+// On amx_bf16, bfloat16 blocks run the two products on AMX tiles (amx_scores, amx_pv below).
 // Tiles past every row's causal bound are never visited. For few rows (decode), the keys are split over threads and the partial
 // results merged by their log-sum-exp (flash-decoding).
 // Block sizes: kBlockRows x kTileKeys (isa_config.h).
@@ -299,7 +300,8 @@ inline void amx_scores(const AttnProblem& p, const bf16_t* ks, int64_t nk, int64
     for (int64_t t = 0; t < ket; ++t) {
       bf16_t* d = dst + t * kAmxTileElems;
       const int64_t m = jj < nk ? imin(kAmxDepth, p.E - t * kAmxDepth) : 0;
-      for (int64_t e = 0; e < m; ++e) d[e] = ks[jj * p.k_j + (t * kAmxDepth + e) * p.k_e];
+      if (p.k_e == 1) std::memcpy(d, ks + jj * p.k_j + t * kAmxDepth, sizeof(bf16_t) * m);
+      else for (int64_t e = 0; e < m; ++e) d[e] = ks[jj * p.k_j + (t * kAmxDepth + e) * p.k_e];
       std::memset(d + m, 0, sizeof(bf16_t) * (kAmxDepth - m));
     }
   }
@@ -312,20 +314,43 @@ inline void amx_scores(const AttnProblem& p, const bf16_t* ks, int64_t nk, int64
 }
 
 // O[0, 16 ceil(n / 16)) x [0, EvPad) += P V: P from P^T (S, the tile's nk keys) rounded to bfloat16
-// into Pb, V rows vs[0, nk) into Vb, then 2 x 2 blocks of tiles (32 queries x 32 columns).
+// into Pb, V rows vs[0, nk) into Vb, then 2 x 2 blocks of tiles (32 queries x 32 columns). Both are
+// packed a pair of keys at a time, one 32-bit word (key 2k low, 2k + 1 high) per query or column:
+// 16 queries' words of P^T scattered down a row tile's column of pairs, 16 columns of V stored whole.
 inline void amx_pv(const AttnProblem& p, const float* S, int64_t ldS, int64_t n, int64_t nk, const bf16_t* vs,
                    int64_t EvPad, bf16_t* Pb, bf16_t* Vb, float* O) {
+  static_assert(Simd<float>::W == kAmxRows && kAmxRows == kAmxCols, "a vector of floats is one tile row or column");
   const int64_t kt = ceil_div(nk, kAmxDepth), mt = ceil_div(n, kAmxRows), np = EvPad / kAmxCols;
-  for (int64_t rr = 0; rr < mt * kAmxRows; ++rr) {
-    bf16_t* dst = Pb + (rr / kAmxRows) * kt * kAmxTileElems + (rr % kAmxRows) * kAmxDepth;
-    for (int64_t jj = 0; jj < kt * kAmxDepth; ++jj)
-      dst[(jj / kAmxDepth) * kAmxTileElems + jj % kAmxDepth] = jj < nk ? narrow<bf16_t>(S[jj * ldS + rr]) : bf16_t{0};
-  }
-  for (int64_t jj = 0; jj < kt * kAmxDepth; ++jj) {
-    bf16_t* dst = Vb + (jj / kAmxDepth) * kAmxTileElems + (jj % kAmxDepth) / 2 * 2 * kAmxCols + jj % 2;
-    for (int64_t e = 0; e < EvPad; ++e)
-      dst[(e / kAmxCols) * kt * kAmxTileElems + (e % kAmxCols) * 2] =
-          jj < nk && e < p.Ev ? vs[jj * p.v_j + e * p.v_e] : bf16_t{0};
+  const bool v_vec = p.v_e == 1 && p.Ev % kAmxCols == 0;
+  const __m512i down = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                          _mm512_set1_epi32(kAmxDepth / 2));  // word offsets of 16 rows of an A tile
+  for (int64_t k = 0; k < kt * kAmxDepth / 2; ++k) {
+    const bool even = 2 * k < nk, odd = 2 * k + 1 < nk;
+    const int64_t t = k / (kAmxDepth / 2), kk = k % (kAmxDepth / 2);
+    for (int64_t i = 0; i < mt; ++i) {  // P: queries 16i .. 16i + 16
+      vu32 w = even ? bf16_bits(vload(S + 2 * k * ldS + i * kAmxRows)) : vu32{};
+      if (odd) w |= bf16_bits(vload(S + (2 * k + 1) * ldS + i * kAmxRows)) << 16;
+      uint32_t* dst = reinterpret_cast<uint32_t*>(Pb + (i * kt + t) * kAmxTileElems) + kk;
+      _mm512_i32scatter_epi32(dst, down, (__m512i)w, 4);
+    }
+    const bf16_t* v0 = even ? vs + 2 * k * p.v_j : vs;
+    for (int64_t c = 0; c < np; ++c) {  // V: columns 16c .. 16c + 16
+      bf16_t* dst = Vb + (c * kt + t) * kAmxTileElems + kk * 2 * kAmxCols;
+      const int64_t e0 = c * kAmxCols;
+      if (v_vec && e0 < p.Ev) {
+        vu16 lo{}, hi{};
+        if (even) std::memcpy(&lo, v0 + e0, sizeof lo);
+        if (odd) std::memcpy(&hi, v0 + p.v_j + e0, sizeof hi);
+        const vu32 w = __builtin_convertvector(lo, vu32) | (__builtin_convertvector(hi, vu32) << 16);
+        std::memcpy(dst, &w, sizeof w);
+      } else {
+        for (int64_t e = 0; e < kAmxCols; ++e) {
+          const bool in = e0 + e < p.Ev;
+          dst[2 * e] = even && in ? v0[(e0 + e) * p.v_e] : bf16_t{0};
+          dst[2 * e + 1] = odd && in ? v0[p.v_j + (e0 + e) * p.v_e] : bf16_t{0};
+        }
+      }
+    }
   }
   for (int64_t r = 0; r < mt; r += 2)
     for (int64_t c = 0; c < np; c += 2) {
