@@ -1,6 +1,8 @@
 """The amx_bf16 path: bfloat16 linear on AMX tiles (csrc/cpu/gemm_amx.h) against the float64 oracle,
 at sizes around its tiles (16 rows, 32 depth, 16-column panels, 2 x 2 tile blocks, 512-deep depth
-blocks, 192-row blocks), with every epilogue, any thread count, and the path's availability report.
+blocks, 192-row blocks), with every epilogue, any thread count, and the path's availability report;
+bfloat16 attention's two products on tiles (csrc/cpu/attention.h: amx_scores, amx_pv), on every CPU
+path through the backend fixture, at head dims and key counts around the tiles, with every option.
 
 Where the CPU has no AMX these tests skip, except in an ATTNKIT_AMX_EMULATE build (the tile
 instructions in plain C++), which runs the same packing, blocking and epilogues on any AVX-512-BF16 CPU."""
@@ -116,3 +118,99 @@ def test_amx_status_says_why():
     assert config["amx"].startswith("unusable: ") and len(config["amx"]) > 20
     with pytest.raises(ValueError, match="amx_bf16.*" + config["amx"][len("unusable: "):][:20].replace("(", r"\(")):
         attnkit.set_isa("amx_bf16")
+
+
+# ---------------------------------------------------------------------------------------------
+# bfloat16 attention (prefill: more than 4 query rows per KV head) on tiles: S^T = K Q^T with the
+# head dim padded to 32, O += P V with P rounded to bfloat16 and the keys padded to 32. Run on every
+# CPU path (the backend fixture), so the tile path and the others meet the same oracle and bound.
+# The bound is the table's bfloat16 one, unchanged: rounding P (relative 2^-9 per weight) adds about
+# 5e-4 to the ~1.6e-3 that rounding the output already costs.
+# ---------------------------------------------------------------------------------------------
+def sdpa_check(backend, q, k, v, **kw):
+    rkw = {key: (as64(val) if key == "attn_mask" else val) for key, val in kw.items()}
+    out, lse = backend.call(attnkit.scaled_dot_product_attention, q, k, v, return_lse=True, **kw)
+    want, want_lse = ref.scaled_dot_product_attention(as64(q), as64(k), as64(v), return_lse=True, **rkw)
+    assert out.dtype == bf16 and lse.dtype == bf16
+    assert_close(out, want, "bfloat16")
+    assert_close(lse, want_lse, "bfloat16", what="lse")
+
+
+bf16_only = pytest.mark.parametrize("dtype", [np.dtype(bf16)], ids=["bf16"])   # (the backend fixture skips backends without it)
+
+
+@bf16_only
+@pytest.mark.parametrize("E", [1, 8, 31, 32, 33, 64, 100, 128, 160])
+@pytest.mark.parametrize("Lk", [1, 15, 16, 17, 31, 33, 300])
+@pytest.mark.parametrize("Lq", [5, 70])
+def test_sdpa_bf16_tile_edges(backend, dtype, E, Lk, Lq, rng):
+    q, k, v = rand(rng, (2, 2, Lq, E)), rand(rng, (2, 2, Lk, E)), rand(rng, (2, 2, Lk, E))
+    sdpa_check(backend, q, k, v)
+
+
+CASES = ["causal", "causal_bottom_right", "causal_bottom_right_long_q", "window", "window_bottom_right", "kv_lengths",
+         "bool_mask", "float_mask", "gqa", "split_keys", "strided", "scale", "value_dim", "fully_masked_row"]
+
+
+@bf16_only
+@pytest.mark.parametrize("case", CASES)
+def test_sdpa_bf16_options(backend, dtype, case, rng):
+    B, Hq, Hk, Lq, Lk, E, Ev = 2, 4, 4, 70, 145, 72, 72
+    kw = {}
+    if case == "causal":
+        kw = dict(is_causal=True)
+    if case == "causal_bottom_right":
+        kw = dict(is_causal=True, causal_alignment="bottom_right")
+    if case == "causal_bottom_right_long_q":    # more queries than keys: the first rows see no key
+        Lq, Lk = 150, 33
+        kw = dict(is_causal=True, causal_alignment="bottom_right")
+    if case in ("window", "window_bottom_right"):
+        Lk = 300
+        kw = dict(is_causal=True, window=40)
+        if case == "window_bottom_right":
+            kw["causal_alignment"] = "bottom_right"
+    if case == "kv_lengths":
+        kw = dict(kv_lengths=np.array([Lk, 17]))
+    if case == "gqa":
+        Hk = 2
+        kw = dict(enable_gqa=True, is_causal=True, causal_alignment="bottom_right")
+    if case == "split_keys":                    # few blocks: the keys split over threads, merged by log-sum-exp
+        B, Hq, Hk, Lq, Lk, E, Ev = 1, 1, 1, 20, 3000, 128, 128
+    if case == "value_dim":
+        Ev = 17
+    q, k, v = rand(rng, (B, Hq, Lq, E)), rand(rng, (B, Hk, Lk, E)), rand(rng, (B, Hk, Lk, Ev))
+    if case == "strided":                       # K and V rows interleaved with other heads, every other element
+        k = rand(rng, (B, Lk, Hk, 2 * E)).transpose(0, 2, 1, 3)[..., ::2]
+        v = rand(rng, (B, Lk, Hk, 2 * Ev)).transpose(0, 2, 1, 3)[..., ::2]
+    if case == "scale":
+        kw = dict(scale=0.7)
+    if case == "bool_mask":
+        kw = dict(attn_mask=rng.random((Lq, Lk)) < 0.7)
+    if case == "float_mask":
+        kw = dict(attn_mask=rand(rng, (Hq, Lq, Lk)))
+    if case == "fully_masked_row":
+        mask = rng.random((Lq, Lk)) < 0.7
+        mask[[0, 17, 69]] = False
+        kw = dict(attn_mask=mask)
+    sdpa_check(backend, q, k, v, **kw)
+    if case == "fully_masked_row":
+        out = backend.call(attnkit.scaled_dot_product_attention, q, k, v, **kw)
+        assert np.all(out[:, :, [0, 17, 69]].astype(np.float32) == 0)
+
+
+def test_sdpa_bf16_tiles_are_used(rng):
+    # the tile path rounds P to bfloat16, the avx512 path does not: the results must differ (both
+    # within the bound, above), or the tiles did not run
+    usable = attnkit.get_config()["usable_isas"]
+    if "amx_bf16" not in usable:
+        pytest.skip(f"amx_bf16: {attnkit.get_config()['amx']}")
+    q, k, v = rand(rng, (1, 2, 64, 64)), rand(rng, (1, 2, 128, 64)), rand(rng, (1, 2, 128, 64))
+    previous = attnkit.get_config()["isa"]
+    try:
+        outs = {}
+        for isa in ["avx512", "amx_bf16"]:
+            attnkit.set_isa(isa)
+            outs[isa] = attnkit.scaled_dot_product_attention(q, k, v)
+    finally:
+        attnkit.set_isa(previous)
+    assert not np.array_equal(outs["avx512"].view(np.uint16), outs["amx_bf16"].view(np.uint16))

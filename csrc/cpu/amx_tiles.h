@@ -20,6 +20,7 @@
 #endif
 
 #include "cpu/isa_config.h"
+#include "cpu/simd.h"
 
 namespace attnkit { namespace cpu { namespace ATTNKIT_ISA_NAMESPACE { namespace {
 
@@ -169,5 +170,64 @@ template <int C, int A, int B> inline void tile_dpbf16() {
 
 #undef ATTNKIT_TILE_CASES
 #endif
+
+// ---------------------------------------------------------------------------------------------
+// The block product every tile user shares (linear: gemm_amx.h; bfloat16 prefill: attention.h).
+// Operands in tiles of 1 KiB: A tiles 16 rows x 32 bfloat16 (one depth tile), B tiles 16 depth
+// pairs x 16 columns x 2, C 16 x 16 floats.
+constexpr int64_t kAmxTileElems = kAmxRows * kAmxDepth;  // bfloat16 per A or B tile (1 KiB)
+
+// C tile 2i + j of the block: zeroed (first depth block) or loaded from the float C block.
+template <int I, int J, int NRT, int NPT>
+inline void amx_c_begin(float* c, int64_t ldc, bool first) {
+  if constexpr (I < NRT && J < NPT) {
+    if (first) tile_zero<2 * I + J>();
+    else tile_load<2 * I + J>(c + I * kAmxRows * ldc + J * kAmxCols, ldc * 4);
+  }
+}
+template <int I, int J, int NRT, int NPT>
+inline void amx_c_end(float* c, int64_t ldc) {
+  if constexpr (I < NRT && J < NPT) tile_store<2 * I + J>(c + I * kAmxRows * ldc + J * kAmxCols, ldc * 4);
+}
+template <int I, int J, int NRT, int NPT>
+inline void amx_dp() {
+  if constexpr (I < NRT && J < NPT) tile_dpbf16<2 * I + J, 4 + I, 6 + J>();
+}
+
+// C (NRT row tiles x NPT panels, float, row stride ldc) (+)= A B over kt depth tiles. a: the
+// block's row tiles (A tiles of row tile i at a + (i * kt + t) * 512); b[j]: panel j's `full`
+// whole depth tiles, then (t = full < kt) btail + j * 512.
+template <int NRT, int NPT>
+inline void amx_block(int64_t kt, const bf16_t* a, const bf16_t* const* b, int64_t full, const bf16_t* btail,
+                      float* c, int64_t ldc, bool first) {
+  amx_c_begin<0, 0, NRT, NPT>(c, ldc, first);
+  amx_c_begin<0, 1, NRT, NPT>(c, ldc, first);
+  amx_c_begin<1, 0, NRT, NPT>(c, ldc, first);
+  amx_c_begin<1, 1, NRT, NPT>(c, ldc, first);
+  for (int64_t t = 0; t < kt; ++t) {
+    tile_load<6>(t < full ? b[0] + t * kAmxTileElems : btail, kTileBytes);
+    if constexpr (NPT > 1) tile_load<7>(t < full ? b[1] + t * kAmxTileElems : btail + kAmxTileElems, kTileBytes);
+    tile_load<4>(a + t * kAmxTileElems, kTileBytes);
+    if constexpr (NRT > 1) tile_load<5>(a + (kt + t) * kAmxTileElems, kTileBytes);
+    amx_dp<0, 0, NRT, NPT>();
+    amx_dp<0, 1, NRT, NPT>();
+    amx_dp<1, 0, NRT, NPT>();
+    amx_dp<1, 1, NRT, NPT>();
+  }
+  amx_c_end<0, 0, NRT, NPT>(c, ldc);
+  amx_c_end<0, 1, NRT, NPT>(c, ldc);
+  amx_c_end<1, 0, NRT, NPT>(c, ldc);
+  amx_c_end<1, 1, NRT, NPT>(c, ldc);
+}
+
+// The same for a block's run-time shape: two row tiles or one, two panels or one.
+inline void amx_block_any(bool two_rows, bool two_panels, int64_t kt, const bf16_t* a, const bf16_t* const* b, int64_t full,
+                          const bf16_t* btail, float* c, int64_t ldc, bool first) {
+  if (two_rows && two_panels) amx_block<2, 2>(kt, a, b, full, btail, c, ldc, first);
+  else if (two_rows) amx_block<2, 1>(kt, a, b, full, btail, c, ldc, first);
+  else if (two_panels) amx_block<1, 2>(kt, a, b, full, btail, c, ldc, first);
+  else amx_block<1, 1>(kt, a, b, full, btail, c, ldc, first);
+}
+
 
 }}}}  // namespace attnkit::cpu::ATTNKIT_ISA_NAMESPACE::(anonymous)

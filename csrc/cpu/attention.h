@@ -11,6 +11,9 @@
 #include "cpu/micro_kernel.h"
 #include "cpu/simd.h"
 #include "cpu/thread_pool.h"
+#if defined(ATTNKIT_AMX)
+#include "cpu/amx_tiles.h"
+#endif
 
 namespace attnkit { namespace cpu { namespace ATTNKIT_ISA_NAMESPACE { namespace {
 
@@ -27,6 +30,7 @@ namespace attnkit { namespace cpu { namespace ATTNKIT_ISA_NAMESPACE { namespace 
 // and at the end out = O / l, lse = m + ln l. Scores, the mask and the running max stay in natural
 // units, so every finite float mask value is added exactly as given (scaling a mask of finfo.min
 // by log2 e would overflow); log2 e is applied only to the differences that go into exp2.
+// On amx_bf16, bfloat16 blocks run the two products on AMX tiles (amx_scores, amx_pv below).
 // Tiles past every row's causal bound are never visited. For few rows (decode), the keys are split over threads and the partial
 // results merged by their log-sum-exp (flash-decoding).
 // Block sizes: kBlockRows x kTileKeys (isa_config.h).
@@ -261,6 +265,102 @@ void few_rows_tile(const FewRows<T>& f, int64_t j0, int64_t nk, const KS* ka, in
   }
 }
 
+#if defined(ATTNKIT_AMX)
+// bfloat16 prefill on AMX tiles (amx_bf16, work items of more than kFewRows rows): only the two
+// products change. S^T = K Q^T takes K as the A operand and Q^T as B, so its float tiles land
+// in S^T (one row per key), where the masking and the online softmax run as on every path; the
+// scale is applied to S^T after the product (Q stays the caller's bfloat16). O += P V takes
+// P (P^T read back by query and rounded to bfloat16, as PyTorch's bf16 flash attention does)
+// as A and V as B. Products of bfloat16 values are exact in float and summed in float.
+// Buffers (bfloat16, 1 KiB tiles; Ek = E rounded up to 32, depth past E and keys past nk zero):
+//   Qb  [kBlockRows / 16][Ek / 32][16 depth pairs][16 queries][2]   Q^T, B tiles, packed once per block
+//   Kb  [kTileKeys / 16][Ek / 32][16 keys][32 depth]                 a key tile's K, A tiles
+//   Pb  [kBlockRows / 16][kTileKeys / 32][16 queries][32 keys]       P, A tiles
+//   Vb  [EvPad / 16][kTileKeys / 32][16 key pairs][16 columns][2]    V, B tiles (pairs of consecutive keys)
+inline int64_t amx_attn_elems(int64_t E, int64_t EvPad) {
+  const int64_t Ek = ceil_div(E, kAmxDepth) * kAmxDepth;
+  return (kBlockRows + kTileKeys) * Ek + kBlockRows * kTileKeys + EvPad * kTileKeys;
+}
+
+// Query row rr of a block (qr: its E elements, step q_e; nullptr: a padding row) into Qb.
+inline void amx_pack_q_row(bf16_t* Qb, int64_t ket, int64_t rr, const bf16_t* qr, int64_t q_e, int64_t E) {
+  bf16_t* dst = Qb + (rr / kAmxCols) * ket * kAmxTileElems + (rr % kAmxCols) * 2;
+  for (int64_t d = 0; d < ket * kAmxDepth; ++d)
+    dst[(d / kAmxDepth) * kAmxTileElems + (d % kAmxDepth) / 2 * 2 * kAmxCols + d % 2] =
+        qr && d < E ? qr[d * q_e] : bf16_t{0};
+}
+
+// S^T[0, nk) x [0, ncols) = K Q^T, unscaled: keys ks[0, nk) (rows k_j apart) into Kb, then 2 x 2
+// blocks of tiles (32 keys x 32 queries).
+inline void amx_scores(const AttnProblem& p, const bf16_t* ks, int64_t nk, int64_t ncols, const bf16_t* Qb, int64_t ket,
+                       bf16_t* Kb, float* S, int64_t ldS) {
+  const int64_t kr = ceil_div(nk, kAmxRows), qt = ceil_div(ncols, kAmxCols);
+  for (int64_t jj = 0; jj < kr * kAmxRows; ++jj) {
+    bf16_t* dst = Kb + (jj / kAmxRows) * ket * kAmxTileElems + (jj % kAmxRows) * kAmxDepth;
+    for (int64_t t = 0; t < ket; ++t) {
+      bf16_t* d = dst + t * kAmxTileElems;
+      const int64_t m = jj < nk ? imin(kAmxDepth, p.E - t * kAmxDepth) : 0;
+      if (p.k_e == 1) std::memcpy(d, ks + jj * p.k_j + t * kAmxDepth, sizeof(bf16_t) * m);
+      else for (int64_t e = 0; e < m; ++e) d[e] = ks[jj * p.k_j + (t * kAmxDepth + e) * p.k_e];
+      std::memset(d + m, 0, sizeof(bf16_t) * (kAmxDepth - m));
+    }
+  }
+  for (int64_t r = 0; r < kr; r += 2)
+    for (int64_t c = 0; c < qt; c += 2) {
+      const bf16_t* b[2] = {Qb + c * ket * kAmxTileElems, Qb + imin(c + 1, qt - 1) * ket * kAmxTileElems};
+      amx_block_any(r + 1 < kr, c + 1 < qt, ket, Kb + r * ket * kAmxTileElems, b, ket, nullptr,
+                    S + r * kAmxRows * ldS + c * kAmxCols, ldS, true);
+    }
+}
+
+// O[0, 16 ceil(n / 16)) x [0, EvPad) += P V: P from P^T (S, the tile's nk keys) rounded to bfloat16
+// into Pb, V rows vs[0, nk) into Vb, then 2 x 2 blocks of tiles (32 queries x 32 columns). Both are
+// packed a pair of keys at a time, one 32-bit word (key 2k low, 2k + 1 high) per query or column:
+// 16 queries' words of P^T scattered down a row tile's column of pairs, 16 columns of V stored whole.
+inline void amx_pv(const AttnProblem& p, const float* S, int64_t ldS, int64_t n, int64_t nk, const bf16_t* vs,
+                   int64_t EvPad, bf16_t* Pb, bf16_t* Vb, float* O) {
+  static_assert(Simd<float>::W == kAmxRows && kAmxRows == kAmxCols, "a vector of floats is one tile row or column");
+  const int64_t kt = ceil_div(nk, kAmxDepth), mt = ceil_div(n, kAmxRows), np = EvPad / kAmxCols;
+  const bool v_vec = p.v_e == 1 && p.Ev % kAmxCols == 0;
+  const __m512i down = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                          _mm512_set1_epi32(kAmxDepth / 2));  // word offsets of 16 rows of an A tile
+  for (int64_t k = 0; k < kt * kAmxDepth / 2; ++k) {
+    const bool even = 2 * k < nk, odd = 2 * k + 1 < nk;
+    const int64_t t = k / (kAmxDepth / 2), kk = k % (kAmxDepth / 2);
+    for (int64_t i = 0; i < mt; ++i) {  // P: queries 16i .. 16i + 16
+      vu32 w = even ? bf16_bits(vload(S + 2 * k * ldS + i * kAmxRows)) : vu32{};
+      if (odd) w |= bf16_bits(vload(S + (2 * k + 1) * ldS + i * kAmxRows)) << 16;
+      uint32_t* dst = reinterpret_cast<uint32_t*>(Pb + (i * kt + t) * kAmxTileElems) + kk;
+      _mm512_i32scatter_epi32(dst, down, (__m512i)w, 4);
+    }
+    const bf16_t* v0 = even ? vs + 2 * k * p.v_j : vs;
+    for (int64_t c = 0; c < np; ++c) {  // V: columns 16c .. 16c + 16
+      bf16_t* dst = Vb + (c * kt + t) * kAmxTileElems + kk * 2 * kAmxCols;
+      const int64_t e0 = c * kAmxCols;
+      if (v_vec && e0 < p.Ev) {
+        vu16 lo{}, hi{};
+        if (even) std::memcpy(&lo, v0 + e0, sizeof lo);
+        if (odd) std::memcpy(&hi, v0 + p.v_j + e0, sizeof hi);
+        const vu32 w = __builtin_convertvector(lo, vu32) | (__builtin_convertvector(hi, vu32) << 16);
+        std::memcpy(dst, &w, sizeof w);
+      } else {
+        for (int64_t e = 0; e < kAmxCols; ++e) {
+          const bool in = e0 + e < p.Ev;
+          dst[2 * e] = even && in ? v0[(e0 + e) * p.v_e] : bf16_t{0};
+          dst[2 * e + 1] = odd && in ? v0[p.v_j + (e0 + e) * p.v_e] : bf16_t{0};
+        }
+      }
+    }
+  }
+  for (int64_t r = 0; r < mt; r += 2)
+    for (int64_t c = 0; c < np; c += 2) {
+      const bf16_t* b[2] = {Vb + c * kt * kAmxTileElems, Vb + imin(c + 1, np - 1) * kt * kAmxTileElems};
+      amx_block_any(r + 1 < mt, c + 1 < np, kt, Pb + r * kt * kAmxTileElems, b, kt, nullptr,
+                    O + r * kAmxRows * EvPad + c * kAmxCols, EvPad, false);
+    }
+}
+#endif
+
 // St: the storage type of q, k, v, out, lse and a float mask; T = Compute<St> the arithmetic
 // (half precision is widened as it is packed: Q^T, K and V tiles, mask values; narrowed on output).
 template <class St>
@@ -283,6 +383,17 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
   T* Kp = Vp + (run.v_direct ? 0 : kTileKeys * EvPad);  // [kTileKeys][E] when K is not read in place
   T* Qr = Kp + (run.k_direct ? 0 : kTileKeys * E);      // [kFewRows][E]: Q rows, for the few-rows path
   T* Qk = Qr + kFewRows * E;                            // [kFewRows][E]: Q rows prepared for bfloat16 K (FewRows::Qk)
+#if defined(ATTNKIT_AMX)  // bfloat16 blocks of more than kFewRows rows: both products on AMX tiles (amx_scores, amx_pv)
+  constexpr bool kAmx = std::is_same<St, bf16_t>::value;
+  const int64_t ket = ceil_div(E, kAmxDepth);
+  bf16_t* Qb = reinterpret_cast<bf16_t*>(Qk + kFewRows * E);
+  bf16_t* Kb = Qb + kBlockRows * ket * kAmxDepth;
+  bf16_t* Pb = Kb + kTileKeys * ket * kAmxDepth;
+  bf16_t* Vb = Pb + kBlockRows * kTileKeys;
+  if constexpr (kAmx) amx_tile_config();  // this thread's tile configuration: any pool thread may run any item
+#else
+  constexpr bool kAmx = false;
+#endif
   // per query row: running max and sum (base 2), the rescale factor of the last tile, the keys it
   // may see (key_limit, absolute; tile_limit, relative to the tile, exact in T)
   alignas(64) T row_max[kBlockRows], row_sum[kBlockRows], tile_limit[kBlockRows], alpha[kBlockRows];
@@ -312,8 +423,9 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
     const St* kb = k + off.k + blk.hk * p.k_h;
     const St* vb = v + off.v + blk.hk * p.v_h;
     const int64_t n = blk.n, nqp = ceil_div(n, NR), ncols = nqp * NR, nqv = ncols / W;
+    const bool amx = kAmx && n > kFewRows;
 
-    // rows: pack Q^T (scaled), causal bounds, mask rows
+    // rows: pack Q^T (scaled; on tiles unscaled, in bfloat16), causal bounds, mask rows
     int64_t max_limit = 0, min_limit = len;
     int64_t min_start = len, max_start = 0;  // sliding window: the band's first keys over the rows
     for (int64_t rr = 0; rr < ncols; ++rr) {
@@ -321,7 +433,10 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       row_max[rr] = ninf;
       row_sum[rr] = 0;
       if (rr >= n) {
-        for (int64_t d = 0; d < E; ++d) dst[d * NR] = 0;
+#if defined(ATTNKIT_AMX)
+        if (amx) amx_pack_q_row(Qb, ket, rr, nullptr, 0, E);
+#endif
+        for (int64_t d = 0; d < E && !amx; ++d) dst[d * NR] = 0;
         key_limit[rr] = 0;
         key_start[rr] = 0;
         min_limit = 0;
@@ -329,7 +444,11 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       }
       const int64_t r = blk.r0 + rr, g = r / p.Lq, i = r % p.Lq, h = blk.hk * run.G + g;
       const St* qr = q + off.q + h * p.q_h + i * p.q_i;
-      for (int64_t d = 0; d < E; ++d) dst[d * NR] = widen(qr[d * p.q_e]) * qscale;
+#if defined(ATTNKIT_AMX)
+      if constexpr (kAmx)
+        if (amx) amx_pack_q_row(Qb, ket, rr, qr, p.q_e, E);
+#endif
+      for (int64_t d = 0; d < E && !amx; ++d) dst[d * NR] = widen(qr[d * p.q_e]) * qscale;
       if (n <= kFewRows) {
         for (int64_t d = 0; d < E; ++d) Qr[rr * E + d] = widen(qr[d * p.q_e]) * qscale;
         if constexpr (std::is_same<St, bf16_t>::value) {
@@ -355,7 +474,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       min_limit = imin(min_limit, l);
       if (p.mask) mask_rows[rr] = static_cast<const char*>(p.mask) + (off.m + h * p.m_h + i * p.m_i) * mask_elem;
     }
-    std::memset(O, 0, sizeof(T) * static_cast<size_t>(n * EvPad));
+    std::memset(O, 0, sizeof(T) * static_cast<size_t>((amx ? ncols : n) * EvPad));  // (tiles: whole 16-row tiles)
     // (few rows read V in place whenever its rows are contiguous and whole vectors; half precision too)
     const bool few_v_direct = kSame ? run.v_direct : p.v_e == 1 && Ev % NR == 0;
     const FewRows<T> few{&p, n, E, Ev, EvPad, Qr, Qk, few_dp, qscale, S, O, Vp, few_v_direct, key_limit, key_start,
@@ -373,7 +492,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       int64_t lda = p.k_j;
       // few rows (decode): one dot product per key, K streamed row by row (half precision widened as it is read)
       const bool k_stream = !kSame && n <= kFewRows && p.k_e == 1;
-      if (!run.k_direct && !k_stream) {
+      if (!run.k_direct && !k_stream && !amx) {
         for (int64_t jj = 0; jj < nk; ++jj) widen_row(ks + jj * p.k_j, p.k_e, Kp + jj * E, E);
         ka = Kp;
         lda = E;
@@ -383,7 +502,15 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
         else few_rows_tile<St>(few, j0, nk, ka, lda, vb);
         continue;
       }
-      for (int64_t j = 0; j < nk; j += kMR)
+#if defined(ATTNKIT_AMX)
+      if constexpr (kAmx)
+        if (amx) {
+          amx_scores(p, ks, nk, ncols, Qb, ket, Kb, S, ldS);
+          for (int64_t jj = 0; jj < nk; ++jj)
+            for (int64_t qv = 0; qv < nqv; ++qv) vstore(S + jj * ldS + qv * W, vload(S + jj * ldS + qv * W) * qscale);
+        }
+#endif
+      for (int64_t j = 0; j < nk && !amx; j += kMR)
         for (int64_t pn = 0; pn < nqp; ++pn)
           micro_rows<T, false, false>(static_cast<int>(imin(kMR, nk - j)), E, ka + j * lda, lda,
                                       QT + pn * E * NR, NR, S + j * ldS + pn * NR, ldS);
@@ -470,6 +597,13 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       }
       // 4) O += P V
       const St* vsrc = vb + j0 * p.v_j;
+#if defined(ATTNKIT_AMX)
+      if constexpr (kAmx)
+        if (amx) {
+          amx_pv(p, S, ldS, n, nk, vsrc, EvPad, Pb, Vb, O);
+          continue;
+        }
+#endif
       int64_t ldv = p.v_j;
       if (!run.v_direct && p.v_e == 1 && Ev % W == 0) {  // rows widened W at a time
         for (int64_t jj = 0; jj < nk; ++jj) {
@@ -526,6 +660,9 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       }
     }
   }
+#if defined(ATTNKIT_AMX)
+  if constexpr (kAmx) amx_tile_release();  // the thread's tile state back to its initial (unsaved) state
+#endif
 }
 
 // Merge the nsplit partial results of each block: weights e^(m_s - M) / L (natural units).
@@ -616,9 +753,12 @@ int attention_impl(const AttnProblem& p) {
   }
   run.items = blocks * run.nsplit;
   run.k_direct = is_half<St>() ? false : p.k_e == 1;
-  const size_t ws = sizeof(T) * static_cast<size_t>(kBlockRows * p.E + kTileKeys * kBlockRows + kBlockRows * run.EvPad +
+  size_t ws = sizeof(T) * static_cast<size_t>(kBlockRows * p.E + kTileKeys * kBlockRows + kBlockRows * run.EvPad +
                                                      (run.v_direct ? 0 : kTileKeys * run.EvPad) + (run.k_direct ? 0 : kTileKeys * p.E) +
                                                      2 * kFewRows * p.E);
+#if defined(ATTNKIT_AMX)
+  if (std::is_same<St, bf16_t>::value) ws += sizeof(bf16_t) * static_cast<size_t>(amx_attn_elems(p.E, run.EvPad));  // amx_scores, amx_pv
+#endif
   if (!run.ws.alloc(nt, ws)) return 1;
   if (run.nsplit > 1) {
     run.part_stride = static_cast<size_t>(kBlockRows * (run.EvPad + 2));

@@ -20,51 +20,6 @@
 
 namespace attnkit { namespace cpu { namespace ATTNKIT_ISA_NAMESPACE { namespace {
 
-constexpr int64_t kAmxTileElems = kAmxRows * kAmxDepth;  // bfloat16 per A or B tile (1 KiB)
-
-// C tile 2i + j of the block: zeroed (first depth block) or loaded from the float C block.
-template <int I, int J, int NRT, int NPT>
-inline void amx_c_begin(float* c, int64_t ldc, bool first) {
-  if constexpr (I < NRT && J < NPT) {
-    if (first) tile_zero<2 * I + J>();
-    else tile_load<2 * I + J>(c + I * kAmxRows * ldc + J * kAmxCols, ldc * 4);
-  }
-}
-template <int I, int J, int NRT, int NPT>
-inline void amx_c_end(float* c, int64_t ldc) {
-  if constexpr (I < NRT && J < NPT) tile_store<2 * I + J>(c + I * kAmxRows * ldc + J * kAmxCols, ldc * 4);
-}
-template <int I, int J, int NRT, int NPT>
-inline void amx_dp() {
-  if constexpr (I < NRT && J < NPT) tile_dpbf16<2 * I + J, 4 + I, 6 + J>();
-}
-
-// C (NRT row tiles x NPT panels, float, row stride ldc) (+)= A B over kt depth tiles. a: the
-// block's row tiles (A tiles of row tile i at a + (i * kt + t) * 512); b[j]: panel j's `full`
-// whole depth tiles, then (t = full < kt) btail + j * 512.
-template <int NRT, int NPT>
-inline void amx_block(int64_t kt, const bf16_t* a, const bf16_t* const* b, int64_t full, const bf16_t* btail,
-                      float* c, int64_t ldc, bool first) {
-  amx_c_begin<0, 0, NRT, NPT>(c, ldc, first);
-  amx_c_begin<0, 1, NRT, NPT>(c, ldc, first);
-  amx_c_begin<1, 0, NRT, NPT>(c, ldc, first);
-  amx_c_begin<1, 1, NRT, NPT>(c, ldc, first);
-  for (int64_t t = 0; t < kt; ++t) {
-    tile_load<6>(t < full ? b[0] + t * kAmxTileElems : btail, kTileBytes);
-    if constexpr (NPT > 1) tile_load<7>(t < full ? b[1] + t * kAmxTileElems : btail + kAmxTileElems, kTileBytes);
-    tile_load<4>(a + t * kAmxTileElems, kTileBytes);
-    if constexpr (NRT > 1) tile_load<5>(a + (kt + t) * kAmxTileElems, kTileBytes);
-    amx_dp<0, 0, NRT, NPT>();
-    amx_dp<0, 1, NRT, NPT>();
-    amx_dp<1, 0, NRT, NPT>();
-    amx_dp<1, 1, NRT, NPT>();
-  }
-  amx_c_end<0, 0, NRT, NPT>(c, ldc);
-  amx_c_end<0, 1, NRT, NPT>(c, ldc);
-  amx_c_end<1, 0, NRT, NPT>(c, ldc);
-  amx_c_end<1, 1, NRT, NPT>(c, ldc);
-}
-
 // A rows m0 .. m0 + mlen, depth k0 .. k0 + klen, into tiles (see the top): mt row tiles x kt depth tiles.
 template <class S>
 void amx_pack_a(const GemmRun<S>& run, int64_t m0, int64_t mlen, int64_t k0, int64_t klen, int64_t mt, int64_t kt, S* Ap) {
@@ -122,10 +77,7 @@ void gemm_task_amx(void* ctx, int64_t begin, int64_t end, int tid) {
           const bool two_rows = rt + 1 < mt;
           float* c = C + rt * kAmxRows * ldcb + (pn - pn0) * NR;
           const S* a = Ap + rt * kt * kAmxTileElems;
-          if (two_rows && np == 2) amx_block<2, 2>(kt, a, b, full, Bt, c, ldcb, first);
-          else if (two_rows) amx_block<2, 1>(kt, a, b, full, Bt, c, ldcb, first);
-          else if (np == 2) amx_block<1, 2>(kt, a, b, full, Bt, c, ldcb, first);
-          else amx_block<1, 1>(kt, a, b, full, Bt, c, ldcb, first);
+          amx_block_any(two_rows, np == 2, kt, a, b, full, Bt, c, ldcb, first);
           if (!last) continue;
           const int64_t rows = imin((two_rows ? 2 : 1) * kAmxRows, mlen - rt * kAmxRows);
           for (int j = 0; j < np; ++j) half_epilogue(run, c + j * NR, ldcb, rows, m0 + rt * kAmxRows, pn + j);

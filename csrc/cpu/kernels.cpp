@@ -5,8 +5,10 @@
 //   simd.h          vectors, exp2, activations, per-thread workspaces
 //   micro_kernel.h  the register-tile product shared by GEMM and attention
 //   gemm.h          linear: packed GEMM and the few-rows GEMV
-//   gemm_amx.h      amx_bf16 only: bfloat16 linear on AMX tiles (amx_tiles.h: the tile operations)
-//   attention.h     flash attention (prefill) and the few-rows / split-KV path (decode)
+//   gemm_amx.h      amx_bf16 only: bfloat16 linear on AMX tiles (amx_tiles.h: the tile operations and the
+//                   block product, shared with attention.h)
+//   attention.h     flash attention (prefill; amx_bf16: bfloat16's two products on tiles) and the few-rows /
+//                   split-KV path (decode)
 //   rowwise.h       softmax, layer_norm, activations
 // Everything has internal linkage except this ISA's kernel table, so no inline function
 // compiled with AVX-512 flags can be merged by the linker into code that runs on other CPUs

@@ -225,11 +225,15 @@ inline vf vload_f(const half_t* p) {
   return r;
 }
 inline void vstore_f(float* p, vf v) { vstore(p, v); }
-inline void vstore_f(bf16_t* p, vf v) {
+// The bfloat16 of each float (rounded to nearest even, NaN stays NaN) in the low 16 bits of its lane.
+inline vu32 bf16_bits(vf v) {
   const vu32 u = (vu32)v;
   const vu32 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
   const vu32 nan = (u >> 16) | 0x40u;
-  const vu16 h = __builtin_convertvector(((u & 0x7fffffffu) > 0x7f800000u) ? nan : rounded, vu16);
+  return ((u & 0x7fffffffu) > 0x7f800000u) ? nan : rounded;
+}
+inline void vstore_f(bf16_t* p, vf v) {
+  const vu16 h = __builtin_convertvector(bf16_bits(v), vu16);
   std::memcpy(p, &h, sizeof h);
 }
 inline void vstore_f(half_t* p, vf v) {
