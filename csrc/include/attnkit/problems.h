@@ -54,7 +54,7 @@ struct AttnProblem {
 };
 
 // The keys of flat batch index b: its kv_len entry, or Lk without kv_lengths.
-inline int64_t kv_length(const AttnProblem& p, int64_t b) {
+static inline int64_t kv_length(const AttnProblem& p, int64_t b) {
   if (!p.kv_len) return p.Lk;
   int64_t at = 0;
   for (int d = p.nbatch - 1; d >= 0; --d) {
@@ -86,7 +86,7 @@ struct PackedWeight {
 // The physical panel column of logical row n of a gated weight (N = 2F rows: gate, then up)
 // with panels of pc columns: panel n' / (pc/2) holds gate features in its first pc/2 columns
 // and the same up features in its last pc/2.
-inline int64_t gated_column(int64_t n, int64_t N, int64_t pc) {
+static inline int64_t gated_column(int64_t n, int64_t N, int64_t pc) {
   const int64_t F = N / 2, half = pc / 2, f = n < F ? n : n - F;
   return (f / half) * pc + (n < F ? 0 : half) + f % half;
 }

@@ -11,7 +11,7 @@ namespace attnkit {
 // backends that list them in Backend::supports.
 enum class DType { f32, f64, f16, bf16, boolean, i64, other };
 
-inline const char* dtype_name(DType d) {
+static inline const char* dtype_name(DType d) {
   switch (d) {
     case DType::f32: return "float32";
     case DType::f64: return "float64";
@@ -23,7 +23,7 @@ inline const char* dtype_name(DType d) {
   }
 }
 
-inline int dtype_size(DType d) {
+static inline int dtype_size(DType d) {
   switch (d) {
     case DType::f64: case DType::i64: return 8;
     case DType::f32: return 4;
@@ -33,12 +33,12 @@ inline int dtype_size(DType d) {
   }
 }
 
-inline bool is_floating(DType d) { return d == DType::f32 || d == DType::f64 || d == DType::f16 || d == DType::bf16; }
+static inline bool is_floating(DType d) { return d == DType::f32 || d == DType::f64 || d == DType::f16 || d == DType::bf16; }
 
 // Where a view's memory lives. A problem's pointers all live on one device.
 enum class Device { cpu, cuda };
 
-inline const char* device_name(Device d) { return d == Device::cuda ? "cuda" : "cpu"; }
+static inline const char* device_name(Device d) { return d == Device::cuda ? "cuda" : "cpu"; }
 
 constexpr int kMaxDims = 8;
 
