@@ -61,7 +61,7 @@ def _compared_rows(case: str, fns: Dict, tokens: int, opts: suites.Options, torc
     PyTorch's rows also get the time per category (linear, attention, norms, other) of one call; the engines'
     rows (``bench.engines``) their agreement with attnkit, and attnkit's note the engines ``skipped``.
     The baseline of the ratios and errors: the NumPy oracle, or attnkit fp32 in a half-precision run."""
-    res = harness.measure_contenders(fns, opts.budget, opts.min_repeats)
+    res = engines.measure_apart(fns, opts.budget, opts.min_repeats)
     ratios = harness.compare(res, **suites.compare_keys(opts))
     ours, theirs = (res.get(c, {}).get("out") for c in ("attnkit", "torch"))
     if ours is not None and theirs is not None:
@@ -234,7 +234,7 @@ def _gpt2_small_rows(torch, opts: suites.Options, rng) -> List[Dict]:
     fns = {"attnkit": lambda: model.generate(prompt, new), "torch": run_hf}
     found, skipped = engines.gpt2_engines(hf, opts.threads)
     fns.update({e: (lambda f=f: f(prompt, new)) for e, f in found.items()})
-    res = harness.measure_contenders(fns, opts.budget, min_repeats=2)
+    res = engines.measure_apart(fns, opts.budget, min_repeats=2)
     same = bool(np.array_equal(res["attnkit"]["out"], res["torch"]["out"].numpy()))
     label = f"gpt2-small-shaped {layers}L d{d} h{heads} V{V} greedy {prompt_len}+{new} tok"
     ratios = harness.compare(res)
