@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import tempfile
 import warnings
 from typing import Callable, Dict, Tuple
