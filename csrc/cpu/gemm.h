@@ -347,7 +347,9 @@ void gemm_blocks(const GemmProblem& p, GemmRun<T>& run, int nt, int64_t max_pane
     }
     run.nmb = ceil_div(p.M, run.mc);
   }
-  run.nnb = imin(run.npan, imax(1, ceil_div(2 * nt, run.nmb)));  // split N only when M is short
+  // split N only when M is short; a single row block into 8 items a thread, so that a thread that
+  // joins late (a worker waking from sleep) still finds a share of a short call
+  run.nnb = imin(run.npan, imax(1, run.nmb == 1 ? 8 * nt : ceil_div(2 * nt, run.nmb)));
   run.pan_per_nb = imin(ceil_div(run.npan, run.nnb), imax(1, max_panels));
   run.nnb = ceil_div(run.npan, run.pan_per_nb);
 }

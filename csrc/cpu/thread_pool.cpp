@@ -96,8 +96,10 @@ class Pool {
     }
   }
   // Waiting threads spin for a short while before they sleep: kernels come in quick succession
-  // (a model's layers), and waking a sleeping thread (a futex and the scheduler) costs tens of
-  // microseconds, as long as a small kernel itself.
+  // (a model's layers), and waking a sleeping thread (a futex and the scheduler; in a VM, a halted
+  // virtual CPU) costs tens to hundreds of microseconds, as long as a small kernel itself. 200 us:
+  // with 50, a 1-row linear of 0.17 ms ran at one thread's speed in a third of the benchmark's
+  // repeats (the worker asleep when the next call came), 0.48-0.57x PyTorch instead of 1.0x.
   template <class Ready>
   static bool spin_until(Ready ready) {
     const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
@@ -127,7 +129,7 @@ class Pool {
     }
   }
 
-  static constexpr int kSpinMicros = 50;
+  static constexpr int kSpinMicros = 200;
   int size_;
   std::vector<std::thread> workers_;
   std::mutex busy_;  // one parallel_for at a time; others run inline
