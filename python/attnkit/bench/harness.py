@@ -81,6 +81,11 @@ def measure_contenders(fns: dict, budget: float, min_repeats: int = 3, on_start=
             if len(group) == 1:
                 time.sleep(0.05)
                 res[c] = measure(fns[c], budget, min_repeats)
+                if c == "numpy":
+                    # OpenBLAS's idle threads spin for about 2^28 cycles (~0.1 s) after a call: let them
+                    # sleep before the next case, whose first blocks they slowed (a 1-row linear after a
+                    # 512-row oracle GEMM: half its calls at one thread's speed, 0.5x PyTorch)
+                    time.sleep(0.3)
             elif group:
                 res.update(measure_interleaved({f: fns[f] for f in group}, budget, min_repeats))
         except Exception as e:
