@@ -264,6 +264,13 @@ inline void dots(const S* x, const S* const* ys, int64_t n, int64_t K, Compute<S
   }
 }
 
+// out[m][n] = act(dot + bias[n]), narrowed to the storage type (both dot-product paths).
+template <class T>
+inline void gemv_store(const GemmRun<T>& run, int64_t m, int64_t n, Compute<T> dot) {
+  const GemmProblem& p = *run.p;
+  run.out[m * p.ldc + n] = narrow<T>(act_scalar(dot + (run.bias ? widen(run.bias[n * p.bias_s]) : Compute<T>(0)), p.act));
+}
+
 // Few rows (M <= kGemvRows): out[m][n] = dot(a_m, w_n) over n, each row of W read once, in place.
 template <class T>
 void gemv_task(void* ctx, int64_t begin, int64_t end, int) {
@@ -276,8 +283,7 @@ void gemv_task(void* ctx, int64_t begin, int64_t end, int) {
     const T* wr = run.w + n * p.w_n;
     prefetch_row(wr + kPrefetchRows * p.w_n, p.K);
     dots(wr, rows, p.M, p.K, s);
-    for (int64_t m = 0; m < p.M; ++m)
-      run.out[m * p.ldc + n] = narrow<T>(act_scalar(s[m] + (run.bias ? widen(run.bias[n * p.bias_s]) : Compute<T>(0)), p.act));
+    for (int64_t m = 0; m < p.M; ++m) gemv_store(run, m, n, s[m]);
   }
 }
 
@@ -293,8 +299,7 @@ void gemv_columns_task(void* ctx, int64_t begin, int64_t end, int) {
   for (int64_t m = begin; m < end; ++m) {
     const T* ar = run.a + gemm_row_offset(p, m);
     dots(ar, wrows, p.N, p.K, s);
-    for (int64_t n = 0; n < p.N; ++n)
-      run.out[m * p.ldc + n] = narrow<T>(act_scalar(s[n] + (run.bias ? widen(run.bias[n * p.bias_s]) : Compute<T>(0)), p.act));
+    for (int64_t n = 0; n < p.N; ++n) gemv_store(run, m, n, s[n]);
   }
 }
 
