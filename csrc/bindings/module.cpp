@@ -288,5 +288,6 @@ PYBIND11_MODULE(_core, m) {
   m.def("usable_isas", &attnkit::usable_isas);
   m.def("compiled_isas", &attnkit::compiled_isas);
   m.def("amx_status", &attnkit::amx_status);
+  m.def("layout_copies", &attnkit::layout_copies);
   m.attr("__version__") = ATTNKIT_VERSION;
 }

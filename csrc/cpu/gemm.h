@@ -303,17 +303,11 @@ void gemv_columns_task(void* ctx, int64_t begin, int64_t end, int) {
   }
 }
 
-// A's rows in place when they are evenly spaced with unit stride along K (any contiguous x).
+// A's rows in place when they are evenly spaced (any row stride: negative for reversed rows, 0
+// for broadcast ones) with unit stride along K; otherwise A is packed (gemm_task reads it through
+// gemm_row_offset, any strides).
 inline bool uniform_rows(const GemmProblem& p, int64_t* lda) {
-  int64_t stride = -1, expect = -1;
-  for (int d = p.nrow_dims - 1; d >= 0; --d) {
-    if (p.row_shape[d] == 1) continue;
-    if (stride < 0) stride = expect = p.row_strides[d];
-    else if (p.row_strides[d] != expect) return false;
-    expect *= p.row_shape[d];
-  }
-  *lda = stride < 0 ? p.K : stride;
-  return p.a_k == 1;
+  return p.a_k == 1 && even_row_stride(p.row_shape, p.row_strides, p.nrow_dims, p.K, lda);
 }
 
 // Strided W with few rows or few columns: dot products (gemv_task, gemv_columns_task); false otherwise.

@@ -171,17 +171,9 @@ void gather_dispatch(DType dt, const Gather& g, cudaStream_t s) {
 
 int lt_type(DType d) { return d == DType::f32 ? lt::R_32F : d == DType::f16 ? lt::R_16F : lt::R_16BF; }
 
-// The rows of A as one stride (rs), or false when they are not equally spaced.
+// The rows of A as one stride (rs, any sign), or false when they are not equally spaced.
 bool uniform_rows(const GemmProblem& p, int64_t& rs) {
-  rs = 0;
-  int64_t expect = -1;
-  for (int d = p.nrow_dims - 1; d >= 0; --d) {
-    if (p.row_shape[d] == 1) continue;
-    if (expect < 0) rs = p.row_strides[d];
-    else if (p.row_strides[d] != expect) return false;
-    expect = p.row_strides[d] * p.row_shape[d];
-  }
-  return true;
+  return even_row_stride(p.row_shape, p.row_strides, p.nrow_dims, p.K, &rs);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Shared argument checks for the op entry points.
 #pragma once
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <utility>
 
@@ -135,6 +136,38 @@ inline int64_t row_offset(const int64_t* shape, const int64_t* strides, int ndim
     row /= shape[d];
   }
   return off;
+}
+
+// The one place that counts a fall-back copy (attnkit/runtime.h: layout_copies()).
+void count_layout_copy();
+
+// A view of `data` with t's shape, dtype and device, row-major contiguous.
+inline TensorView contiguous_like(const TensorView& t, void* data) {
+  TensorView c = t;
+  c.data = data;
+  int64_t step = 1;
+  for (int d = t.ndim - 1; d >= 0; --d) {
+    c.strides[d] = step;
+    step *= t.shape[d];
+  }
+  return c;
+}
+
+// Copies src's elements into dst (the same shape; any strides on either side, negative included),
+// a row at a time over every dim but the last.
+inline void copy_view(const TensorView& src, const TensorView& dst) {
+  const int nd = dst.ndim, esize = dtype_size(dst.dtype);
+  const int64_t n = nd ? dst.shape[nd - 1] : 1;
+  const int64_t ss = nd ? src.strides[nd - 1] * esize : 0, ds = nd ? dst.strides[nd - 1] * esize : 0;
+  int64_t rows = 1;
+  for (int d = 0; d < nd - 1; ++d) rows *= dst.shape[d];
+  if (n == 0) return;
+  for (int64_t r = 0; r < rows; ++r) {
+    const char* s = static_cast<const char*>(src.data) + esize * row_offset(src.shape, src.strides, nd, nd - 1, r);
+    char* d = static_cast<char*>(dst.data) + esize * row_offset(dst.shape, dst.strides, nd, nd - 1, r);
+    if ((ss == esize && ds == esize) || n == 1) std::memcpy(d, s, static_cast<size_t>(n * esize));
+    else for (int64_t j = 0; j < n; ++j) std::memcpy(d + j * ds, s + j * ss, static_cast<size_t>(esize));
+  }
 }
 
 }}  // namespace attnkit::ops

@@ -1,6 +1,9 @@
 // linear: out = act(x @ weight^T + bias), PyTorch's weight layout (out_features, in_features);
 // the weight either as an array or prepacked (linear_pack) in the backend's panel layout.
 #include <algorithm>
+#include <cstdlib>
+#include <memory>
+#include <new>
 #include <string>
 
 #include "attnkit/backend.h"
@@ -150,31 +153,39 @@ void linear_prepare_packed(const TensorView& x, PackedWeight& weight, const Tens
   }
 }
 
-// The row stride of out (..., N) when its rows are evenly spaced with unit stride along N (a
-// contiguous array, or columns of a wider one); else ValueError.
-int64_t output_row_stride(const TensorView& out) {
+// out's rows as the GEMM writes them in place: evenly spaced (any sign) with unit stride along N.
+bool direct_output(const TensorView& out, int64_t* ldc) {
   const int64_t N = out.size(-1);
-  if (N > 1 && out.stride(-1) != 1) throw ValueError("out: expected unit stride along the last dim");
-  int64_t stride = -1, expect = -1;
-  for (int d = out.ndim - 2; d >= 0; --d) {
-    if (out.shape[d] == 1) continue;
-    if (stride < 0) stride = expect = out.strides[d];
-    else if (out.strides[d] != expect)
-      throw ValueError("out: expected evenly spaced rows (a contiguous array, or a column slice of one)");
-    expect *= out.shape[d];
-  }
-  if (stride < 0) return N;
-  if (stride < N) throw ValueError("out: rows overlap (row stride " + std::to_string(stride) + " < " + std::to_string(N) + ")");
-  return stride;
+  if (N > 1 && out.stride(-1) != 1) return false;
+  return even_row_stride(out.shape, out.strides, out.ndim - 1, N, ldc);
 }
 
 void linear_run(GemmPlan& plan, const TensorView& out) {
   ops::require_output(out, "out", plan.out);
   GemmProblem& p = plan.problem;
-  p.ldc = ops::checked_numel(out.shape, out.ndim, "out") == 0 ? p.N : output_row_stride(out);
-  p.out = out.data;
-  if (p.M == 0 || p.N == 0) return;
-  backend_for(plan.out.device, "x").gemm(p);
+  const int64_t rows = ops::checked_numel(out.shape, out.ndim, "out") == 0 ? 0 : p.M;
+  if (rows == 0 || p.N == 0) return;
+  const Backend& be = backend_for(plan.out.device, "x");
+  if (direct_output(out, &p.ldc)) {
+    p.out = out.data;
+    be.gemm(p);
+    return;
+  }
+  // Any other layout (a transposed batch, a strided last dim): the GEMM writes one contiguous
+  // scratch, copied into out's strides; nothing outside out's view is touched.
+  if (out.device != Device::cpu)
+    throw ValueError(std::string("out: on ") + device_name(out.device) +
+                     ", expected evenly spaced rows with a unit stride along the last dim");
+  const int esize = dtype_size(plan.out.dtype);
+  const int64_t n = out.size(-1);  // p.N, or half of it for a gated weight
+  std::unique_ptr<char, void (*)(void*)> scratch(
+      static_cast<char*>(std::malloc(static_cast<size_t>(p.M) * static_cast<size_t>(n) * esize)), std::free);
+  if (!scratch) throw std::bad_alloc();
+  ops::count_layout_copy();
+  p.ldc = n;
+  p.out = scratch.get();
+  be.gemm(p);
+  ops::copy_view(ops::contiguous_like(out, scratch.get()), out);
 }
 
 }  // namespace attnkit

@@ -3,13 +3,22 @@
 #include <string>
 
 #include "attnkit/backend.h"
+#include "attnkit/runtime.h"
+#include "ops/common.h"
 #include "attnkit/tensor.h"
 
 namespace attnkit {
 
 namespace {
 std::atomic<const Backend*> g_backends[2] = {{nullptr}, {nullptr}};
-}
+std::atomic<int64_t> g_layout_copies{0};
+}  // namespace
+
+namespace ops {
+void count_layout_copy() { g_layout_copies.fetch_add(1, std::memory_order_relaxed); }
+}  // namespace ops
+
+int64_t layout_copies() { return g_layout_copies.load(std::memory_order_relaxed); }
 
 void register_backend(Device device, const Backend* backend) {
   g_backends[static_cast<int>(device)].store(backend, std::memory_order_release);

@@ -24,11 +24,9 @@ void rope_prepare(const TensorView& x, const TensorView& cos, const TensorView& 
     ops::require_same_dtype(t, names[i], x, "x");
     ops::require_same_device(t, names[i], x, "x");
     if (t.ndim != 2) throw ValueError(std::string(names[i]) + ": expected shape (max_positions, rotary_dim / 2), got " + shape_str(t));
-    if (t.shape[1] > 1 && t.strides[1] != 1)
-      throw ValueError(std::string(names[i]) + ": expected contiguous rows (unit stride along the last dim)");
   }
-  if (sin.shape[0] != cos.shape[0] || sin.shape[1] != cos.shape[1] || sin.strides[0] != cos.strides[0])
-    throw ValueError("sin: expected cos's shape and layout " + shape_str(cos) + ", got " + shape_str(sin));
+  if (sin.shape[0] != cos.shape[0] || sin.shape[1] != cos.shape[1])
+    throw ValueError("sin: expected cos's shape " + shape_str(cos) + ", got " + shape_str(sin));
   const int64_t B = x.shape[0], L = x.shape[2], D = x.shape[3], half = cos.shape[1];
   if (2 * half > D || half == 0)
     throw ValueError("cos: rotary_dim = 2 * cos.shape[1] = " + std::to_string(2 * half) + " must be in [2, D=" +
@@ -62,9 +60,22 @@ void rope_prepare(const TensorView& x, const TensorView& cos, const TensorView& 
   p = RopeProblem();
   p.dtype = x.dtype;
   p.x = x.data;
-  p.cos = cos.data;
-  p.sin = sin.data;
-  p.ld = cos.strides[0];
+  // The kernel reads both tables with one row stride (any sign) and unit stride along a row; other
+  // layouts (a strided last dim, two tables laid out differently) go through one copy of both.
+  const bool unit = half == 1 || (cos.strides[1] == 1 && sin.strides[1] == 1);
+  if (unit && (cos.shape[0] == 1 || cos.strides[0] == sin.strides[0])) {
+    p.cos = cos.data;
+    p.sin = sin.data;
+    p.ld = cos.strides[0];
+  } else {
+    const size_t bytes = static_cast<size_t>(ops::checked_numel(cos.shape, 2, "cos") * dtype_size(x.dtype));
+    plan.tables.resize(2 * bytes);
+    ops::count_layout_copy();
+    for (int i = 0; i < 2; ++i) ops::copy_view(*tabs[i], ops::contiguous_like(*tabs[i], plan.tables.data() + i * bytes));
+    p.cos = plan.tables.data();
+    p.sin = plan.tables.data() + bytes;
+    p.ld = half;
+  }
   p.P = cos.shape[0];
   p.half = half;
   p.positions = plan.positions.data();

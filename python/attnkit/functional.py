@@ -281,8 +281,9 @@ def linear(x: np.ndarray, weight, bias: Optional[np.ndarray] = None, *, activati
     weight: an array, or a :class:`PackedLinear` from ``pack_linear`` (then its bias is used, and
     passing another one is an error). activation: None, 'relu', 'gelu' (erf) or 'gelu_tanh',
     applied in the GEMM's epilogue. out: optional (..., out_features) array of x's dtype to write
-    into, with evenly spaced rows and a contiguous last dim (e.g. a column slice of a wider array),
-    sharing no memory with x."""
+    into, sharing no memory with x; any strides (rows evenly spaced with a unit last stride, e.g.
+    a column slice of a wider array or reversed rows, are written in place; other layouts through
+    one scratch copy); nothing outside its view is written. x, weight and bias: any strides."""
     act = "none" if activation is None else activation
     if _on_gpu(x, weight, bias):
         if out is not None or isinstance(weight, PackedLinear):

@@ -91,12 +91,13 @@ void activation_prepare(const TensorView& x, Activation act, RowPlan& plan, void
 void rows_run(RowPlan& plan, const TensorView& out, const TensorView& sum);
 
 // ---- rotary position embedding --------------------------------------------------------------
-// x (B, H, L, D) any strides; cos, sin (P, R/2) with R = 2 * cos.shape[1] <= D rotary dims;
+// x (B, H, L, D) any strides; cos, sin (P, R/2), any strides, with R = 2 * cos.shape[1] <= D rotary dims;
 // positions int64 (B, L) or (L,), values in [0, P). out: x's shape and dtype (may be x itself).
 struct RopePlan {
   RopeProblem problem;
   OutputSpec out;
   std::vector<int64_t> positions;  // a checked copy; problem.positions points here
+  std::vector<char> tables;        // cos and sin copied, when their layouts differ or a row is strided
   RopePlan() = default;
   RopePlan(const RopePlan&) = delete;
   RopePlan& operator=(const RopePlan&) = delete;

@@ -1,5 +1,6 @@
 // The CPU runtime's settings, for the bindings: the thread pool and the instruction-set path.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,11 @@ std::vector<std::string> compiled_isas();
 // The amx_bf16 path here: "usable", "emulated: ..." (an ATTNKIT_AMX_EMULATE build) or "unusable: <why>"
 // (no AMX in cpuid, the OS does not enable the tile state, or arch_prctl refused it).
 std::string amx_status();
+
+// How many times an op met a layout its kernels cannot take in place and went through one
+// scratch array instead (linear's out= with rows that are not evenly spaced or a strided last
+// dim). Every other layout NumPy makes is read and written in place. For tests and diagnostics.
+int64_t layout_copies();
 
 // The CUDA module's (attnkit._cuda) settings: where cuBLASLt is loaded from (dlopen at first use),
 // and whether it loaded ("cuBLASLt <version>" or "unavailable: <why>").

@@ -58,6 +58,28 @@ struct TensorView {
   template <class T> T* ptr() const { return static_cast<T*>(data); }
 };
 
+// Rows laid out over dims shape[0..n) in row-major order: true when they are evenly spaced, with
+// *stride the one step between consecutive rows (any sign: negative for reversed rows, 0 for
+// broadcast ones; `single` when there is at most one row); false when the dims' strides do not
+// nest (a transposed batch, an uneven skip). No stride value is a sentinel: every int64 is a stride.
+static inline bool even_row_stride(const int64_t* shape, const int64_t* strides, int n, int64_t single,
+                                   int64_t* stride) {
+  bool found = false;
+  int64_t step = single, expect = 0;
+  for (int d = n - 1; d >= 0; --d) {
+    if (shape[d] == 1) continue;
+    if (!found) {
+      found = true;
+      step = expect = strides[d];
+    } else if (strides[d] != expect) {
+      return false;
+    }
+    expect *= shape[d];
+  }
+  *stride = step;
+  return true;
+}
+
 // Exceptions that the binding translates: ValueError, TypeError. (std::bad_alloc -> MemoryError.)
 struct ValueError : std::invalid_argument { using std::invalid_argument::invalid_argument; };
 struct TypeError : std::invalid_argument { using std::invalid_argument::invalid_argument; };
