@@ -121,7 +121,6 @@ def assert_untouched_outside(buf, before, view, what="out"):
 PAGE = mmap.PAGESIZE
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-_keep = []                                          # the mappings stay alive (and exported) for the process
 
 
 def _extent(view):
@@ -133,7 +132,8 @@ def _extent(view):
 
 def guarded(view, side):
     """A copy of ``view`` with its strides, placed so that its lowest byte directly follows a
-    PROT_NONE page (side="low") or its highest byte directly precedes one (side="high")."""
+    PROT_NONE page (side="low") or its highest byte directly precedes one (side="high"). The
+    mapping lives as long as the returned array."""
     view = np.asarray(view)
     lo, hi = _extent(view)
     span = hi - lo
@@ -143,7 +143,6 @@ def guarded(view, side):
     for page in (0, pages + 1):
         if _libc.mprotect(addr + page * PAGE, PAGE, 0) != 0:
             raise OSError(ctypes.get_errno(), "mprotect")
-    _keep.append(mm)
     first = PAGE if side == "low" else (pages + 1) * PAGE - span   # the lowest byte's offset
     out = np.ndarray(view.shape, view.dtype, buffer=mm, offset=first - lo, strides=view.strides)
     if view.size:
