@@ -3,7 +3,10 @@
 1) A property-based differential test: scaled_dot_product_attention against PyTorch (computing in
    float64) across the argument space -- batch shapes with size-0 dims, layouts, bool and float masks
    of every broadcast shape, both causal alignments, GQA, kv_lengths, float32/float64, huge mask values.
-2) A bad-input fuzz run in child processes: a valid call with one argument replaced by a bad value
+2) Every (op, argument, layout class) of the layout matrix (test_layouts.py) at random sizes (log-uniform
+   up to hundreds of rows: reversed rows with many rows included), dtypes and CPU paths, each pair hit on
+   every run; ATTNKIT_FUZZ_ROUNDS=20 (say) for a longer hunt, ATTNKIT_FUZZ_SEED for other draws.
+3) A bad-input fuzz run in child processes: a valid call with one argument replaced by a bad value
    must raise TypeError/ValueError/MemoryError naming that argument -- and never crash the process.
 Bounded (hypothesis profile; FUZZ_CASES per child) so CI stays short.
 """
@@ -20,9 +23,13 @@ import pytest
 from hypothesis import given, strategies as st
 
 import attnkit
-from conftest import as64, assert_close, laid_out
+import test_layouts
+from conftest import as64, assert_close, laid_out, seed_for
+from layouts import ALL_INPUT_CLASSES, input_view
 
 FUZZ_CASES = int(os.environ.get("ATTNKIT_FUZZ_CASES", "400"))
+FUZZ_ROUNDS = int(os.environ.get("ATTNKIT_FUZZ_ROUNDS", "1"))
+FUZZ_SEED = int(os.environ.get("ATTNKIT_FUZZ_SEED", "0"))
 
 
 @st.composite
@@ -33,7 +40,7 @@ def attention_args(draw):
     Lq, Lk = draw(st.sampled_from([0, 1, 2, 5, 17, 64, 130])), draw(st.sampled_from([0, 1, 3, 16, 33, 257]))
     E, Ev = draw(st.sampled_from([1, 8, 17, 64])), draw(st.sampled_from([1, 8, 16, 33]))
     dtype = draw(st.sampled_from([np.float32, np.float64]))
-    layout = draw(st.sampled_from(["contiguous", "fortran", "strided", "reversed"]))
+    layout = draw(st.sampled_from(ALL_INPUT_CLASSES))
     mask_kind = draw(st.sampled_from([None, "bool", "float", "huge"]))
     full = batch + (Hq, Lq, Lk)
     mask_shape = tuple(n if draw(st.booleans()) else 1 for n in full[len(full) - draw(st.integers(0, len(full))):])
@@ -49,9 +56,9 @@ def test_sdpa_matches_torch_across_the_argument_space(args):
     torch = pytest.importorskip("torch")
     batch, Hq, Hk, Lq, Lk, E, Ev, dtype, layout, mask_kind, mask_shape, causal, align, use_lengths, seed = args
     rng = np.random.default_rng(seed)
-    q = laid_out(rng.standard_normal(batch + (Hq, Lq, E)).astype(dtype), layout)
-    k = laid_out(rng.standard_normal(batch + (Hk, Lk, E)).astype(dtype), layout)
-    v = laid_out(rng.standard_normal(batch + (Hk, Lk, Ev)).astype(dtype), layout)
+    q, k, v = (input_view(rng.standard_normal(batch + s).astype(dtype), layout) for s in ((Hq, Lq, E), (Hk, Lk, E), (Hk, Lk, Ev)))
+    q, k, v = (laid_out(rng.standard_normal(batch + s).astype(dtype), "strided") if a is None else a
+               for a, s in zip((q, k, v), ((Hq, Lq, E), (Hk, Lk, E), (Hk, Lk, Ev))))   # a class of more dims
     kw = dict(is_causal=causal, causal_alignment=align, enable_gqa=Hq != Hk, return_lse=True)
     visible = np.ones(batch + (Hq, Lq, Lk), bool)                     # what torch gets as the mask
     bias = np.zeros(batch + (Hq, Lq, Lk))
@@ -90,6 +97,41 @@ def test_sdpa_matches_torch_across_the_argument_space(args):
     assert out.shape == want.shape and out.dtype == dtype
     assert_close(out, want, dtype)
     assert_close(lse, want_lse, dtype, what="lse")
+
+
+# ---------------------------------------------------------------------------------------------------
+# every op x argument x layout class of the matrix, at random sizes, dtypes and paths
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("op", list(test_layouts.OPS))
+def test_random_sizes_in_every_layout_class(op):
+    paths = [isa for isa in attnkit.get_config()["usable_isas"]]
+    rng = np.random.default_rng(seed_for(f"fuzz-{op}-{FUZZ_SEED}"))
+    spec = test_layouts.OPS[op]
+    before = attnkit.get_config()["isa"]
+    hits = {}
+    try:
+        for _ in range(FUZZ_ROUNDS):
+            for o, target, cls in test_layouts.CASES:
+                if o != op:
+                    continue
+                for _attempt in range(32):              # redraw until the class exists for the drawn ndim
+                    size = spec.random_size(rng)
+                    dtype = test_layouts.DTYPES[rng.integers(4)]
+                    isa = paths[rng.integers(len(paths))]
+                    attnkit.set_isa(isa)
+                    arrays = spec.make(size, dtype, rng)
+                    try:
+                        n = test_layouts.check(op, target, cls, arrays, dtype)
+                    except AssertionError as e:
+                        raise AssertionError(f"{isa}, size {size} (ATTNKIT_FUZZ_SEED={FUZZ_SEED}): {e}") from None
+                    if n is not None:
+                        hits[(target, cls)] = hits.get((target, cls), 0) + 1
+                        break
+    finally:
+        attnkit.set_isa(before)
+    pairs = {(t, c) for o, t, c in test_layouts.CASES if o == op}
+    missed = pairs - set(hits)
+    assert not missed, f"{op}: pairs never drawn with a size they exist for: {sorted(missed)}"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -64,11 +64,25 @@ class Op:
     def make(self, size, dtype, rng):
         raise NotImplementedError
 
+    def random_size(self, rng):
+        """A size drawn at random (the fuzz), of the kind ``sizes`` lists."""
+        raise NotImplementedError
+
     def run(self, a, out=None):
         raise NotImplementedError
 
     def want(self, a):
         raise NotImplementedError
+
+
+def _loguniform(rng, hi):
+    """An int in [1, hi], log-uniform: small sizes as often as large ones."""
+    return int(np.exp(rng.uniform(0, np.log(hi + 1))))
+
+
+def _random_lead(rng, hi=400):
+    m = _loguniform(rng, hi)
+    return (m,) if rng.random() < 0.6 else (int(rng.integers(1, 4)), max(1, m // 3))
 
 
 def _rows_sizes():
@@ -95,6 +109,10 @@ class Linear(Op):
             a["bias"] = rng.standard_normal(s["N"]).astype(dtype)
         a["activation"] = s["act"]
         return a
+
+    def random_size(self, rng):
+        return dict(lead=_random_lead(rng), K=_loguniform(rng, 600), N=_loguniform(rng, 130),
+                    act=ACTS[rng.integers(4)], bias=bool(rng.integers(2)))
 
     def run(self, a, out=None):
         w = attnkit.pack_linear(a["weight"]) if self.packed else a["weight"]
@@ -124,6 +142,9 @@ class SwiGLU(Op):
             a["gate_bias"] = rng.standard_normal(s["F"]).astype(dtype)
             a["up_bias"] = rng.standard_normal(s["F"]).astype(dtype)
         return a
+
+    def random_size(self, rng):
+        return dict(lead=_random_lead(rng), K=_loguniform(rng, 600), F=_loguniform(rng, 70), bias=bool(rng.integers(2)))
 
     def run(self, a, out=None):
         packed = attnkit.pack_swiglu(a["gate_weight"], a["up_weight"], a.get("gate_bias"), a.get("up_bias"))
@@ -178,6 +199,12 @@ class Sdpa(Op):
         a.update(is_causal=s["causal"], causal_alignment=s["align"], enable_gqa=s["gqa"])
         return a
 
+    def random_size(self, rng):
+        return dict(Lq=_loguniform(rng, 300), Lk=_loguniform(rng, 300), E=_loguniform(rng, 130), Ev=_loguniform(rng, 130),
+                    mask=_MASKS[rng.integers(5)], causal=bool(rng.integers(2)),
+                    align=("top_left", "bottom_right")[rng.integers(2)], gqa=bool(rng.integers(2)),
+                    lengths=bool(rng.integers(2)))
+
     def _kw(self, a):
         return dict(is_causal=a["is_causal"], causal_alignment=a["causal_alignment"], enable_gqa=a["enable_gqa"],
                     kv_lengths=a.get("kv_lengths"))
@@ -217,6 +244,10 @@ class Mha(Op):
             a["out_proj_bias"] = rng.standard_normal(E).astype(dtype)
         a.update(num_heads=H, num_kv_heads=Hk, is_causal=s["causal"])
         return a
+
+    def random_size(self, rng):
+        return dict(Lq=_loguniform(rng, 200), Lk=_loguniform(rng, 200), self_attn=bool(rng.integers(2)),
+                    causal=bool(rng.integers(2)), gqa=bool(rng.integers(2)), out_proj=bool(rng.integers(2)))
 
     def _call(self, fn, a, conv):
         q = conv(a["query"])
@@ -259,6 +290,10 @@ class Rows(Op):
                 a["bias"] = rng.standard_normal(s["n"]).astype(dtype)
         return a
 
+    def random_size(self, rng):
+        lead = tuple(_loguniform(rng, 12) for _ in range(rng.integers(1, 4)))
+        return dict(lead=lead, n=_loguniform(rng, 300), opt=int(rng.integers(4)))
+
     def _call(self, lib, a, conv):
         x = conv(a["x"])
         if self.kind == "softmax":
@@ -287,6 +322,11 @@ class Rotary(Op):
         dims = [(2, 2), (4, 4), (8, 8), (16, 8), (18, 18), (32, 32), (34, 16), (64, 64), (66, 66), (128, 64), (130, 130)]
         self.sizes = [dict(D=d, R=r, L=(1, 3, 9, 17, 33)[i % 5], interleaved=i % 2 == 1, shared=i % 3 == 0)
                       for i, (d, r) in enumerate(dims)]
+
+    def random_size(self, rng):
+        D = 2 * _loguniform(rng, 80)
+        return dict(D=D, R=2 * int(rng.integers(1, D // 2 + 1)), L=_loguniform(rng, 64),
+                    interleaved=bool(rng.integers(2)), shared=bool(rng.integers(2)))
 
     def make(self, s, dtype, rng):
         B, H, P = 2, 3, 40
@@ -395,38 +435,54 @@ def prepared(op, i, dtype):
     return arrays, spec.want(arrays)
 
 
+def check(op, target, cls, arrays, dtype, expected=None):
+    """One call of op with ``target`` (an argument, "all", or "out") laid out as ``cls``, checked against
+    the oracle (``expected``: its (answer, error scale) for ``arrays``, computed here when None) and, for
+    out=, that nothing outside the view was written. Returns None when the class does not exist for
+    that argument, else the number of fall-back copies the call should have made."""
+    spec = OPS[op]
+    copies = 0
+    if target == "out":
+        buf, out = output_view(spec.out_shape(arrays), dtype, cls)
+        if out is None:
+            return None
+        before = buf.copy()
+        got = spec.run(arrays, out=out)
+        assert got is out
+        assert_untouched_outside(buf, before, out)
+        copies = int(isinstance(spec, (Linear, SwiGLU)) and not rows_in_place(out))
+        laid = arrays
+    else:
+        laid = _lay(arrays, target, cls)
+        if laid is None:
+            return None
+        got = spec.run(laid)
+        if cls.startswith("broadcast"):
+            expected = None
+    want, scale = spec.want(laid) if expected is None else expected
+    what = f"{op}({target} {cls}) {dtype_name(dtype)}"
+    if isinstance(want, tuple):
+        for g, w in zip(got, want):
+            assert_close(g, w, dtype, against=spec.against, what=what)
+    else:
+        assert got.dtype == np.dtype(dtype), what
+        assert_close(got, want, dtype, against=spec.against, scale=scale, what=what)
+    return copies
+
+
 @pytest.mark.parametrize("op,target,cls", CASES, ids=[f"{o}-{t}-{c}" for o, t, c in CASES])
 def test_layout_matrix(cpu_path, op, target, cls):
-    spec = OPS[op]
-    copies, expected_copies = _core.layout_copies(), 0
-    ran = 0
-    for i, size in enumerate(spec.sizes):
+    copies, expected_copies, ran = _core.layout_copies(), 0, 0
+    for i, size in enumerate(OPS[op].sizes):
         for dtype in dtypes_for(i):
-            arrays, (want, scale) = prepared(op, i, dtype)
-            if target == "out":
-                buf, out = output_view(spec.out_shape(arrays), dtype, cls)
-                if out is None:
-                    continue
-                before = buf.copy()
-                got = spec.run(arrays, out=out)
-                assert got is out
-                assert_untouched_outside(buf, before, out)
-                expected_copies += isinstance(spec, (Linear, SwiGLU)) and not rows_in_place(out)
-            else:
-                laid = _lay(arrays, target, cls)
-                if laid is None:
-                    continue
-                got = spec.run(laid)
-                if cls.startswith("broadcast"):
-                    want, scale = spec.want(laid)
-            what = f"{op}({target} {cls}) size {size} {dtype_name(dtype)}"
-            if isinstance(want, tuple):
-                for g, w in zip(got, want):
-                    assert_close(g, w, dtype, against=spec.against, what=what)
-            else:
-                assert got.dtype == np.dtype(dtype), what
-                assert_close(got, want, dtype, against=spec.against, scale=scale, what=what)
-            ran += 1
+            arrays, expected = prepared(op, i, dtype)
+            try:
+                n = check(op, target, cls, arrays, dtype, expected)
+            except AssertionError as e:
+                raise AssertionError(f"size {size}: {e}") from None
+            if n is not None:
+                expected_copies += n
+                ran += 1
     assert ran >= 2, f"{op}: layout class {cls} of {target} met fewer than 2 sizes"
     # inputs are read in place whatever their strides, but for rotary tables whose two layouts differ
     # or whose rows are strided (one copy of both); linear's out= rows that the GEMM cannot write in
