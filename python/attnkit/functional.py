@@ -10,6 +10,7 @@ import numpy as np
 
 from . import _core
 from . import cuda as _cuda_route
+from ._dtypes import FLOAT_NAMES, is_real_scalar
 
 
 def _on_gpu(*arrays) -> bool:
@@ -46,7 +47,7 @@ def _check_float(value, name: str) -> float:
     element), ValueError for one beyond float's range; both name the argument."""
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not is_real_scalar(value):
         raise TypeError(f"{name}: expected a real number, got {type(value).__name__}"
                         + (f" of shape {value.shape}" if isinstance(value, np.ndarray) else ""))
     try:
@@ -349,7 +350,7 @@ def rms_norm(
     return_sum = _check_bool(return_sum, "return_sum")
     if _on_gpu(x, residual, weight):
         raise TypeError("x: rms_norm is not supported on the GPU backend")
-    return _core.rms_norm(x, residual, weight, float(eps), return_sum)
+    return _core.rms_norm(x, residual, weight, _check_float(eps, "eps"), return_sum)
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -433,7 +434,7 @@ def multi_head_attention(
         if not isinstance(arr, np.ndarray):
             raise TypeError(f"{name}: expected a numpy.ndarray, got {type(arr).__name__}")
     for name, arr in (("query", query), ("key", key), ("value", value), ("in_proj_weight", in_proj_weight)):
-        if arr.dtype.name not in ("float32", "float64", "float16", "bfloat16"):
+        if arr.dtype.name not in FLOAT_NAMES:
             raise TypeError(f"{name}: expected a float32, float64, float16 or bfloat16 array, got dtype {arr.dtype}")
         if arr.dtype != query.dtype:
             raise TypeError(f"{name}: dtype {arr.dtype} does not match query's {query.dtype} (mixed dtypes are not allowed)")
