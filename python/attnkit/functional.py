@@ -4,6 +4,7 @@ attnkit.cuda. Argument names follow PyTorch where they share a meaning. Python-l
 devices) in the compiled ops (csrc/ops). Both raise TypeError or ValueError naming the argument."""
 from __future__ import annotations
 
+import warnings
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -60,9 +61,14 @@ def _int64_lengths(kv_lengths) -> np.ndarray:
     if _cuda_route.is_device_array(kv_lengths):
         raise TypeError("kv_lengths: expected host memory (a NumPy array or a sequence of ints), got a GPU array")
     try:
-        arr = np.asarray(kv_lengths)
+        with warnings.catch_warnings():                  # NumPy < 1.24 makes an object array of a ragged nesting
+            warnings.simplefilter("ignore")              # (with a warning); later releases raise ValueError
+            arr = np.asarray(kv_lengths)
     except ValueError as e:                              # a ragged nesting of lists
         raise ValueError(f"kv_lengths: expected integers of the batch shape, got a ragged sequence ({e})") from None
+    if arr.dtype == object and not isinstance(kv_lengths, np.ndarray) and any(
+            isinstance(e, (list, tuple, np.ndarray)) for e in arr.flat):
+        raise ValueError("kv_lengths: expected integers of the batch shape, got a ragged sequence")
     if arr.size == 0 and arr.dtype.kind == "f" and not isinstance(kv_lengths, np.ndarray):
         arr = arr.astype(np.int64)                       # [] for a batch of size 0
     if arr.dtype.kind not in "iu":
