@@ -80,6 +80,9 @@ def assert_close(out, ref, dtype, *, against="oracle", scale=None, what="output"
     out = np.asarray(out)
     ref = np.asarray(ref)
     tol = tolerance(dtype, against)
+    # an oracle that ran in half precision is no better than the output it checks (as64 widens its inputs)
+    assert against != "oracle" or ref.dtype.name not in ("float16", "bfloat16"), (
+        f"{what}: the reference is {ref.dtype}, not the float64 oracle (widen its inputs with as64)")
     assert out.shape == ref.shape, f"{what}: shape {out.shape}, expected {ref.shape}"
     nan_out, nan_ref = np.isnan(out), np.isnan(ref)
     assert np.array_equal(nan_out, nan_ref), (
@@ -93,12 +96,47 @@ def assert_close(out, ref, dtype, *, against="oracle", scale=None, what="output"
     assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.0e} ({dtype_name(dtype)}, {against})"
 
 
+FLOAT_DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64")
+
+
+def is_float_dtype(dtype):
+    """Whether ``dtype`` is one of the floating dtypes attnkit computes in: float16, bfloat16, float32, float64.
+
+    By name, not by ``dtype.kind == "f"`` or ``np.issubdtype(dtype, np.floating)``: ml_dtypes' bfloat16 is a
+    NumPy dtype of kind 'V' that is no subtype of np.floating, in every ml_dtypes release.
+    """
+    try:
+        return np.dtype(dtype).name in FLOAT_DTYPE_NAMES
+    except TypeError:
+        return False
+
+
 def as64(x):
-    """The float64 copy of x that the oracle runs on (None stays None; bool stays bool)."""
+    """The float64 copy of x that the oracle runs on (None stays None; bool and integers stay as they are)."""
     if x is None:
         return None
     x = np.asarray(x)
-    return x.astype(np.float64) if x.dtype.kind == "f" else x
+    return x.astype(np.float64) if is_float_dtype(x.dtype) else x
+
+
+def to_torch(a):
+    """A CPU torch tensor of a NumPy array's values and dtype, bfloat16 included (torch.from_numpy refuses
+    ml_dtypes' bfloat16: its bits go over as int16 and are viewed as torch.bfloat16)."""
+    import torch
+    a = np.array(a, order="C")                       # a writable copy: torch warns on read-only arrays
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def from_torch(t):
+    """A torch tensor's values as a NumPy array of the same dtype, bfloat16 included (ml_dtypes)."""
+    import torch
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,14 +339,14 @@ class CudaBackend(Backend):
         lib = self._array_library()
         if lib.__name__ == "cupy":
             return lib.asarray(a)
-        return lib.from_numpy(np.array(a, order="C")).to("cuda")   # a writable copy: torch warns on read-only
+        return to_torch(a).to("cuda")
 
     def to_numpy(self, a):
         lib = self._array_library()
         kind = lib.ndarray if lib.__name__ == "cupy" else lib.Tensor
         assert isinstance(a, kind) and hasattr(a, "__cuda_array_interface__"), (
             f"{self.name}: a result of type {type(a).__name__}, not the caller's kind of CUDA array")
-        return a.get() if lib.__name__ == "cupy" else a.cpu().numpy()   # (bfloat16 will need ml_dtypes here)
+        return a.get() if lib.__name__ == "cupy" else from_torch(a)
 
     def call(self, fn, *args, **kwargs):
         """As Backend.call, except that kv_lengths stays in host memory: attnkit.cuda takes the lengths

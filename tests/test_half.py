@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import attnkit
-from conftest import WIDTH_SIZES, as64, assert_close, load_reference, relative_error
+from conftest import WIDTH_SIZES, as64, assert_close, load_reference, relative_error, to_torch
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 ref = load_reference()
@@ -232,13 +232,12 @@ def test_half_against_torch(rng):
     torch = pytest.importorskip("torch")
     for dtype, tdt in ((np.dtype(np.float16), torch.float16), (np.dtype(ml_dtypes.bfloat16), torch.bfloat16)):
         q, k, v = (rand(rng, (1, 4, 33, 64), dtype) for _ in range(3))
-        t = [torch.from_numpy(a.view(np.uint16).astype(np.int32)).to(torch.int16).view(tdt) if dtype != np.float16
-             else torch.from_numpy(a) for a in (q, k, v)]
+        t = [to_torch(a) for a in (q, k, v)]
+        assert all(x.dtype == tdt for x in t)
         want = torch.nn.functional.scaled_dot_product_attention(*t, is_causal=True).float().numpy()
         out = attnkit.scaled_dot_product_attention(q, k, v, is_causal=True)
         assert relative_error(out, want) < (1e-2 if dtype == np.float16 else 8e-2)
         x, w = rand(rng, (5, 64), dtype), rand(rng, (48, 64), dtype, 0.125)
-        tx, tw = ([torch.from_numpy(a) for a in (x, w)] if dtype == np.float16 else
-                  [torch.from_numpy(a.view(np.uint16).astype(np.int32)).to(torch.int16).view(tdt) for a in (x, w)])
+        tx, tw = to_torch(x), to_torch(w)
         want = torch.nn.functional.linear(tx, tw).float().numpy()
         assert relative_error(attnkit.linear(x, w), want) < (1e-2 if dtype == np.float16 else 8e-2)

@@ -4,12 +4,14 @@ attnkit.cuda. Argument names follow PyTorch where they share a meaning. Python-l
 devices) in the compiled ops (csrc/ops). Both raise TypeError or ValueError naming the argument."""
 from __future__ import annotations
 
+import warnings
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _core
 from . import cuda as _cuda_route
+from ._dtypes import FLOAT_NAMES, is_real_scalar
 
 
 def _on_gpu(*arrays) -> bool:
@@ -46,7 +48,7 @@ def _check_float(value, name: str) -> float:
     element), ValueError for one beyond float's range; both name the argument."""
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not is_real_scalar(value):
         raise TypeError(f"{name}: expected a real number, got {type(value).__name__}"
                         + (f" of shape {value.shape}" if isinstance(value, np.ndarray) else ""))
     try:
@@ -59,9 +61,14 @@ def _int64_lengths(kv_lengths) -> np.ndarray:
     if _cuda_route.is_device_array(kv_lengths):
         raise TypeError("kv_lengths: expected host memory (a NumPy array or a sequence of ints), got a GPU array")
     try:
-        arr = np.asarray(kv_lengths)
+        with warnings.catch_warnings():                  # NumPy < 1.24 makes an object array of a ragged nesting
+            warnings.simplefilter("ignore")              # (with a warning); later releases raise ValueError
+            arr = np.asarray(kv_lengths)
     except ValueError as e:                              # a ragged nesting of lists
         raise ValueError(f"kv_lengths: expected integers of the batch shape, got a ragged sequence ({e})") from None
+    if arr.dtype == object and not isinstance(kv_lengths, np.ndarray) and any(
+            isinstance(e, (list, tuple, np.ndarray)) for e in arr.flat):
+        raise ValueError("kv_lengths: expected integers of the batch shape, got a ragged sequence")
     if arr.size == 0 and arr.dtype.kind == "f" and not isinstance(kv_lengths, np.ndarray):
         arr = arr.astype(np.int64)                       # [] for a batch of size 0
     if arr.dtype.kind not in "iu":
@@ -350,7 +357,7 @@ def rms_norm(
     return_sum = _check_bool(return_sum, "return_sum")
     if _on_gpu(x, residual, weight):
         raise TypeError("x: rms_norm is not supported on the GPU backend")
-    return _core.rms_norm(x, residual, weight, float(eps), return_sum)
+    return _core.rms_norm(x, residual, weight, _check_float(eps, "eps"), return_sum)
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -434,7 +441,7 @@ def multi_head_attention(
         if not isinstance(arr, np.ndarray):
             raise TypeError(f"{name}: expected a numpy.ndarray, got {type(arr).__name__}")
     for name, arr in (("query", query), ("key", key), ("value", value), ("in_proj_weight", in_proj_weight)):
-        if arr.dtype.name not in ("float32", "float64", "float16", "bfloat16"):
+        if arr.dtype.name not in FLOAT_NAMES:
             raise TypeError(f"{name}: expected a float32, float64, float16 or bfloat16 array, got dtype {arr.dtype}")
         if arr.dtype != query.dtype:
             raise TypeError(f"{name}: dtype {arr.dtype} does not match query's {query.dtype} (mixed dtypes are not allowed)")

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["load_config", "load_tensors", "load_pretrained", "field", "read_fields", "check_fields", "Pretrained", "SIZE_MAX"]
+__all__ = ["load_config", "load_tensors", "load_pretrained", "field", "read_fields", "check_fields", "Pretrained", "SIZE_MAX",
+           "SPECIAL_TOKEN_IDS", "special_token_ids"]
 
 _MISSING = object()
 
@@ -191,6 +193,42 @@ def field(config: Dict[str, Any], name: str, kind, default: Any = _MISSING, *, c
         hi = "" if high is None else f" <= {high}"
         raise ValueError(f"{where}: field '{name}' = {value!r} is out of range (expected {lo}{name}{hi})")
     return value
+
+
+# Special token ids are metadata for generation and tokenizers, not part of the network: transformers keeps
+# whatever a config says (GPT2Config(vocab_size=1000) still writes bos/eos_token_id 50256) and loads it.
+SPECIAL_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "sep_token_id",
+                     "cls_token_id", "mask_token_id", "unk_token_id")
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def special_token_ids(config: Dict[str, Any], vocab_size: int, where: str, names: Iterable[str] = SPECIAL_TOKEN_IDS
+                      ) -> Dict[str, Any]:
+    """The special token ids of ``config`` (those of ``names`` it has), with every id outside [0, vocab_size) taken
+    out: None in place of a single id, dropped from a list (None when none is left). One warning names each such
+    field and ``where``; the id is otherwise ignored (generation never produces a token outside the vocabulary).
+    Values of other types are returned as they are, for the family's field checks to refuse where it reads them."""
+    kept, outside = {}, []
+    for name in names:
+        if name not in config:
+            continue
+        value = config[name]
+        if _is_id(value) and not 0 <= value < vocab_size:
+            outside.append(f"'{name}' = {value}")
+            value = None
+        elif isinstance(value, list) and value and all(_is_id(v) for v in value):
+            inside = [v for v in value if 0 <= v < vocab_size]
+            if len(inside) < len(value):
+                outside.append(f"'{name}' = {value}")
+                value = inside or None
+        kept[name] = value
+    if outside:
+        warnings.warn(f"{where}: special token ids outside the vocabulary [0, {vocab_size}) are ignored: field "
+                      + ", field ".join(outside), UserWarning, stacklevel=2)
+    return kept
 
 
 def read_fields(config: Dict[str, Any], spec: Dict[str, tuple], defaults: Dict[str, Any], where: str) -> Dict[str, Any]:

@@ -11,6 +11,7 @@ The checkpoint's separate query/key/value projections are packed into one (3E, E
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from .. import nn
 from ..nn.layers import AttentionMask
-from ._checkpoint import SIZE_MAX, Pretrained, check_fields, field, read_fields
+from ._checkpoint import SIZE_MAX, SPECIAL_TOKEN_IDS, Pretrained, check_fields, field, read_fields, special_token_ids
 
 __all__ = ["BertConfig", "BertEmbeddings", "BertModel"]
 
@@ -38,7 +39,7 @@ class BertConfig:
     max_position_embeddings: int = 512
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
-    pad_token_id: int = 0
+    pad_token_id: Optional[int] = 0        # BERT: metadata; RoBERTa: its positions are numbered after it
     model_type: str = "bert"
 
     def __post_init__(self):
@@ -58,7 +59,13 @@ class BertConfig:
         defaults = {"hidden_act": "gelu", "type_vocab_size": 2, "layer_norm_eps": 1e-12,
                     "pad_token_id": 1 if model_type != "bert" else 0}
         spec = {k: v for k, v in _FIELDS.items() if k != "model_type"}
-        values = read_fields(config, spec, defaults, where)
+        vocab = field(config, "vocab_size", int, low=1, high=SIZE_MAX, where=where)
+        # ids outside the vocabulary: one warning, None (RoBERTa's pad id: _check_consistency)
+        ids = special_token_ids(config, vocab, where, [n for n in SPECIAL_TOKEN_IDS
+                                                       if n != "pad_token_id" or model_type == "bert"])
+        values = read_fields(dict(config, **ids), spec, defaults, where)
+        if model_type == "bert" and "pad_token_id" in ids:
+            values["pad_token_id"] = ids["pad_token_id"]                      # None stays None (not the default)
         c = cls.__new__(cls)
         c.__dict__.update(values, model_type=model_type)
         _check_consistency(c, where)
@@ -76,7 +83,7 @@ _FIELDS = {
     "max_position_embeddings": (int, 1, SIZE_MAX),
     "type_vocab_size": (int, 1, SIZE_MAX),
     "layer_norm_eps": (float, 0.0, 1.0),
-    "pad_token_id": (int, 0, SIZE_MAX),
+    "pad_token_id": (int, None, None),       # BERT: outside [0, vocab_size) a warning; RoBERTa: see below
     "model_type": (str, None, None, _MODEL_TYPES),
 }
 
@@ -85,9 +92,20 @@ def _check_consistency(c: BertConfig, where: str) -> None:
     if c.hidden_size % c.num_attention_heads:
         raise ValueError(f"{where}: field 'num_attention_heads' = {c.num_attention_heads} does not "
                          f"divide hidden_size = {c.hidden_size}")
+    if c.model_type == "bert":                  # pad_token_id is metadata there: outside the vocabulary, ignored
+        c.__dict__.update(special_token_ids(vars(c), c.vocab_size, where, ("pad_token_id",)))
+        return
+    # RoBERTa numbers positions pad+1, pad+2, ... (and pad for padding): the id is part of the network there.
+    # One outside the vocabulary never occurs in input_ids (every token counts as real), as the formula says;
+    # a negative one would give negative positions.
+    if c.pad_token_id is None or c.pad_token_id < 0:
+        raise ValueError(f"{where}: field 'pad_token_id' = {c.pad_token_id} must be >= 0 for {c.model_type} "
+                         f"(its positions are numbered after it)")
     if c.pad_token_id >= c.vocab_size:
-        raise ValueError(f"{where}: field 'pad_token_id' = {c.pad_token_id} is not below vocab_size = {c.vocab_size}")
-    if c.model_type != "bert" and c.max_position_embeddings <= c.pad_token_id + 1:
+        warnings.warn(f"{where}: field 'pad_token_id' = {c.pad_token_id} is outside the vocabulary [0, "
+                      f"{c.vocab_size}): no input id is padding; positions start at {c.pad_token_id + 1}",
+                      UserWarning, stacklevel=3)
+    if c.max_position_embeddings <= c.pad_token_id + 1:
         raise ValueError(f"{where}: field 'max_position_embeddings' = {c.max_position_embeddings} leaves no "
                          f"position after pad_token_id = {c.pad_token_id} ({c.model_type} numbers positions from it)")
 

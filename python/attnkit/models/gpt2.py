@@ -21,7 +21,7 @@ from .. import functional as F
 from .. import nn
 from ..nn.layers import AttentionMask
 from ..nn.transformer import sublayer_connections
-from ._checkpoint import SIZE_MAX, Pretrained, check_fields, field, read_fields
+from ._checkpoint import SIZE_MAX, Pretrained, check_fields, field, read_fields, special_token_ids
 
 __all__ = ["GPT2Config", "GPT2Block", "GPT2LMHeadModel"]
 
@@ -58,6 +58,8 @@ class GPT2Config:
         defaults = {"n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
                     "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
                     "tie_word_embeddings": True, "eos_token_id": None, "pad_token_id": None}
+        vocab = field(config, "vocab_size", int, low=1, high=SIZE_MAX, where=where)
+        config = dict(config, **special_token_ids(config, vocab, where))     # ids outside the vocabulary: warned, None
         values = read_fields(config, _FIELDS, defaults, where)
         c = cls.__new__(cls)
         c.__dict__.update(values)
@@ -78,18 +80,15 @@ _FIELDS = {
     "scale_attn_weights": (bool, None, None),
     "scale_attn_by_inverse_layer_idx": (bool, None, None),
     "tie_word_embeddings": (bool, None, None),
-    "eos_token_id": (int, 0, SIZE_MAX),
-    "pad_token_id": (int, 0, SIZE_MAX),
+    "eos_token_id": (int, None, None),        # outside [0, vocab_size): a warning, and ignored
+    "pad_token_id": (int, None, None),
 }
 
 
 def _check_consistency(c: GPT2Config, where: str) -> None:
     if c.n_embd % c.n_head:
         raise ValueError(f"{where}: field 'n_head' = {c.n_head} does not divide n_embd = {c.n_embd}")
-    for name in ("eos_token_id", "pad_token_id"):
-        value = getattr(c, name)
-        if value is not None and value >= c.vocab_size:
-            raise ValueError(f"{where}: field '{name}' = {value} is not below vocab_size = {c.vocab_size}")
+    c.__dict__.update(special_token_ids(vars(c), c.vocab_size, where, ("eos_token_id", "pad_token_id")))
 
 
 class GPT2Block(nn.Module):

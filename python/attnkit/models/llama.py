@@ -24,7 +24,7 @@ from .. import functional as F
 from .. import nn
 from ..nn.sampling import SamplingConfig, choose, process_logits
 from ..rope import RotaryTables, rope_parameters
-from ._checkpoint import Pretrained, field, load_config
+from ._checkpoint import SIZE_MAX, Pretrained, field, load_config, special_token_ids
 from .gpt2 import _compact_prompts
 
 __all__ = ["LlamaConfig", "LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"]
@@ -61,6 +61,8 @@ class LlamaConfig:
             return field(config, name, kind, *default, where=where, **kw)
 
         mt = f("model_type", str, "llama", choices=("llama", "qwen2", "mistral"))
+        vocab = f("vocab_size", int, low=1, high=SIZE_MAX)
+        config = dict(config, **special_token_ids(config, vocab, where))     # ids outside the vocabulary: warned, None
         act = f("hidden_act", str, "silu")
         if act not in ("silu", "swish"):
             raise ValueError(f"{where}: field 'hidden_act' = {act!r} is not supported (supported: ['silu'])")
@@ -97,7 +99,7 @@ class LlamaConfig:
             qkv_bias = f("attention_bias", bool, False)
         else:
             qkv_bias = mt == "qwen2"
-        return cls(vocab_size=f("vocab_size", int), hidden_size=E,
+        return cls(vocab_size=vocab, hidden_size=E,
                    intermediate_size=f("intermediate_size", int), num_hidden_layers=f("num_hidden_layers", int), num_attention_heads=H, num_key_value_heads=Hk,
                    head_dim=head_dim, max_position_embeddings=f("max_position_embeddings", int, 2048),
                    rms_norm_eps=f("rms_norm_eps", float, 1e-6), rope=rope_parameters(config),

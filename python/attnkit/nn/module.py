@@ -14,6 +14,7 @@ from typing import Iterator, List, Set, Tuple
 
 import numpy as np
 
+from .._dtypes import FLOAT_NAMES, bfloat16, is_float_dtype
 from ..functional import PackedLinear
 
 __all__ = ["Module", "as_float_array", "StateDict"]
@@ -32,22 +33,16 @@ def as_float_array(value, dtype, name: str, shape=None) -> np.ndarray:
     return array
 
 
-def _is_float(dtype) -> bool:
-    """float16/32/64 or bfloat16 (ml_dtypes' bfloat16 is a NumPy dtype of kind 'V')."""
-    return dtype.kind == "f" or dtype.name == "bfloat16"
-
-
 def float_dtype(dtype) -> np.dtype:
     """The NumPy dtype of a model's weights: float32, float64, float16 or bfloat16 (``ml_dtypes.bfloat16``, or
     the string "bfloat16"); ValueError naming ``dtype`` otherwise."""
-    if isinstance(dtype, str) and dtype == "bfloat16" or "bfloat16" in str(dtype):
-        import ml_dtypes   # the NumPy bfloat16 (a dependency of attnkit)
-        return np.dtype(ml_dtypes.bfloat16)
+    if "bfloat16" in str(dtype):   # "bfloat16", ml_dtypes.bfloat16 or its dtype, torch.bfloat16
+        return bfloat16()
     try:
         dt = np.dtype(dtype)
     except TypeError:
         dt = None
-    if dt is None or dt.name not in ("float32", "float64", "float16"):
+    if dt is None or dt.name not in FLOAT_NAMES:
         raise ValueError(f"dtype: float32, float64, float16 or bfloat16, got {dtype!r}")
     return dt
 
@@ -110,7 +105,7 @@ class StateDict:
         if key not in self.tensors:
             raise KeyError(f"{self.origin}: missing tensor '{key}'")
         array = _to_numpy(self.tensors[key])
-        if not _is_float(array.dtype):
+        if not is_float_dtype(array.dtype):
             raise ValueError(f"{self.origin}: tensor '{key}' has dtype {array.dtype}, expected floating point")
         _check_shape(array, tuple(shape)[::-1] if transpose else shape, f"{self.origin}: tensor '{key}' has")
         self.used.add(key)
@@ -148,7 +143,7 @@ class Module:
     def dtype(self) -> np.dtype:
         """The floating dtype of the weights (the dtype inputs are computed in)."""
         for _, array in self._weights():
-            if _is_float(array.dtype):
+            if is_float_dtype(array.dtype):
                 return np.dtype(array.dtype)
         return np.dtype(np.float32)
 
@@ -158,7 +153,7 @@ class Module:
         dtype = float_dtype(dtype)
         new = copy.copy(self)
         for name, value in vars(self).items():
-            if isinstance(value, np.ndarray) and _is_float(value.dtype):
+            if isinstance(value, np.ndarray) and is_float_dtype(value.dtype):
                 setattr(new, name, value.astype(dtype))
             elif isinstance(value, PackedLinear):
                 setattr(new, name, value.astype(dtype))

@@ -15,6 +15,8 @@ from typing import Optional
 
 import numpy as np
 
+from .._dtypes import is_real_scalar
+
 __all__ = ["SamplingConfig", "process_logits", "choose"]
 
 
@@ -25,13 +27,13 @@ class SamplingConfig:
                  top_p: Optional[float] = None, repetition_penalty: Optional[float] = None, seed=None):
         if not isinstance(do_sample, (bool, np.bool_)):
             raise TypeError(f"do_sample: expected a bool, got {type(do_sample).__name__}")
-        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
+        if not is_real_scalar(temperature) or not temperature > 0:
             raise ValueError(f"temperature: expected a number > 0, got {temperature!r}")
         if top_k is not None and (not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 1):
             raise ValueError(f"top_k: expected an int >= 1 or None, got {top_k!r}")
-        if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        if top_p is not None and (not is_real_scalar(top_p) or not 0 < top_p <= 1):
             raise ValueError(f"top_p: expected a number in (0, 1] or None, got {top_p!r}")
-        if repetition_penalty is not None and (not isinstance(repetition_penalty, (int, float))
+        if repetition_penalty is not None and (not is_real_scalar(repetition_penalty)
                                                or not repetition_penalty > 0):
             raise ValueError(f"repetition_penalty: expected a number > 0 or None, got {repetition_penalty!r}")
         if isinstance(seed, np.random.Generator):
@@ -40,8 +42,9 @@ class SamplingConfig:
             self.rng = np.random.default_rng(seed)
         else:
             raise TypeError(f"seed: expected an int, a numpy.random.Generator or None, got {type(seed).__name__}")
-        self.do_sample, self.temperature, self.top_k, self.top_p = bool(do_sample), float(temperature), top_k, top_p
-        self.repetition_penalty = repetition_penalty
+        self.do_sample, self.temperature, self.top_k = bool(do_sample), float(temperature), top_k
+        self.top_p = None if top_p is None else float(top_p)
+        self.repetition_penalty = None if repetition_penalty is None else float(repetition_penalty)
 
 
 def process_logits(logits: np.ndarray, cfg: SamplingConfig, seen: Optional[np.ndarray] = None) -> np.ndarray:

@@ -434,9 +434,15 @@ def _torch_stack(t: StateDict, stack: str, decoder: bool, nhead: int, activation
     if not found:
         raise KeyError(f"state dict: no tensors '{t.prefix}{stack}layers.0.*'")
     E = t(f"{stack}layers.0.self_attn.in_proj_weight", (None, None)).shape[1]          # d_model
+    # torch.nn.Transformer(bias=False) stores no bias at all (linear layers and LayerNorms): zeros then, and a
+    # bias present after all is an unexpected tensor (strict); with biases, each one missing is an error
+    biased = t.has(f"{stack}layers.0.self_attn.in_proj_bias")
+
+    def bias(name: str, n: int) -> np.ndarray:
+        return t(name, (n,)) if biased else np.zeros(n, t.dtype)
 
     def norm(name: str) -> LayerNorm:
-        return LayerNorm(t(f"{name}.weight", (E,)), t(f"{name}.bias", (E,)), eps)
+        return LayerNorm(t(f"{name}.weight", (E,)), bias(f"{name}.bias", E), eps)
 
     def attention(name: str) -> MultiHeadAttention:
         if t.has(f"{name}.q_proj_weight"):
@@ -444,16 +450,16 @@ def _torch_stack(t: StateDict, stack: str, decoder: bool, nhead: int, activation
                              f"(kdim/vdim != d_model); only packed in_proj_weight is supported")
         if E % nhead:
             raise ValueError(f"nhead: {nhead} does not divide d_model={E}")
-        return MultiHeadAttention(t(f"{name}.in_proj_weight", (3 * E, E)), t(f"{name}.in_proj_bias", (3 * E,)),
-                                  t(f"{name}.out_proj.weight", (E, E)), t(f"{name}.out_proj.bias", (E,)), nhead)
+        return MultiHeadAttention(t(f"{name}.in_proj_weight", (3 * E, E)), bias(f"{name}.in_proj_bias", 3 * E),
+                                  t(f"{name}.out_proj.weight", (E, E)), bias(f"{name}.out_proj.bias", E), nhead)
 
     def feed_forward(p: str) -> FeedForward:
         w1 = t(f"{p}linear1.weight", (None, E))                           # (F, E)
         if activation not in ("relu", "gelu"):
             raise ValueError(f"activation: torch.nn.Transformer supports 'relu' or 'gelu', got {activation!r}")
         d_ff = w1.shape[0]
-        return FeedForward(w1, t(f"{p}linear1.bias", (d_ff,)), t(f"{p}linear2.weight", (E, d_ff)),
-                           t(f"{p}linear2.bias", (E,)), activation)
+        return FeedForward(w1, bias(f"{p}linear1.bias", d_ff), t(f"{p}linear2.weight", (E, d_ff)),
+                           bias(f"{p}linear2.bias", E), activation)
 
     layers = []
     for i in range(len(found)):
