@@ -31,11 +31,13 @@ from __future__ import annotations
 import inspect
 import os
 import zlib
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 __all__ = ["Embedder", "Generator", "worker_cpus"]
+
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 def worker_cpus() -> Optional[int]:
@@ -138,7 +140,8 @@ def _object_array(values) -> np.ndarray:
 class _Runner:
     """What Embedder and Generator share: the model, the tokenizer, tokenizing a batch."""
 
-    def __init__(self, model_dir, *, dtype=np.float32, quantize=None, threads=None, max_length=None):
+    def __init__(self, model_dir: PathLike, *, dtype: Any = np.float32, quantize: Optional[str] = None,
+                 threads: Optional[int] = None, max_length: Optional[int] = None):
         if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
                                        or max_length < 1):
             raise ValueError(f"max_length: expected an int >= 1 or None, got {max_length!r}")
@@ -206,9 +209,9 @@ class Embedder(_Runner):
 
     _POOLING = ("mean", "cls", "none")
 
-    def __init__(self, model_dir, *, text_column: str = "text", output_column: str = "embedding",
+    def __init__(self, model_dir: PathLike, *, text_column: str = "text", output_column: str = "embedding",
                  pooling: str = "mean", normalize: bool = True, max_length: Optional[int] = None,
-                 dtype=np.float32, quantize=None, threads: Optional[int] = None):
+                 dtype: Any = np.float32, quantize: Optional[str] = None, threads: Optional[int] = None):
         if pooling not in self._POOLING:
             raise ValueError(f"pooling: expected one of {self._POOLING}, got {pooling!r}")
         for name, v in (("text_column", text_column), ("output_column", output_column)):
@@ -275,12 +278,16 @@ class Generator(_Runner):
         max_new_tokens: tokens generated per row (int >= 0).
         do_sample: False: greedy; True: sampling with ``temperature``, ``top_k``, ``top_p`` (models whose
             ``generate`` takes them: Llama, Qwen2, Mistral).
-        temperature, top_k, top_p: sampling parameters, passed to ``generate``.
+        temperature: sampling temperature (> 0), passed to ``generate``.
+        top_k: keep the k most likely tokens (None: all), passed to ``generate``.
+        top_p: keep the smallest set of tokens of probability >= top_p (None: all), passed to ``generate``.
         seed: int; with ``do_sample`` each row draws from ``numpy.random.default_rng([seed, crc32(prompt)])``.
         eos_token_id: end-of-sequence id(s); None: the model config's.
         max_length: prompt tokens kept (the last ones; default: the model's position limit less
             max_new_tokens).
-        dtype, quantize, threads: as for :class:`Embedder`.
+        dtype: as for [Embedder][attnkit.ray.Embedder].
+        quantize: as for [Embedder][attnkit.ray.Embedder].
+        threads: as for [Embedder][attnkit.ray.Embedder].
 
     Returns (per call):
         The batch with ``output_column`` (object array of str, None for a row that was not run) and
@@ -295,10 +302,11 @@ class Generator(_Runner):
         ...                fn_constructor_kwargs={"max_new_tokens": 16}, concurrency=2, num_cpus=1)
     """
 
-    def __init__(self, model_dir, *, prompt_column: str = "prompt", output_column: str = "generated_text",
-                 max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0,
-                 top_k: Optional[int] = None, top_p: Optional[float] = None, seed: int = 0,
-                 eos_token_id=None, max_length: Optional[int] = None, dtype=np.float32, quantize=None,
+    def __init__(self, model_dir: PathLike, *, prompt_column: str = "prompt",
+                 output_column: str = "generated_text", max_new_tokens: int = 32, do_sample: bool = False,
+                 temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
+                 seed: int = 0, eos_token_id: Union[None, int, Sequence[int]] = None,
+                 max_length: Optional[int] = None, dtype: Any = np.float32, quantize: Optional[str] = None,
                  threads: Optional[int] = None):
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
