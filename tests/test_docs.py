@@ -40,6 +40,22 @@ def test_page_python_blocks_run(page):
         assert namespace["greedy"].shape == (1, 9) and namespace["sampled"].shape == (2, 12)
 
 
+@pytest.mark.parametrize("module", ["attnkit", "attnkit.functional", "attnkit.ray"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+    mod = importlib.import_module(module)
+    finder = doctest.DocTestFinder(exclude_empty=True)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    tests = [t for t in finder.find(mod, module) if t.examples]
+    for t in tests:
+        runner.run(t)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0, f"{result.failed} docstring example(s) of {module} failed (see the output above)"
+    if module != "attnkit.ray":
+        assert result.attempted >= 5
+
+
 def public_objects():
     import attnkit
     import attnkit.models
