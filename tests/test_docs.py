@@ -40,7 +40,8 @@ def test_page_python_blocks_run(page):
         assert namespace["greedy"].shape == (1, 9) and namespace["sampled"].shape == (2, 12)
 
 
-@pytest.mark.parametrize("module", ["attnkit", "attnkit.functional", "attnkit.ray"])
+@pytest.mark.parametrize("module", ["attnkit", "attnkit.functional", "attnkit.ray", "attnkit.models.bert",
+                                    "attnkit.models.gpt2", "attnkit.models.llama"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib
@@ -53,7 +54,7 @@ def test_docstring_examples_run(module):
     result = runner.summarize(verbose=False)
     assert result.failed == 0, f"{result.failed} docstring example(s) of {module} failed (see the output above)"
     if module != "attnkit.ray":
-        assert result.attempted >= 5
+        assert result.attempted >= 3
 
 
 def public_objects():
