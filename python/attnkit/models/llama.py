@@ -319,15 +319,6 @@ class LlamaForCausalLM(Pretrained, nn.Module):
         Args:
             input_ids (numpy.ndarray): (B, L) integer token ids.
             max_new_tokens: steps at most (>= 0).
-            attention_mask (numpy.ndarray or None): (B, L), 1 = token, 0 = padding.
-            do_sample: False: greedy; True: sampling.
-            temperature: sampling temperature (> 0).
-            top_k: keep the k most likely tokens (None: all).
-            top_p: keep the smallest set of tokens of probability >= top_p (None: all).
-            repetition_penalty: Hugging Face's (None: off).
-            seed (int or numpy.random.Generator or None): the sampling's randomness.
-            eos_token_id: one id or several; None: the config's.
-            use_cache: keep a KV cache; False recomputes the prefix (the same tokens).
 
         Yields:
             numpy.ndarray: (B,) int64, the step's token per row (-1 once the row has ended).
