@@ -279,3 +279,14 @@ def test_generator_on_two_workers_equals_one_process(cluster, llama_dir):
                          batch_size=3, concurrency=2, num_cpus=1).take_all()
     assert [r["id"] for r in out] == list(range(12))
     assert [r["generated_text"] for r in out] == torch_continuations(llama_dir, prompts, 4)
+
+
+def test_embedder_on_a_decoder_pools_its_last_hidden_states(llama_dir):
+    rows = texts(4, 9)
+    got = Embedder(llama_dir)({"text": np.array(rows, dtype=object)})["embedding"]
+    model = transformers.LlamaForCausalLM.from_pretrained(llama_dir).eval()
+    with torch.no_grad():
+        ref = [torch.nn.functional.normalize(
+            model(torch.tensor([ids_of(t)]), output_hidden_states=True).hidden_states[-1][0].mean(0), dim=0).numpy()
+            for t in rows]
+    np.testing.assert_allclose(got, np.stack(ref), atol=2e-5)
