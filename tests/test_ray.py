@@ -264,11 +264,12 @@ def test_killed_worker_is_replaced_and_no_row_is_lost_or_repeated(cluster, bert_
 
 
 def test_bad_rows_on_the_cluster(cluster, bert_dir):
-    rows = ["w3 w4", "", "w5", "  ", "w6 w7 w8"]
+    rows = ["w3 w4", "", "w5", "  ", "w6 w7 w8", None, 5]
     out = dataset(rows).map_batches(Embedder, fn_constructor_args=(bert_dir,), batch_size=2, concurrency=2,
                                     num_cpus=1).take_all()
-    assert [r["id"] for r in out] == list(range(5))
-    assert [r["error"] is None for r in out] == [True, False, True, False, True]
+    assert [r["id"] for r in out] == list(range(7))
+    assert [r["error"] is None for r in out] == [True, False, True, False, True, False, False]
+    assert "empty" in out[1]["error"] and "NoneType" in out[5]["error"] and "int" in out[6]["error"]
     assert np.isnan(out[1]["embedding"]).all() and np.isfinite(out[4]["embedding"]).all()
 
 
