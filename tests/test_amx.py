@@ -1,7 +1,7 @@
 """The amx_bf16 path: bfloat16 linear on AMX tiles (csrc/cpu/gemm_amx.h) against the float64 oracle,
 at sizes around its tiles (16 rows, 32 depth, 16-column panels, 2 x 2 tile blocks, 512-deep depth
 blocks, 192-row blocks), with every epilogue, any thread count, and the path's availability report;
-bfloat16 attention's two products on tiles (csrc/cpu/attention.h: amx_scores, amx_pv), on every CPU
+bfloat16 attention's two products on tiles (csrc/cpu/attention_amx.h: amx_scores, amx_pv), on every CPU
 path through the backend fixture, at head dims and key counts around the tiles, with every option.
 
 Where the CPU has no AMX these tests skip, except in an ATTNKIT_AMX_EMULATE build (the tile

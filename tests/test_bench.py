@@ -152,3 +152,62 @@ def test_engines_left_out_when_not_importable(monkeypatch):
     fns, skipped = engines.bert_engines({}, None, 1)
     assert fns == {} and set(skipped) == set(engines.ENGINES)
     assert all("not installed" in why or "torch and transformers" in why for why in skipped.values()), skipped
+
+
+# ---------------------------------------------------------------- the package's import graph (issue 19)
+def bench_imports(root=None):
+    """{module: modules of attnkit.bench it imports}, read from the source (imports inside functions too)."""
+    import ast
+    import pathlib
+
+    if root is None:
+        import attnkit.bench
+        root = pathlib.Path(attnkit.bench.__file__).parent
+    mods = {p.stem for p in root.glob("*.py")} - {"__init__"}
+    graph = {}
+    for m in mods:
+        deps = set()
+        for node in ast.walk(ast.parse((root / f"{m}.py").read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level == 1 or base == "attnkit.bench":  # from . import x / from attnkit.bench import x
+                    deps |= {a.name for a in node.names} if not base or base == "attnkit.bench" else {base}
+                if base.startswith("attnkit.bench."):
+                    deps.add(base.split(".")[2])
+                if node.level == 1 and base:
+                    deps.add(base.split(".")[0])
+            elif isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[2] for a in node.names if a.name.startswith("attnkit.bench.")}
+        graph[m] = (deps & mods) - {m}
+    return graph
+
+
+def import_circle(graph):
+    """A path of modules that closes a circle in graph, or None (depth-first search)."""
+    state = {}
+
+    def visit(m, path):
+        if state.get(m) == "open":
+            return path + [m]
+        if state.get(m) is None:
+            state[m] = "open"
+            for d in sorted(graph[m]):
+                found = visit(d, path + [m])
+                if found:
+                    return found
+            state[m] = "done"
+        return None
+
+    return next((c for c in (visit(m, []) for m in sorted(graph)) if c), None)
+
+
+def test_import_circle_finds_a_circle():
+    assert import_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert import_circle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_bench_modules_import_in_one_direction():
+    graph = bench_imports()
+    assert graph["models"] >= {"suites", "llama"} and "suites" in graph["llama"], graph  # the parser sees imports
+    circle = import_circle(graph)
+    assert circle is None, f"import circle in attnkit.bench: {' -> '.join(circle)}"

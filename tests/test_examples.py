@@ -54,3 +54,11 @@ def test_llama_generate_demo():
     assert len(out.split()) == 4 + 6                                      # the prompt, then the streamed tokens
     out = run_example("llama_generate.py", "--demo", "--max-new-tokens", "6", "--sample")
     assert len(out.split()) == 4 + 6
+
+
+def test_ray_embed_demo():
+    pytest.importorskip("ray.data", reason="examples/ray_embed.py needs ray: pip install 'attnkit[ray]'")
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("safetensors")
+    out = run_example("ray_embed.py", "--demo", timeout=300)
+    assert "201 rows in" in out and "rows with an error: 1 (first: 'empty text')" in out

@@ -172,7 +172,7 @@ template <int C, int A, int B> inline void tile_dpbf16() {
 #endif
 
 // ---------------------------------------------------------------------------------------------
-// The block product every tile user shares (linear: gemm_amx.h; bfloat16 prefill: attention.h).
+// The block product every tile user shares (linear: gemm_amx.h; bfloat16 prefill: attention_amx.h).
 // Operands in tiles of 1 KiB: A tiles 16 rows x 32 bfloat16 (one depth tile), B tiles 16 depth
 // pairs x 16 columns x 2, C 16 x 16 floats.
 constexpr int64_t kAmxTileElems = kAmxRows * kAmxDepth;  // bfloat16 per A or B tile (1 KiB)

@@ -6,9 +6,10 @@
 //   micro_kernel.h  the register-tile product shared by GEMM and attention
 //   gemm.h          linear: packed GEMM and the few-rows GEMV
 //   gemm_amx.h      amx_bf16 only: bfloat16 linear on AMX tiles (amx_tiles.h: the tile operations and the
-//                   block product, shared with attention.h)
-//   attention.h     flash attention (prefill; amx_bf16: bfloat16's two products on tiles) and the few-rows /
-//                   split-KV path (decode)
+//                   block product, shared with attention_amx.h)
+//   attention.h     flash attention: work items, prefill, the split-KV merge; it includes
+//                   attention_decode.h (the few-rows tile: decode) and attention_amx.h (amx_bf16 only:
+//                   bfloat16's two products on tiles)
 //   rowwise.h       softmax, layer_norm, activations
 // Everything has internal linkage except this ISA's kernel table, so no inline function
 // compiled with AVX-512 flags can be merged by the linker into code that runs on other CPUs

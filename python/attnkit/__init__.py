@@ -53,14 +53,32 @@ __all__ = [
 
 
 def set_num_threads(n: int) -> None:
-    """Set the size of attnkit's thread pool (the caller's thread counts as one)."""
+    """Set the size of attnkit's thread pool (the caller's thread counts as one).
+
+    Args:
+        n: threads, >= 1 (default at import: the CPUs this process may use, or ATTNKIT_NUM_THREADS).
+
+    Raises:
+        TypeError: n not an int. ValueError: n < 1.
+
+    Example:
+        >>> import attnkit
+        >>> before = attnkit.get_num_threads()
+        >>> attnkit.set_num_threads(1); attnkit.get_num_threads()
+        1
+        >>> attnkit.set_num_threads(before)
+    """
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
     _core.set_num_threads(n)
 
 
 def get_num_threads() -> int:
-    """The number of threads attnkit's kernels use."""
+    """The number of threads attnkit's kernels use (see [set_num_threads][attnkit.set_num_threads]).
+
+    Returns:
+        An int >= 1.
+    """
     return _core.get_num_threads()
 
 
@@ -69,8 +87,22 @@ def set_isa(name: str) -> None:
     'generic'; 'avx512_bf16' is the avx512 path with bfloat16 `linear` on vdpbf16ps, 'amx_bf16' the same
     with bfloat16 `linear` on AMX tiles (tdpbf16ps); both opt-in).
 
-    Raises ValueError if this CPU cannot run it (for 'amx_bf16' with the reason, also in get_config()['amx']). The default is the fastest usable path;
-    the environment variable ATTNKIT_ISA chooses another one at import.
+    The default is the fastest usable path; the environment variable ATTNKIT_ISA chooses another one at
+    import.
+
+    Args:
+        name: one of get_config()['usable_isas'].
+
+    Raises:
+        TypeError: name not a str. ValueError: this CPU cannot run it (for 'amx_bf16' with the reason,
+            also in get_config()['amx']), or an unknown name.
+
+    Example:
+        >>> import attnkit
+        >>> before = attnkit.get_config()["isa"]
+        >>> attnkit.set_isa("generic"); attnkit.get_config()["isa"]
+        'generic'
+        >>> attnkit.set_isa(before)
     """
     if not isinstance(name, str):
         raise TypeError(f"set_isa: name must be a str, got {type(name).__name__}")
@@ -78,8 +110,18 @@ def set_isa(name: str) -> None:
 
 
 def get_config() -> dict:
-    """Version, the instruction set in use, the usable and compiled ones, whether the amx_bf16 path
-    can run here ('amx': 'usable', 'emulated: ...' or 'unusable: <why>'), and the thread count."""
+    """What this build and this CPU run.
+
+    Returns:
+        A dict: 'version', 'isa' (the path in use), 'usable_isas' and 'compiled_isas' (lists, slowest
+        first), 'amx' (whether the amx_bf16 path can run here: 'usable', 'emulated: ...' or
+        'unusable: <why>') and 'num_threads'.
+
+    Example:
+        >>> import attnkit
+        >>> "generic" in attnkit.get_config()["usable_isas"]
+        True
+    """
     return {
         "version": __version__,
         "isa": _core.get_isa(),

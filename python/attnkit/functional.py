@@ -108,23 +108,44 @@ def scaled_dot_product_attention(
     with 0 to 4 leading batch dims shared by all three. float32, float64, float16 or bfloat16
     (``ml_dtypes.bfloat16``; all the same dtype; half precision computes in float32);
     the output has that dtype. Arrays of any strides are read in place (no copies).
-
-    attn_mask: bool (True where a query may attend) or float of the query dtype (added to the
-        scaled scores), broadcastable to (..., Hq, Lq, Lk).
-    is_causal: query i sees key j only if j <= i (causal_alignment="top_left", PyTorch's), or
-        j <= i + Lk - Lq ("bottom_right": the last query sees every key, as incremental
-        decoding with a KV cache needs; Lk is the sequence's kv_lengths entry when given).
-        May be combined with attn_mask and kv_lengths.
-    scale: default 1/sqrt(E); must be finite and > 0.
-    enable_gqa: Hq may be a multiple of Hk; query head h reads KV head h // (Hq // Hk).
-    kv_lengths: integers of the batch shape (...): keys j >= kv_lengths[b] are ignored (padding).
-    return_lse: also return the log-sum-exp of each query row's scaled, masked scores (..., Hq, Lq).
-    out: optional array (..., Hq, Lq, Ev) of the query dtype to write the result into.
-    window: sliding-window attention (with is_causal=True; CPU only): query i sees key j only if
-        0 <= pos(i) - j < window, pos(i) the query's position in the chosen causal alignment
-        (Mistral's sliding_window). Tiles outside the band are skipped, no mask is formed.
-
     A query row that may attend to no key gives zeros (and log-sum-exp -inf), never NaN.
+
+    Args:
+        query: (..., Hq, Lq, E).
+        key: (..., Hk, Lk, E).
+        value: (..., Hk, Lk, Ev).
+        attn_mask: bool (True where a query may attend) or float of the query dtype (added to the
+            scaled scores), broadcastable to (..., Hq, Lq, Lk).
+        is_causal: query i sees key j only if j <= i (causal_alignment="top_left", PyTorch's), or
+            j <= i + Lk - Lq ("bottom_right": the last query sees every key, as incremental
+            decoding with a KV cache needs; Lk is the sequence's kv_lengths entry when given).
+            May be combined with attn_mask and kv_lengths.
+        scale: default 1/sqrt(E); must be finite and > 0.
+        enable_gqa: Hq may be a multiple of Hk; query head h reads KV head h // (Hq // Hk).
+        causal_alignment: "top_left" or "bottom_right" (see is_causal).
+        kv_lengths (array-like of int): integers of the batch shape (...): keys j >= kv_lengths[b]
+            are ignored (padding).
+        return_lse: also return the log-sum-exp of each query row's scaled, masked scores (..., Hq, Lq).
+        out: optional array (..., Hq, Lq, Ev) of the query dtype to write the result into.
+        window: sliding-window attention (with is_causal=True; CPU only): query i sees key j only if
+            0 <= pos(i) - j < window, pos(i) the query's position in the chosen causal alignment
+            (Mistral's sliding_window). Tiles outside the band are skipped, no mask is formed.
+
+    Returns:
+        The output (..., Hq, Lq, Ev) in the inputs' dtype (``out`` when given), or (output, lse) with
+        ``return_lse``.
+
+    Raises:
+        TypeError: an argument of the wrong type (arrays of different dtypes, a non-bool flag).
+        ValueError: shapes that do not match, a scale that is not finite and > 0, an unknown alignment,
+            ``out`` overlapping an input; each message names the argument.
+        MemoryError: the workspace could not be allocated.
+
+    Example:
+        >>> import numpy as np, attnkit
+        >>> q = np.random.default_rng(0).standard_normal((2, 8, 16, 32), dtype=np.float32)
+        >>> attnkit.scaled_dot_product_attention(q, q, q, is_causal=True).shape
+        (2, 8, 16, 32)
     """
     is_causal = _check_bool(is_causal, "is_causal")
     enable_gqa = _check_bool(enable_gqa, "enable_gqa")
@@ -170,8 +191,26 @@ def scaled_dot_product_attention(
 
 
 def softmax(x: np.ndarray, axis: int = -1, mask: Optional[np.ndarray] = None) -> np.ndarray:
-    """Numerically stable softmax of x along `axis`. mask: bool broadcastable to x, True = keep;
-    masked entries get 0 and a row with every entry masked gives zeros."""
+    """Numerically stable softmax of x along ``axis``.
+
+    Args:
+        x: any shape; float32, float64, float16 or bfloat16.
+        axis: the axis to normalise.
+        mask: bool broadcastable to x, True = keep; masked entries get 0 and a row with every entry
+            masked gives zeros.
+
+    Returns:
+        An array of x's shape and dtype whose entries along ``axis`` sum to 1 (or are all 0).
+
+    Raises:
+        TypeError: ``axis`` not an int, a mask that is not bool. ValueError: an axis or mask shape that
+            does not fit x.
+
+    Example:
+        >>> import numpy as np, attnkit
+        >>> attnkit.softmax(np.array([[0.0, 0.0]], np.float32)).tolist()
+        [[0.5, 0.5]]
+    """
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
         raise TypeError(f"axis: expected an int, got {type(axis).__name__}")
     if _on_gpu(x, mask):
@@ -185,6 +224,21 @@ class PackedLinear:
     ``linear(x, packed)`` then reads no weight array and packs nothing per call. Only the packed
     copy is kept (``nbytes``, about the weight's size). It holds the bias too, if one was given.
     If the kernel path changes afterwards (``attnkit.set_isa``), the next call repacks it once.
+
+    Args:
+        weight: (out_features, in_features), float32, float64, float16 or bfloat16.
+        bias: (out_features,) of the weight's dtype, or None.
+
+    Raises:
+        TypeError: weight or bias not a numpy.ndarray (or weight already packed).
+        ValueError: a weight that is not 2-D, a bias of another length.
+
+    Example:
+        >>> import numpy as np, attnkit
+        >>> w = np.ones((3, 4), np.float32)
+        >>> packed = attnkit.pack_linear(w)
+        >>> packed.shape, attnkit.linear(np.ones((2, 4), np.float32), packed).tolist()
+        ((3, 4), [[4.0, 4.0, 4.0], [4.0, 4.0, 4.0]])
     """
 
     __slots__ = ("_packed", "bias")
@@ -211,6 +265,7 @@ class PackedLinear:
 
     @property
     def dtype(self) -> np.dtype:
+        """The weight's dtype (float32, float64, float16 or bfloat16)."""
         return self._packed.dtype
 
     @property
@@ -247,16 +302,39 @@ class PackedLinear:
 
 
 def pack_linear(weight: np.ndarray, bias: Optional[np.ndarray] = None) -> PackedLinear:
-    """Pack ``weight`` (out_features, in_features) once for ``linear``; see :class:`PackedLinear`."""
+    """Pack ``weight`` (out_features, in_features) once for ``linear``: a
+    [PackedLinear][attnkit.PackedLinear] (same arguments, errors and example)."""
     return PackedLinear(weight, bias)
 
 
 def pack_swiglu(gate_weight: np.ndarray, up_weight: np.ndarray, gate_bias: Optional[np.ndarray] = None,
                 up_bias: Optional[np.ndarray] = None) -> PackedLinear:
-    """Pack a gated MLP's two input projections (each (F, in_features)) into ONE weight whose
-    panels interleave gate and up features, so that ``linear(x, packed)`` computes
+    """Pack a gated MLP's two input projections into ONE weight for a SwiGLU ``linear``.
+
+    The panels interleave gate and up features, so that ``linear(x, packed)`` computes
     silu(x W_gate^T + b_gate) * (x W_up^T + b_up), shape (..., F), in one GEMM with the gate
-    in its epilogue. ``packed.shape`` is (2F, in_features); ``unpack()`` gives [W_gate; W_up]."""
+    in its epilogue. ``packed.shape`` is (2F, in_features); ``unpack()`` gives [W_gate; W_up].
+
+    Args:
+        gate_weight: (F, in_features).
+        up_weight: (F, in_features), the same dtype.
+        gate_bias: (F,) or None (both biases or neither).
+        up_bias: (F,) or None.
+
+    Returns:
+        A [PackedLinear][attnkit.PackedLinear] with ``gated`` True.
+
+    Raises:
+        TypeError: a weight that is not a numpy.ndarray. ValueError: weights of different shapes, a bias
+            of another length or only one bias.
+
+    Example:
+        >>> import numpy as np, attnkit
+        >>> g, u = np.ones((2, 3), np.float32), np.full((2, 3), 2.0, np.float32)
+        >>> y = attnkit.linear(np.ones((1, 3), np.float32), attnkit.pack_swiglu(g, u))
+        >>> np.allclose(y, 3 / (1 + np.exp(-3)) * 6)
+        True
+    """
     for name, w in (("gate_weight", gate_weight), ("up_weight", up_weight)):
         if not isinstance(w, np.ndarray):
             raise TypeError(f"{name}: expected a numpy.ndarray, got {type(w).__name__}")
@@ -285,12 +363,31 @@ def linear(x: np.ndarray, weight, bias: Optional[np.ndarray] = None, *, activati
            out: Optional[np.ndarray] = None) -> np.ndarray:
     """x @ weight.T + bias, PyTorch's weight layout (out_features, in_features); x (..., in_features).
 
-    weight: an array, or a :class:`PackedLinear` from ``pack_linear`` (then its bias is used, and
-    passing another one is an error). activation: None, 'relu', 'gelu' (erf) or 'gelu_tanh',
-    applied in the GEMM's epilogue. out: optional (..., out_features) array of x's dtype to write
-    into, sharing no memory with x; any strides (rows evenly spaced with a unit last stride, e.g.
-    a column slice of a wider array or reversed rows, are written in place; other layouts through
-    one scratch copy); nothing outside its view is written. x, weight and bias: any strides."""
+    Args:
+        x: (..., in_features); float32, float64, float16 or bfloat16.
+        weight (numpy.ndarray or PackedLinear): (out_features, in_features) array of x's dtype, or a
+            [PackedLinear][attnkit.PackedLinear]
+            from ``pack_linear`` (then its bias is used, and passing another one is an error).
+        bias: (out_features,) or None.
+        activation: None, 'relu', 'gelu' (erf) or 'gelu_tanh', applied in the GEMM's epilogue.
+        out: optional (..., out_features) array of x's dtype to write into, sharing no memory with x;
+            any strides (rows evenly spaced with a unit last stride, e.g. a column slice of a wider
+            array or reversed rows, are written in place; other layouts through one scratch copy).
+            Nothing outside its view is written. x, weight and bias may have any strides too.
+
+    Returns:
+        (..., out_features) in x's dtype (``out`` when given).
+
+    Raises:
+        TypeError: arguments of the wrong type or dtype. ValueError: shapes that do not match, an
+            unknown activation, a bias given twice, ``out`` overlapping an input.
+
+    Example:
+        >>> import numpy as np, attnkit
+        >>> x, w, b = np.ones((2, 4), np.float32), np.ones((3, 4), np.float32), np.arange(3, dtype=np.float32)
+        >>> attnkit.linear(x, w, b, activation="relu").tolist()
+        [[4.0, 5.0, 6.0], [4.0, 5.0, 6.0]]
+    """
     act = "none" if activation is None else activation
     if _on_gpu(x, weight, bias):
         if out is not None or isinstance(weight, PackedLinear):
@@ -319,11 +416,28 @@ def layer_norm(
 ):
     """PyTorch's layer_norm over the last dim: (x - mean) / sqrt(var + eps) * weight + bias.
 
-    residual: normalise x + residual instead (the add is fused); with return_sum=True the
-    result is (layer_norm(x + residual), x + residual), as a pre-LN block needs.
-    eps: a finite number >= 0. A constant row has mean exactly its value and variance 0, so its
-    output is exactly ``bias`` (zeros without one) for any eps > 0; with eps=0 it is 0/0 = NaN, as
-    in PyTorch, so use eps=0 only where rows cannot be constant.
+    Args:
+        x: (..., N); float32, float64, float16 or bfloat16.
+        normalized_shape: N (or (N,)): the last dim.
+        weight: (N,) or None.
+        bias: (N,) or None.
+        eps: a finite number >= 0. A constant row has mean exactly its value and variance 0, so its
+            output is exactly ``bias`` (zeros without one) for any eps > 0; with eps=0 it is 0/0 = NaN,
+            as in PyTorch, so use eps=0 only where rows cannot be constant.
+        residual: normalise x + residual instead (the add is fused).
+        return_sum: also return x + residual, as a pre-LN block needs.
+
+    Returns:
+        out (numpy.ndarray or tuple): x's shape and dtype; (layer_norm(x + residual), x + residual) with return_sum.
+
+    Raises:
+        TypeError: arguments of the wrong type. ValueError: normalized_shape other than the last dim,
+            shapes that do not match, eps negative or not finite.
+
+    Example:
+        >>> import numpy as np, attnkit
+        >>> attnkit.layer_norm(np.array([[1.0, 3.0]], np.float32), 2).round(3).tolist()
+        [[-1.0, 1.0]]
     """
     if isinstance(normalized_shape, (bool, np.bool_)) or not (
             isinstance(normalized_shape, (int, np.integer))
@@ -351,8 +465,24 @@ def rms_norm(
 ):
     """RMSNorm over the last dim (Llama's): s / sqrt(mean(s^2) + eps) * weight, s = x + residual.
 
-    residual: the add is fused; with return_sum=True the result is (rms_norm(s), s), as a pre-norm
-    block needs for its next residual. CPU only.
+    Args:
+        x: (..., N); float32, float64, float16 or bfloat16.
+        weight: (N,) or None.
+        eps: a finite number >= 0.
+        residual: added to x first (the add is fused).
+        return_sum: also return s, as a pre-norm block needs for its next residual.
+
+    Returns:
+        out (numpy.ndarray or tuple): x's shape and dtype; (rms_norm(s), s) with return_sum.
+
+    Raises:
+        TypeError: arguments of the wrong type or a GPU array (CPU only). ValueError: shapes that do not
+            match.
+
+    Example:
+        >>> import numpy as np, attnkit
+        >>> attnkit.rms_norm(np.array([[3.0, 4.0]], np.float32), eps=0.0).astype(float).round(3).tolist()
+        [[0.849, 1.131]]
     """
     return_sum = _check_bool(return_sum, "return_sum")
     if _on_gpu(x, residual, weight):
@@ -361,7 +491,22 @@ def rms_norm(
 
 
 def silu(x: np.ndarray) -> np.ndarray:
-    """x * sigmoid(x) (SiLU, swish), elementwise. CPU only."""
+    """x * sigmoid(x) (SiLU, swish), elementwise. CPU only.
+
+    Args:
+        x: any shape; float32, float64, float16 or bfloat16.
+
+    Returns:
+        A new array of x's shape and dtype.
+
+    Raises:
+        TypeError: x not a numpy.ndarray of a supported dtype.
+
+    Example:
+        >>> import numpy as np, attnkit
+        >>> attnkit.silu(np.array([0.0], np.float32)).tolist()
+        [0.0]
+    """
     if _on_gpu(x):
         raise TypeError("x: silu is not supported on the GPU backend")
     return _core.activation(x, "silu")
@@ -369,13 +514,33 @@ def silu(x: np.ndarray) -> np.ndarray:
 
 def apply_rotary(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, positions, *, interleaved: bool = False,
                  out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Rotary position embedding of x (B, H, L, D), any strides (e.g. a (B, L, H, D) view).
+    """Rotary position embedding of x (B, H, L, D), any strides (e.g. a (B, L, H, D) view). CPU only.
 
-    cos, sin: tables (max_positions, R/2) of x's dtype (``attnkit.rope.rope_tables``), R <= D the
-    rotary dims (dims >= R pass through). positions: ints (B, L), or (L,) shared by the batch: the
-    table row of each token (per-sequence offsets for ragged batches). interleaved=False rotates
-    halves (Llama, Qwen2, Mistral, GPT-NeoX: dim d with d + R/2); True rotates pairs (2d, 2d+1)
-    (GPT-J). out: optional array of x's shape and dtype; ``out=x`` rotates in place. CPU only.
+    Args:
+        x: (B, H, L, D).
+        cos: table (max_positions, R/2) of x's dtype (``attnkit.rope.rope_tables``), R <= D the rotary
+            dims (dims >= R pass through).
+        sin: the same shape as cos.
+        positions (array-like of int): (B, L), or (L,) shared by the batch: the table row of each token
+            (per-sequence offsets for ragged batches).
+        interleaved: False rotates halves (Llama, Qwen2, Mistral, GPT-NeoX: dim d with d + R/2); True
+            rotates pairs (2d, 2d+1) (GPT-J).
+        out: optional array of x's shape and dtype; ``out=x`` rotates in place.
+
+    Returns:
+        The rotated array (``out`` when given).
+
+    Raises:
+        TypeError: arguments of the wrong type. ValueError: shapes that do not match, a position outside
+            the tables.
+
+    Example:
+        >>> import numpy as np, attnkit
+        >>> from attnkit.rope import rope_tables
+        >>> cos, sin = rope_tables(8, 16, 10000.0)
+        >>> x = np.ones((1, 2, 3, 8), np.float32)
+        >>> attnkit.apply_rotary(x, cos, sin, np.arange(3)).shape
+        (1, 2, 3, 8)
     """
     interleaved = _check_bool(interleaved, "interleaved")
     if _on_gpu(x, cos, sin, out):
@@ -393,7 +558,23 @@ def apply_rotary(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, positions, *, 
 
 
 def gelu(x: np.ndarray, approximate: str = "none") -> np.ndarray:
-    """GELU: x * Phi(x) (approximate='none', erf) or its tanh approximation ('tanh')."""
+    """GELU: x * Phi(x) (approximate='none', erf) or its tanh approximation ('tanh'), elementwise.
+
+    Args:
+        x: any shape; float32, float64, float16 or bfloat16.
+        approximate: 'none' or 'tanh'.
+
+    Returns:
+        A new array of x's shape and dtype.
+
+    Raises:
+        TypeError: x not an array of a supported dtype.
+
+    Example:
+        >>> import numpy as np, attnkit
+        >>> attnkit.gelu(np.array([0.0, 10.0], np.float32)).tolist()
+        [0.0, 10.0]
+    """
     if approximate not in ("none", "tanh"):
         raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
     name = "gelu" if approximate == "none" else "gelu_tanh"
@@ -401,7 +582,22 @@ def gelu(x: np.ndarray, approximate: str = "none") -> np.ndarray:
 
 
 def relu(x: np.ndarray) -> np.ndarray:
-    """max(x, 0)."""
+    """max(x, 0), elementwise.
+
+    Args:
+        x: any shape; float32, float64, float16 or bfloat16.
+
+    Returns:
+        A new array of x's shape and dtype.
+
+    Raises:
+        TypeError: x not an array of a supported dtype.
+
+    Example:
+        >>> import numpy as np, attnkit
+        >>> attnkit.relu(np.array([-1.0, 2.0], np.float32)).tolist()
+        [0.0, 2.0]
+    """
     return _cuda_route.activation(x, "relu") if _on_gpu(x) else _core.activation(x, "relu")
 
 
@@ -424,14 +620,40 @@ def multi_head_attention(
 ) -> np.ndarray:
     """Multi-head attention, batch first: project, split into heads, attend, merge, project back.
 
-    query (B, Lq, E); key and value (B, Lk, E). in_proj_weight ((num_heads + 2*num_kv_heads) * Dh, E)
-    is [W_q; W_k; W_v] stacked as PyTorch's nn.MultiheadAttention.in_proj_weight, in_proj_bias
-    likewise; out_proj_weight (E_out, num_heads * Dh). Self attention: pass the same array as
-    query, key and value and the three projections run as one GEMM. Cross attention: key and
-    value come from another sequence (another length). num_kv_heads < num_heads gives
-    grouped-query attention. attn_mask, is_causal, kv_lengths, scale: as in
-    scaled_dot_product_attention. Returns (B, Lq, E_out) (or (B, Lq, num_heads*Dh) without
-    out_proj_weight).
+    Self attention: pass the same array as query, key and value and the three projections run as
+    one GEMM. Cross attention: key and value come from another sequence (another length).
+
+    Args:
+        query: (B, Lq, E).
+        key: (B, Lk, E).
+        value: (B, Lk, E).
+        num_heads: query heads; Dh = in_proj_weight rows / (num_heads + 2 * num_kv_heads).
+        in_proj_weight: ((num_heads + 2*num_kv_heads) * Dh, E): [W_q; W_k; W_v] stacked as PyTorch's
+            nn.MultiheadAttention.in_proj_weight.
+        in_proj_bias: the matching bias, or None.
+        out_proj_weight: (E_out, num_heads * Dh), or None (no output projection).
+        out_proj_bias: (E_out,) or None.
+        num_kv_heads: fewer KV heads than num_heads: grouped-query attention (default num_heads).
+        attn_mask: as in [scaled_dot_product_attention][attnkit.scaled_dot_product_attention].
+        is_causal: as there.
+        causal_alignment: as there.
+        kv_lengths (array-like of int): as there, one entry per batch element.
+        scale: as there.
+
+    Returns:
+        (B, Lq, E_out), or (B, Lq, num_heads * Dh) without out_proj_weight, in query's dtype.
+
+    Raises:
+        TypeError: arguments of the wrong type. ValueError: shapes or head counts that do not fit, each
+            naming the argument.
+
+    Example:
+        >>> import numpy as np, attnkit
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((2, 5, 16), dtype=np.float32)
+        >>> w = rng.standard_normal((48, 16), dtype=np.float32)
+        >>> attnkit.multi_head_attention(x, x, x, 4, w).shape
+        (2, 5, 16)
     """
     if _on_gpu(query, key, value, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, attn_mask):
         return _cuda_route.multi_head_attention(

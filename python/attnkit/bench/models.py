@@ -350,6 +350,17 @@ def run_model_suite(quick: bool, threads: int) -> List[Dict]:
     return rows
 
 
+
+def model_suite(opts: suites.Options) -> List[Dict]:
+    """The model suite of ``python -m attnkit.bench``: run_model_suite's rows, or with a half ``--dtype``
+    run_half_model_suite's (the BERT-base-sized forward in that dtype), each tagged ``suite: model``."""
+    if opts.half:
+        rows = run_half_model_suite(opts)
+    else:
+        rows = run_model_suite(quick=opts.quick or opts.tiny, threads=opts.threads)
+    return [dict({"suite": "model"}, **r) for r in rows]
+
+
 if __name__ == "__main__":  # pragma: no cover - manual runs
     import argparse
     import json

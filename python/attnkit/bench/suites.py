@@ -292,19 +292,8 @@ def memory(opts: Options) -> list[Case]:
     return cases
 
 
-def model(opts: Options) -> tuple[list[dict], str | None]:
-    """Rows from attnkit.bench.models.run_model_suite (written separately); (rows, note). Half precision:
-    run_half_model_suite (the BERT-base-sized forward in the dtype)."""
-    try:
-        from attnkit.bench.models import run_half_model_suite, run_model_suite
-    except Exception as e:  # ImportError, or anything its imports raise
-        return [], f"model suite skipped: cannot import attnkit.bench.models.run_model_suite ({e})"
-    if opts.half:
-        rows = run_half_model_suite(opts)
-    else:
-        rows = run_model_suite(quick=opts.quick or opts.tiny, threads=opts.threads)
-    return [dict({"suite": "model"}, **r) for r in rows], None
-
-
-SUITES = {"attention": attention, "decode": decode, "linear": linear, "memory": memory, "model": model}
+SUITES = {"attention": attention, "decode": decode, "linear": linear, "memory": memory}
+# The model suite (whole models, not cases) is attnkit.bench.models.model_suite; that module imports this one,
+# never the other way round (python -m attnkit.bench composes the two).
+SUITE_NAMES = tuple(SUITES) + ("model",)
 HALF_SUITES = ("attention", "decode", "linear", "model")  # the suites a --dtype float16|bfloat16 run has

@@ -212,9 +212,26 @@ class BertModel(Pretrained, nn.Module):
         return cls(c, embeddings, nn.Encoder(layers))
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> np.ndarray:
-        """input_ids (B, L) ints; attention_mask (B, L) 1 = token, 0 = padding; token_type_ids (B, L).
+        """The encoder's last hidden state.
 
-        Returns the last hidden state (B, L, hidden) in the model's dtype (float32 by default).
+        Args:
+            input_ids (numpy.ndarray): (B, L) integer token ids.
+            attention_mask (numpy.ndarray or None): (B, L), 1 = token, 0 = padding.
+            token_type_ids (numpy.ndarray or None): (B, L) segment ids (default zeros).
+
+        Returns:
+            (B, L, hidden) in the model's dtype (float32 by default).
+
+        Raises:
+            ValueError: ids outside the vocabulary, shapes that do not match, each naming the argument.
+
+        Example:
+            >>> import numpy as np
+            >>> from attnkit.models import BertConfig, BertModel
+            >>> cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+            ...                  intermediate_size=64)
+            >>> BertModel.from_config(cfg)(np.array([[1, 2, 3]])).shape
+            (1, 3, 32)
         """
         input_ids = np.asarray(input_ids)
         if input_ids.ndim == 1:

@@ -222,12 +222,34 @@ class GPT2LMHeadModel(Pretrained, nn.Module):
                  length_penalty: float = 1.0, use_cache: bool = True) -> np.ndarray:
         """Continue each prompt by ``max_new_tokens`` tokens: input_ids (B, L) -> (B, L + max_new_tokens).
 
-        Greedy when num_beams == 1, else beam search. ``use_cache`` keeps a KV cache (one position per step);
-        without it each step recomputes the whole prefix (same tokens). Prompts of different lengths: pass
-        ``attention_mask`` (1 = token, 0 = padding, padding on either side); each row is decoded from its own
-        length and the new tokens follow its last real token (left-padded rows: [pads, prompt, new]).
-        Generation only stops early at ``eos_token_id`` when it is given (later tokens: ``pad_token_id``,
-        default eos); the config's eos is not used implicitly.
+        Greedy when num_beams == 1, else beam search. Prompts of different lengths: pass ``attention_mask``;
+        each row is decoded from its own length and the new tokens follow its last real token (left-padded
+        rows: [pads, prompt, new]). Generation only stops early at ``eos_token_id`` when it is given; the
+        config's eos is not used implicitly.
+
+        Args:
+            input_ids (numpy.ndarray): (B, L) or (L,) integer token ids.
+            max_new_tokens: tokens to add per row (>= 0).
+            attention_mask (numpy.ndarray or None): (B, L), 1 = token, 0 = padding (on either side).
+            num_beams: 1 for greedy, more for beam search.
+            eos_token_id: ends a row (later tokens: ``pad_token_id``).
+            pad_token_id: fills a finished row (default: eos).
+            length_penalty: beam scores are divided by length ** length_penalty.
+            use_cache: keep a KV cache (one position per step); False recomputes the whole prefix each step
+                (the same tokens).
+
+        Returns:
+            (B, L + max_new_tokens) int64 token ids.
+
+        Raises:
+            ValueError: input_ids not (B, L) integers, max_new_tokens < 0, a mask of another shape.
+
+        Example:
+            >>> import numpy as np
+            >>> from attnkit.models import GPT2Config, GPT2LMHeadModel
+            >>> m = GPT2LMHeadModel.from_config(GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2))
+            >>> m.generate(np.array([[1, 2, 3]]), 4).shape
+            (1, 7)
         """
         ids = np.asarray(input_ids)
         if ids.ndim == 1:

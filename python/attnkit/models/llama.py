@@ -169,6 +169,20 @@ class LlamaForCausalLM(Pretrained, nn.Module):
     # -- loading ----------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, directory, *, dtype=np.float32):
+        """Load a Hugging Face checkpoint directory: config.json, model.safetensors (or its shards) and,
+        when present with the ``tokenizers`` package, tokenizer.json.
+
+        Args:
+            directory (str or os.PathLike): the checkpoint.
+            dtype (numpy.dtype or str): float32 (default), float16 or "bfloat16": weights and activations.
+
+        Returns:
+            model (LlamaForCausalLM): the model (of the class it was called on), ready to call and to ``generate``.
+
+        Raises:
+            ValueError: a config.json whose model_type is not this class's, an unsupported field, a missing
+                or misshapen tensor, each named.
+        """
         config = load_config(directory)
         mt = config.get("model_type", "llama")
         if mt not in cls.model_types:
@@ -299,8 +313,18 @@ class LlamaForCausalLM(Pretrained, nn.Module):
                temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
                repetition_penalty: Optional[float] = None, seed=None,
                eos_token_id: Union[None, int, Sequence[int]] = None, use_cache: bool = True) -> Iterator[np.ndarray]:
-        """Yield the new tokens (B,) one step at a time (see :meth:`generate`); rows that have
-        finished yield -1. Stops after max_new_tokens steps or when every row has produced an eos."""
+        """Yield the new tokens (B,) one step at a time; rows that have finished yield -1.
+
+        Stops after max_new_tokens steps or when every row has produced an eos. The arguments are those of
+        [generate][attnkit.models.LlamaForCausalLM.generate] (input_ids as token ids only).
+
+        Args:
+            input_ids (numpy.ndarray): (B, L) integer token ids.
+            max_new_tokens: steps at most (>= 0).
+
+        Yields:
+            numpy.ndarray: (B,) int64, the step's token per row (-1 once the row has ended).
+        """
         cfg = SamplingConfig(do_sample, temperature, top_k, top_p, repetition_penalty, seed)
         ids = _token_ids(input_ids)
         if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
@@ -352,11 +376,39 @@ class LlamaForCausalLM(Pretrained, nn.Module):
         """Continue each prompt: input_ids (B, L) -> (B, L + n) int64, or a str -> str with a tokenizer.
 
         Greedy by default; ``do_sample=True`` draws from softmax(processed logits) after
-        repetition_penalty, temperature, top_k and top_p (Hugging Face's order), with ``seed`` (an int or a
-        numpy.random.Generator). Prompts of different lengths: ``attention_mask`` (1 = token, padding on
-        either side); each row decodes from its own length, the new tokens right after its prompt.
-        ``eos_token_id`` (one id or several; None: the config's) ends a row; its later slots hold
-        ``pad_token_id`` (default: the first eos). n = the longest row's new tokens.
+        repetition_penalty, temperature, top_k and top_p (Hugging Face's order). Prompts of different
+        lengths: ``attention_mask``; each row decodes from its own length, the new tokens right after its
+        prompt. n = the longest row's new tokens.
+
+        Args:
+            input_ids (numpy.ndarray or str): (B, L) integer token ids, or a str (needs the checkpoint's
+                tokenizer.json and the ``tokenizers`` package).
+            max_new_tokens: tokens to add per row at most (>= 0).
+            attention_mask (numpy.ndarray or None): (B, L), 1 = token, 0 = padding (on either side).
+            do_sample: False: greedy; True: sampling.
+            temperature: sampling temperature (> 0).
+            top_k: keep the k most likely tokens (None: all).
+            top_p: keep the smallest set of tokens of probability >= top_p (None: all).
+            repetition_penalty: Hugging Face's (None: off).
+            seed (int or numpy.random.Generator or None): the sampling's randomness.
+            eos_token_id: one id or several; None: the config's. Ends a row.
+            pad_token_id: fills a row's slots after its eos (default: the first eos).
+            use_cache: keep a KV cache; False recomputes the prefix (the same tokens).
+
+        Returns:
+            out (numpy.ndarray or str): (B, L + n) int64 token ids, or the text for a str prompt.
+
+        Raises:
+            TypeError: a str prompt without a tokenizer. ValueError: bad token ids, mask or sampling
+                parameters, each naming the argument.
+
+        Example:
+            >>> import numpy as np
+            >>> from attnkit.models import LlamaConfig, LlamaForCausalLM
+            >>> cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            ...                   num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+            >>> LlamaForCausalLM.from_config(cfg).generate(np.array([[1, 2, 3]]), 4).shape
+            (1, 7)
         """
         text = isinstance(input_ids, str)
         if text:
