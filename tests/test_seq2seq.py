@@ -264,3 +264,75 @@ def test_config_fields_refused_by_name(checkpoints, tmp_path):
         model(np.array([[5, 6]]))
     with pytest.raises(ValueError, match="num_return_sequences"):
         model.generate(np.array([[5, 6, 7]]), num_beams=2, num_return_sequences=3)
+
+
+# -------------------------------------------------------------------------------------------------
+# Text in and out
+# -------------------------------------------------------------------------------------------------
+def _marian_spm_dir(tmp_path):
+    """A tiny Marian checkpoint with its SentencePiece files and vocab.json, as OPUS-MT directories have."""
+    spm = pytest.importorskip("sentencepiece")
+    lines = ["the quick brown fox jumps over the lazy dog", "a small model translates short sentences",
+             "attention is all you need", "das ist ein kleiner test", "hello world from the encoder"] * 20
+    (tmp_path / "corpus.txt").write_text("\n".join(lines))
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "corpus.txt"), model_prefix=str(tmp_path / "sp"),
+                                   vocab_size=40, model_type="unigram", minloglevel=2)
+    proc = spm.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
+    vocab = {"</s>": 0, "<unk>": 1}
+    for i in range(proc.get_piece_size()):
+        vocab.setdefault(proc.id_to_piece(i), len(vocab))
+    vocab["<pad>"] = len(vocab)
+    d = tmp_path / "marian"
+    cfg = dict(COMMON_BART, vocab_size=len(vocab), pad_token_id=vocab["<pad>"], eos_token_id=0,
+               decoder_start_token_id=vocab["<pad>"], scale_embedding=True, activation_function="swish")
+    torch.manual_seed(0)
+    ref = transformers.MarianMTModel(transformers.MarianConfig(**cfg)).eval()
+    _perturb(ref, 7)
+    ref.save_pretrained(d)
+    for name in ("source.spm", "target.spm"):
+        (d / name).write_bytes((tmp_path / "sp.model").read_bytes())
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    return d, ref
+
+
+def test_marian_sentencepiece_text(tmp_path):
+    d, ref = _marian_spm_dir(tmp_path)
+    tok = transformers.MarianTokenizer(vocab=str(d / "vocab.json"), source_spm=str(d / "source.spm"),
+                                       target_spm=str(d / "target.spm"))
+    model = models.from_pretrained(d)
+    text = "the quick fox needs attention"
+    assert model.tokenizer.encode(text) == tok(text).input_ids
+    enc = tok([text, "hello world"], padding=True, return_tensors="np")
+    kw = dict(max_new_tokens=6, num_beams=2, no_repeat_ngram_size=1)
+    want = _hf_generate(ref, enc["input_ids"], enc["attention_mask"], **kw)
+    got = model.generate([text, "hello world"], **kw)
+    assert got == [tok.decode(w, skip_special_tokens=True) for w in want]
+    assert model.generate(text, **kw) == got[0]
+
+
+def test_marian_without_sentencepiece_names_it(tmp_path, monkeypatch):
+    d, _ = _marian_spm_dir(tmp_path)
+    monkeypatch.setitem(__import__("sys").modules, "sentencepiece", None)
+    with pytest.raises(ImportError, match="sentencepiece"):
+        models.from_pretrained(d)
+
+
+def test_tokenizer_json_text(checkpoints, tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    d, ref = checkpoints["bart-gelu"]
+    words = [f"w{i}" for i in range(V)]
+    tk = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w3"))
+    tk.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tk.decoder = tokenizers.decoders.WordPiece(prefix="##")
+    tk.add_special_tokens(["w0", "w1", "w2"])
+    out = tmp_path / "bart"
+    ref.save_pretrained(out)
+    tk.save(str(out / "tokenizer.json"))
+    model = models.from_pretrained(out)
+    text = "w10 w11 w12 w40 w2"
+    ids = np.array([tk.encode(text).ids])
+    tokens = model.generate(ids, max_new_tokens=6, no_repeat_ngram_size=1)
+    assert model.generate(text, max_new_tokens=6, no_repeat_ngram_size=1) == tk.decode(tokens[0].tolist(),
+                                                                                          skip_special_tokens=True)
+    with pytest.raises(TypeError, match="tokenizer"):
+        models.from_pretrained(checkpoints["bart-gelu"][0]).generate("w10 w11")
