@@ -38,9 +38,10 @@ class DecodingState(Protocol):
     def reorder(self, rows: np.ndarray) -> None: ...
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """log p over the last axis, in float64 (ranks of near-equal scores stay stable)."""
-    x = np.asarray(logits, dtype=np.float64)
+def log_softmax(logits: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """log p over the last axis, in float64 by default (ranks of near-equal scores stay stable); beam search
+    asks for float32, as transformers computes it."""
+    x = np.asarray(logits, dtype=dtype)
     m = x.max(axis=-1, keepdims=True)
     return x - (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))
 
@@ -155,12 +156,12 @@ class GenerationConfig:
 
 def process_scores(scores: np.ndarray, sequences: np.ndarray, cfg: GenerationConfig, prompt_len: int,
                    *, warp: bool = True) -> np.ndarray:
-    """scores (R, V) for the token after sequences (R, cur) -> processed float64 scores (R, V).
+    """scores (R, V) for the token after sequences (R, cur) -> processed scores (R, V) (float32 or float64 as given).
 
     Hugging Face's processors in its order; -inf marks a token that may not be chosen. prompt_len: the
     length of the decoder prompt within ``sequences`` (min_new_tokens counts from there). warp: apply the
     sampling warpers (temperature, top_k, top_p) when cfg.do_sample."""
-    x = np.array(scores, dtype=np.float64)
+    x = np.array(scores, dtype=np.result_type(scores.dtype, np.float32))    # float32 stays float32, as there
     R, V = x.shape
     cur = sequences.shape[1]
     rows = np.arange(R)[:, None]
@@ -270,9 +271,10 @@ def beam_steps(state: DecodingState, logits: np.ndarray, prompt: np.ndarray, cfg
     running[:, :, :P] = prompt[:, None]
     best = running.copy()                                                    # finished hypotheses (R, K, T)
     best_len = np.zeros((R, K), dtype=np.int64)                             # their new tokens
-    run_scores = np.zeros((R, K))
+    f32 = np.float32                                                         # transformers' score dtype
+    run_scores = np.zeros((R, K), f32)
     run_scores[:, 1:] = _NEG                                                 # identical beams: one alive
-    best_scores = np.full((R, K), _NEG)
+    best_scores = np.full((R, K), _NEG, f32)
     finished = np.zeros((R, K), dtype=bool)
     open_rows = np.ones(R, dtype=bool)                                       # may still improve
     state.reorder(np.repeat(np.arange(R), K))                               # R -> R*K rows
@@ -280,7 +282,7 @@ def beam_steps(state: DecodingState, logits: np.ndarray, prompt: np.ndarray, cfg
     cur = P
     rng = cfg.sampling.rng
     while cur < T:
-        lp = log_softmax(logits)                                             # (R*K, V)
+        lp = log_softmax(logits, f32)                                        # (R*K, V)
         lp = process_scores(lp, running[:, :, :cur].reshape(R * K, cur), cfg, P)
         acc = (lp.reshape(R, K, V) + run_scores[:, :, None]).reshape(R, K * V)
         if cfg.do_sample:
@@ -304,16 +306,17 @@ def beam_steps(state: DecodingState, logits: np.ndarray, prompt: np.ndarray, cfg
         if cur + 1 >= T:
             hits[:] = True
         # the K best continuations that did not finish run on
-        run_cand = top_scores + hits * _NEG
+        run_cand = top_scores + (hits * _NEG).astype(f32)
         nxt = _topk(run_cand, K)
         running = np.take_along_axis(cand, nxt[:, :, None], axis=1)
         run_scores = np.take_along_axis(run_cand, nxt, axis=1)
         run_src = np.take_along_axis(src, nxt, axis=1)
         # the finished among the first K candidates become hypotheses when they beat the kept ones
         just = hits & (np.arange(keep) < K)[None, :]
-        scores = top_scores / float(cur + 1 - P) ** lp_pow
+        scores = top_scores / f32(float(cur + 1 - P) ** lp_pow)
         full = finished.all(axis=1, keepdims=True) & (cfg.early_stopping is True)
-        scores = scores + full * _NEG + (~open_rows)[:, None] * _NEG + (~just) * _NEG
+        for never in (full, (~open_rows)[:, None], ~just):                  # one add each, as there
+            scores = scores + (never * _NEG).astype(f32)
         m_scores = np.concatenate([best_scores, scores], axis=1)
         pick = _topk(m_scores, K)
         best = np.take_along_axis(np.concatenate([best, cand], axis=1), pick[:, :, None], axis=1)
@@ -327,8 +330,8 @@ def beam_steps(state: DecodingState, logits: np.ndarray, prompt: np.ndarray, cfg
             length = T - P
         else:
             length = cur - P
-        best_possible = run_scores[:, :1] / float(length) ** lp_pow
-        worst = np.where(finished, best_scores.min(axis=1, keepdims=True), _NEG)
+        best_possible = run_scores[:, :1] / f32(float(length) ** lp_pow)
+        worst = np.where(finished, best_scores.min(axis=1, keepdims=True), f32(_NEG))
         open_rows &= np.any(best_possible > worst, axis=1)
         if not (open_rows.any() and not (finished.all() and cfg.early_stopping is True) and not hits.all()):
             break
