@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import numpy as np
 
 
 def run_bench(*args, timeout=120):
@@ -152,3 +153,17 @@ def test_engines_left_out_when_not_importable(monkeypatch):
     fns, skipped = engines.bert_engines({}, None, 1)
     assert fns == {} and set(skipped) == set(engines.ENGINES)
     assert all("not installed" in why or "torch and transformers" in why for why in skipped.values()), skipped
+
+
+def test_translation_rows_tiny():
+    """The model suite's translation rows (issue 18) at toy sizes: attnkit decodes the tokens transformers
+    decodes (greedy and 4 beams), and the step-cost row is there."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    from attnkit.bench import suites, translation
+    rows = translation.translation_rows(torch, suites.Options(tiny=True, threads=1), np.random.default_rng(0))
+    ours = [r for r in rows if r["contender"] == "attnkit" and "translate" in r["case"]]
+    assert len(ours) == 2 and all(r["same_tokens"] and r["ratio_vs_torch"] > 0 for r in ours), ours
+    step = [r for r in rows if "decoding step" in r["case"]]
+    assert len(step) == 1 and step[0]["step_ratio_64_vs_8"] > 0

@@ -3,7 +3,7 @@
 quick, toy sizes with tiny), attnkit vs Hugging Face transformers (PyTorch eager) and, when installed,
 CTranslate2's Translator (float32), all holding the same weights, on the same threads:
 
-* translate: encode a 24-token source, then exactly 32 new tokens (min_new_tokens = max_new_tokens), greedy
+* translate: encode a 24-token source, then exactly 32 new tokens (8 with tiny; min_new_tokens = max_new_tokens), greedy
   and 4 beams, batch 1 and 8; milliseconds per call and per sentence;
 * step cost: one decoding step of attnkit (KV cache on, the encoder's K/V projected once per generate call)
   after 64 target tokens against after 8: near 1 when nothing grows but the self-attention over the cache.
@@ -57,7 +57,7 @@ class _MarianVocabulary:
         return {self.token(i): i for i in range(self.size)}
 
 
-def _ct2_translator(ctranslate2, hf_model, threads: int, workdir: str):
+def _ct2_translator(ctranslate2, hf_model, threads: int, workdir: str, new: int):
     """CTranslate2's Translator on the converted model: fn(ids (B, S), beams) -> (B, 1 + n) ids, the decoder
     start (pad) first as transformers returns them."""
     vocab = _MarianVocabulary(hf_model.config.vocab_size)
@@ -66,10 +66,11 @@ def _ct2_translator(ctranslate2, hf_model, threads: int, workdir: str):
 
     def translate(ids, beams: int):
         tokens = [[vocab.token(int(i)) for i in row] for row in ids]
-        res = translator.translate_batch(tokens, beam_size=beams, max_decoding_length=NEW_TOKENS,
-                                         min_decoding_length=NEW_TOKENS, return_end_token=True)
-        rows = [[start] + [vocab.get_vocab()[t] for t in r.hypotheses[0]] for r in res]
-        return np.array([r + [0] * (1 + NEW_TOKENS - len(r)) for r in rows])
+        res = translator.translate_batch(tokens, beam_size=beams, max_decoding_length=new,
+                                         min_decoding_length=new, return_end_token=True)
+        ids = vocab.get_vocab()
+        rows = [[start] + [ids[t] for t in r.hypotheses[0]] for r in res]
+        return np.array([r + [0] * (1 + new - len(r)) for r in rows])
     return translate
 
 
@@ -117,10 +118,11 @@ def translation_rows(torch, opts: suites.Options, rng) -> List[Dict]:
             skipped["ctranslate2"] = found
         else:
             try:
-                translate_ct2 = _ct2_translator(found[0], hf, opts.threads, os.path.join(workdir, "ct2"))
+                translate_ct2 = _ct2_translator(found[0], hf, opts.threads, os.path.join(workdir, "ct2"), new)
             except Exception as e:                                 # pragma: no cover - engine trouble
                 skipped["ctranslate2"] = f"error: {type(e).__name__}: {e}"
         V = kw["vocab_size"]
+        new = 8 if opts.tiny else NEW_TOKENS
         shape = (f"marian-base-shaped {kw['encoder_layers']}+{kw['decoder_layers']}L d{kw['d_model']} "
                  f"h{kw['encoder_attention_heads']} V{V}")
         batches = (1,) if opts.tiny else (1, 8)
@@ -129,7 +131,7 @@ def translation_rows(torch, opts: suites.Options, rng) -> List[Dict]:
             src[:, -1] = 0                                         # </s> ends a Marian source
             src_t = torch.from_numpy(src)
             for beams in (1, 4):
-                gen = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, num_beams=beams)
+                gen = dict(max_new_tokens=new, min_new_tokens=new, num_beams=beams)
 
                 def run_hf(gen=gen):
                     with torch.inference_mode():
@@ -143,7 +145,7 @@ def translation_rows(torch, opts: suites.Options, rng) -> List[Dict]:
                 same = bool(np.array_equal(res["attnkit"]["out"], res["torch"]["out"]))
                 ratios["attnkit"].update(same_tokens=same, note="; ".join(filter(None, [
                     f"same tokens as transformers: {same}", engines.describe_skipped(skipped)])))
-                label = (f"{shape} translate {SOURCE_LEN}+{NEW_TOKENS} tok "
+                label = (f"{shape} translate {SOURCE_LEN}+{new} tok "
                          f"{'greedy' if beams == 1 else f'{beams} beams'} batch {batch}")
                 for c, r in res.items():
                     row = {"suite": "model", "case": label, "contender": c,
@@ -151,7 +153,7 @@ def translation_rows(torch, opts: suites.Options, rng) -> List[Dict]:
                     if r.get("median_ms"):
                         row["ms_per_sentence"] = r["median_ms"] / batch
                     rows.append(row)
-        steps = _step_cost(model, rng)
+        steps = _step_cost(model, rng, repeats=5 if opts.tiny else 30)
         rows.append({"suite": "model", "case": f"{shape} decoding step after 64 vs 8 target tokens",
                      "contender": "attnkit", "median_ms": steps[64], "step_ms_at_8": steps[8],
                      "step_ratio_64_vs_8": steps[64] / steps[8],
