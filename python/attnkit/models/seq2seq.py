@@ -104,12 +104,15 @@ class Seq2SeqConfig:
         mt = f("model_type", str, choices=("marian", "bart", "mbart", "m2m_100", "t5"))
         if mt == "t5":
             return cls._t5(config, f, where)
-        for name in ("add_bias_logits", "normalize_before", "add_final_layer_norm", "static_position_embeddings",
-                     "normalize_embedding"):
-            if name in config and config[name] not in (None, False) and not (
-                    mt == "marian" and name == "static_position_embeddings" and config[name] is True):
-                raise ValueError(f"{where}: field '{name}' = {config[name]!r} is not supported (transformers' "
-                                 f"{mt} ignores it; a checkpoint that needs it is not a {mt})")
+        # fields of older (fairseq-era) configs that transformers' classes ignore: a value that asks for another
+        # computation than the family's own is refused rather than silently dropped
+        own = {"normalize_before": mt in ("mbart", "m2m_100"), "add_final_layer_norm": mt in ("mbart", "m2m_100"),
+               "static_position_embeddings": mt in ("marian", "m2m_100"),
+               "normalize_embedding": mt in ("bart", "mbart"), "add_bias_logits": False}
+        for name, value in own.items():
+            if config.get(name) is not None and bool(config[name]) != value:
+                raise ValueError(f"{where}: field '{name}' = {config[name]!r} is not supported ({mt} computes "
+                                 f"with {name} = {value}, as transformers does)")
         act_name = f("activation_function", str, "gelu")
         act = _ACTIVATIONS.get(act_name)
         if act is None:
