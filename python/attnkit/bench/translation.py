@@ -97,7 +97,9 @@ def _step_cost(model, rng, lengths=(8, 64), repeats: int = 30) -> Dict:
     return out
 
 
-def translation_rows(torch, opts: suites.Options, rng) -> List[Dict]:
+def translation_rows(torch, opts: suites.Options, rng, *, batches=None, beam_sizes=(1, 4),
+                     step_cost: bool = True) -> List[Dict]:
+    """The rows above; ``batches`` / ``beam_sizes`` / ``step_cost`` pick a part of them (default: all)."""
     try:
         import transformers
     except ImportError:
@@ -125,12 +127,13 @@ def translation_rows(torch, opts: suites.Options, rng) -> List[Dict]:
         new = 8 if opts.tiny else NEW_TOKENS
         shape = (f"marian-base-shaped {kw['encoder_layers']}+{kw['decoder_layers']}L d{kw['d_model']} "
                  f"h{kw['encoder_attention_heads']} V{V}")
-        batches = (1,) if opts.tiny else (1, 8)
+        if batches is None:
+            batches = (1,) if opts.tiny else (1, 8)
         for batch in batches:
             src = rng.integers(2, V - 1, (batch, SOURCE_LEN))
             src[:, -1] = 0                                         # </s> ends a Marian source
             src_t = torch.from_numpy(src)
-            for beams in (1, 4):
+            for beams in beam_sizes:
                 gen = dict(max_new_tokens=new, min_new_tokens=new, num_beams=beams)
 
                 def run_hf(gen=gen):
@@ -153,6 +156,8 @@ def translation_rows(torch, opts: suites.Options, rng) -> List[Dict]:
                     if r.get("median_ms"):
                         row["ms_per_sentence"] = r["median_ms"] / batch
                     rows.append(row)
+        if not step_cost:
+            return rows
         steps = _step_cost(model, rng, repeats=5 if opts.tiny else 30)
         rows.append({"suite": "model", "case": f"{shape} decoding step after 64 vs 8 target tokens",
                      "contender": "attnkit", "median_ms": steps[64], "step_ms_at_8": steps[8],
@@ -172,9 +177,13 @@ if __name__ == "__main__":  # pragma: no cover - manual runs
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, action="append", help="batch sizes (repeatable; default 1 and 8)")
+    ap.add_argument("--beams", type=int, action="append", help="beam sizes (repeatable; default 1 and 4)")
+    ap.add_argument("--no-step", action="store_true", help="leave out the step-cost row")
     a = ap.parse_args()
     o = suites.Options(quick=a.quick, tiny=a.tiny, threads=a.threads)
     suites.configure(a.threads, None, ["attnkit", "torch"])
-    for row in translation_rows(_torch, o, np.random.default_rng(0)):
+    for row in translation_rows(_torch, o, np.random.default_rng(0), batches=a.batch,
+                                beam_sizes=tuple(a.beams or (1, 4)), step_cost=not a.no_step):
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
-                          if k not in ("breakdown_ms",)}))
+                          if k not in ("breakdown_ms",)}), flush=True)
