@@ -167,3 +167,9 @@ def test_translation_rows_tiny():
     assert len(ours) == 2 and all(r["same_tokens"] and r["ratio_vs_torch"] > 0 for r in ours), ours
     step = [r for r in rows if "decoding step" in r["case"]]
     assert len(step) == 1 and step[0]["step_ratio_64_vs_8"] > 0
+    try:
+        import ctranslate2  # noqa: F401
+    except ImportError:
+        return
+    ct2 = [r for r in rows if r["contender"] == "ctranslate2"]
+    assert len(ct2) == 2 and all(r["median_ms"] > 0 for r in ct2), ours[0].get("note")

@@ -114,6 +114,8 @@ def translation_rows(torch, opts: suites.Options, rng, *, batches=None, beam_siz
         with engines._no_progress_bars():
             hf.save_pretrained(hf_dir)
         model = MarianMTModel.from_pretrained(hf_dir)
+        V = kw["vocab_size"]
+        new = 8 if opts.tiny else NEW_TOKENS
         found = engines._imports("ctranslate2")
         translate_ct2, skipped = None, {}
         if isinstance(found, str):
@@ -123,8 +125,6 @@ def translation_rows(torch, opts: suites.Options, rng, *, batches=None, beam_siz
                 translate_ct2 = _ct2_translator(found[0], hf, opts.threads, os.path.join(workdir, "ct2"), new)
             except Exception as e:                                 # pragma: no cover - engine trouble
                 skipped["ctranslate2"] = f"error: {type(e).__name__}: {e}"
-        V = kw["vocab_size"]
-        new = 8 if opts.tiny else NEW_TOKENS
         shape = (f"marian-base-shaped {kw['encoder_layers']}+{kw['decoder_layers']}L d{kw['d_model']} "
                  f"h{kw['encoder_attention_heads']} V{V}")
         if batches is None:
