@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import numpy as np
 
 
 def run_bench(*args, timeout=120):
@@ -211,3 +212,21 @@ def test_bench_modules_import_in_one_direction():
     assert graph["models"] >= {"suites", "llama"} and "suites" in graph["llama"], graph  # the parser sees imports
     circle = import_circle(graph)
     assert circle is None, f"import circle in attnkit.bench: {' -> '.join(circle)}"
+def test_translation_rows_tiny():
+    """The model suite's translation rows (issue 18) at toy sizes: attnkit decodes the tokens transformers
+    decodes (greedy and 4 beams), and the step-cost row is there."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    from attnkit.bench import suites, translation
+    rows = translation.translation_rows(torch, suites.Options(tiny=True, threads=1), np.random.default_rng(0))
+    ours = [r for r in rows if r["contender"] == "attnkit" and "translate" in r["case"]]
+    assert len(ours) == 2 and all(r["same_tokens"] and r["ratio_vs_torch"] > 0 for r in ours), ours
+    step = [r for r in rows if "decoding step" in r["case"]]
+    assert len(step) == 1 and step[0]["step_ratio_64_vs_8"] > 0
+    try:
+        import ctranslate2  # noqa: F401
+    except ImportError:
+        return
+    ct2 = [r for r in rows if r["contender"] == "ctranslate2"]
+    assert len(ct2) == 2 and all(r["median_ms"] > 0 and r["same_tokens_as_attnkit"] for r in ct2), ct2

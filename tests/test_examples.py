@@ -37,6 +37,20 @@ def test_translate_greedy_demo():
     assert "PyTorch greedy decoding gives the same tokens: True" in out
 
 
+def test_translate_demo():
+    pytest.importorskip("safetensors")
+    pytest.importorskip("tokenizers")
+    out = run_example("translate.py", "--demo", "--beams", "2", "der Hund sieht die Katze")
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("MarianMTModel: 2+2 layers") and len(lines[1].split()) > 2
+    words = set(__import__("re").findall(r"\S+", lines[1]))
+    assert words <= {"the", "a", "cat", "dog", "sees", "runs", "small", "big", "house", "river", "and", "quickly",
+                     "red", "green", "der", "die", "das", "Katze", "Hund", "sieht", "läuft", "klein", "groß",
+                     "Haus", "Fluss"}                          # decoded words, special tokens skipped
+    ids = run_example("translate.py", "--demo", "--ids", "3 4 5 0").strip().splitlines()[1].split()
+    assert ids[0] == "27" and ids[-1] == "0"                   # decoder start (pad), ..., forced eos
+
+
 def test_examples_explain_text_prompts_without_a_tokenizer():
     # a text prompt for a model without tokenizer.json: a one-line explanation, not a traceback
     pytest.importorskip("safetensors")

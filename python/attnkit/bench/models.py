@@ -16,6 +16,9 @@
 * the same BERT-base-sized forward with its weights in float16 or bfloat16: attnkit in that dtype vs attnkit
   float32 (the same rounded weights) vs PyTorch in that dtype.
 
+* translation with a Marian-base-shaped encoder-decoder (``bench.translation``): greedy and 4 beams, batch 1
+  and 8, vs transformers and CTranslate2's Translator; the decoding step after 64 vs 8 target tokens.
+
 The BERT-base forward and GPT-2-small decoding also time ONNX Runtime and CTranslate2 when they are installed
 (``bench.engines``: same weights, float32, same threads; each row says how far its output is from attnkit's).
 
@@ -34,6 +37,7 @@ from attnkit import nn
 from attnkit import reference as R
 from attnkit.bench import breakdown, engines, harness, suites
 from attnkit.bench.llama import llama_rows
+from attnkit.bench.translation import translation_rows
 from attnkit.models import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
 __all__ = ["run_model_suite"]
@@ -344,7 +348,7 @@ def run_model_suite(quick: bool, threads: int) -> List[Dict]:
     rng = np.random.default_rng(0)
     rows = _encoder_rows(torch, opts, rng) + _generation_rows(opts, rng) + _bert_rows(torch, opts, rng)
     if torch is not None:
-        rows += _gpt2_small_rows(torch, opts, rng) + llama_rows(torch, opts, rng)
+        rows += _gpt2_small_rows(torch, opts, rng) + llama_rows(torch, opts, rng) + translation_rows(torch, opts, rng)
     for r in rows:
         r["threads"] = threads
     return rows

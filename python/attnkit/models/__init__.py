@@ -4,23 +4,33 @@ model.safetensors), read with NumPy only and run on attnkit.nn.
     BertModel.from_pretrained(directory)          BERT, RoBERTa, XLM-RoBERTa encoders
     GPT2LMHeadModel.from_pretrained(directory)    GPT-2 decoders with KV-cache generation
     LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM.from_pretrained(directory)
+    MarianMTModel / BartForConditionalGeneration / MBartForConditionalGeneration /
+    M2M100ForConditionalGeneration (NLLB) / T5ForConditionalGeneration.from_pretrained(directory)
+                                                  encoder-decoders on one stack, generate as in transformers
     from_pretrained(directory)                    the class named by config.json's model_type
 """
 
 from .bert import BertConfig, BertModel
 from .gpt2 import GPT2Config, GPT2LMHeadModel
 from .llama import LlamaConfig, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
+from .seq2seq import (BartForConditionalGeneration, M2M100ForConditionalGeneration, MarianMTModel,
+                      MBartForConditionalGeneration, Seq2SeqConfig, Seq2SeqLM, T5ForConditionalGeneration)
 
 __all__ = ["BertConfig", "BertModel", "GPT2Config", "GPT2LMHeadModel", "LlamaConfig", "LlamaForCausalLM",
-           "Qwen2ForCausalLM", "MistralForCausalLM", "from_pretrained"]
+           "Qwen2ForCausalLM", "MistralForCausalLM", "Seq2SeqConfig", "Seq2SeqLM", "MarianMTModel",
+           "BartForConditionalGeneration", "MBartForConditionalGeneration", "M2M100ForConditionalGeneration",
+           "T5ForConditionalGeneration", "from_pretrained"]
 
 _BY_MODEL_TYPE = {"bert": BertModel, "roberta": BertModel, "xlm-roberta": BertModel, "gpt2": GPT2LMHeadModel,
-                  "llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM, "mistral": MistralForCausalLM}
+                  "llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM, "mistral": MistralForCausalLM,
+                  "marian": MarianMTModel, "bart": BartForConditionalGeneration,
+                  "mbart": MBartForConditionalGeneration, "m2m_100": M2M100ForConditionalGeneration,
+                  "t5": T5ForConditionalGeneration}
 
 
 def from_pretrained(directory, **kwargs):
     """The model class for config.json's ``model_type`` (bert, roberta, xlm-roberta, gpt2, llama, qwen2,
-    mistral), loaded from ``directory``."""
+    mistral, marian, bart, mbart, m2m_100, t5), loaded from ``directory``."""
     from ._checkpoint import load_config
     mt = load_config(directory).get("model_type")
     if mt not in _BY_MODEL_TYPE:

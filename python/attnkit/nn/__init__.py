@@ -3,17 +3,18 @@
 One class per box of the paper's Figure 1 (weights are NumPy arrays held by the modules):
 
     LayerNorm, FeedForward, MultiHeadAttention, Embeddings, Generator     the boxes
+    RMSNorm, RelativePositionBias                                         T5's norm and position bias
     EncoderLayer, DecoderLayer, Encoder, Decoder                          the stacks
     Transformer, TransformerConfig                                        the encoder-decoder
     KVCache, AttentionMask                                                incremental decoding, masks
     StateDict                                                             named tensors of a checkpoint
-    greedy_search, beam_search                                            generation loops
+    greedy_search, beam_search, GenerationConfig                          generation loops (Hugging Face's)
 """
 
 from .cache import KVCache, LayerKVCache
-from .generation import beam_search, greedy_search
+from .generation import GenerationConfig, beam_search, greedy_search
 from .layers import (AttentionMask, Embeddings, FeedForward, Generator, LayerNorm, MultiHeadAttention,
-                     sinusoidal_positional_encoding)
+                     RelativePositionBias, RMSNorm, sinusoidal_positional_encoding)
 from .module import Module, StateDict
 from .transformer import Decoder, DecoderLayer, Encoder, EncoderLayer, Transformer, TransformerConfig
 
@@ -21,4 +22,5 @@ __all__ = [
     "Module", "LayerNorm", "FeedForward", "MultiHeadAttention", "AttentionMask", "Embeddings", "Generator",
     "sinusoidal_positional_encoding", "EncoderLayer", "DecoderLayer", "Encoder", "Decoder", "Transformer",
     "TransformerConfig", "KVCache", "LayerKVCache", "StateDict", "greedy_search", "beam_search",
+    "GenerationConfig", "RMSNorm", "RelativePositionBias",
 ]

@@ -23,11 +23,11 @@ from .module import Module, as_float_array
 
 __all__ = [
     "AttentionMask", "LayerNorm", "FeedForward", "MultiHeadAttention",
-    "Embeddings", "sinusoidal_positional_encoding", "Generator", "ACTIVATIONS",
+    "Embeddings", "sinusoidal_positional_encoding", "Generator", "ACTIVATIONS", "RMSNorm", "RelativePositionBias",
 ]
 
 # Activation names accepted by FeedForward -> the name of the fused epilogue of attnkit.linear.
-ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_tanh"}
+ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_tanh", "silu": "silu"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -107,6 +107,20 @@ class AttentionMask:
                     mask = mask + add
         return cls(mask, bool(is_causal), "top_left", kv_lengths)
 
+    def with_bias(self, bias: Optional[np.ndarray]) -> "AttentionMask":
+        """This mask plus an additive per-head bias (1 or B, H, L, S) (T5's relative positions): the bias becomes
+        the float mask, a bool mask folds in as -inf where a key may not be seen; kv_lengths stay."""
+        if bias is None:
+            return self
+        mask = self.attn_mask
+        if mask is None:
+            mask = bias
+        elif mask.dtype == bool:
+            mask = np.where(mask, bias, bias.dtype.type(-np.inf))
+        else:
+            mask = mask + bias
+        return AttentionMask(mask, self.is_causal, self.causal_alignment, self.kv_lengths)
+
     def select_rows(self, rows: np.ndarray) -> "AttentionMask":
         """The same mask for the batch rows ``rows`` (beam search duplicates rows)."""
         mask = self.attn_mask
@@ -153,6 +167,20 @@ class LayerNorm(Module):
                             residual=residual, return_sum=return_sum)
 
 
+class RMSNorm(Module):
+    """RMSNorm(x + residual) = s / sqrt(mean(s^2) + eps) * weight (T5's LayerNorm: no mean, no bias); called like
+    :class:`LayerNorm`, so a stack takes either."""
+
+    def __init__(self, weight, eps: float = 1e-6):
+        self.weight = as_float_array(weight, _float_dtype(weight), "RMSNorm.weight")
+        if self.weight.ndim != 1:
+            raise ValueError(f"RMSNorm.weight: must be 1-D, got shape {self.weight.shape}")
+        self.eps = float(eps)
+
+    def __call__(self, x, residual=None, *, return_sum: bool = False):
+        return F.rms_norm(x, self.weight, self.eps, residual=residual, return_sum=return_sum)
+
+
 # --------------------------------------------------------------------------------------------------
 # Position-wise feed-forward network
 # --------------------------------------------------------------------------------------------------
@@ -160,19 +188,23 @@ class LayerNorm(Module):
 class FeedForward(Module):
     """FFN(x) = act(x W1^T + b1) W2^T + b2, the same two linear maps at every position (section 3.3).
 
-    Weights in PyTorch's layout: w1 (F, E), w2 (E, F). The activation is fused into the first GEMM.
+    Weights in PyTorch's layout: w1 (F, E), w2 (E, F); biases may be None (T5). The activation is fused into
+    the first GEMM. ``w_up`` (F, E) makes it a gated unit (T5 v1.1's gated-GELU):
+    FFN(x) = (act(x W1^T + b1) * (x W_up^T)) W2^T + b2.
     """
 
-    def __init__(self, w1, b1, w2, b2, activation: str = "relu"):
+    def __init__(self, w1, b1, w2, b2, activation: str = "relu", *, w_up=None):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {sorted(ACTIVATIONS)}, got {activation!r}")
         dtype = _float_dtype(w1)
         w1 = as_float_array(w1, dtype, "FeedForward.w1", (None, None))
         d_ff, d_model = w1.shape
-        self.b1 = as_float_array(b1, dtype, "FeedForward.b1", (d_ff,))
+        self.b1 = None if b1 is None else as_float_array(b1, dtype, "FeedForward.b1", (d_ff,))
         w2 = as_float_array(w2, dtype, "FeedForward.w2", (d_model, d_ff))
-        self.b2 = as_float_array(b2, dtype, "FeedForward.b2", (d_model,))
+        self.b2 = None if b2 is None else as_float_array(b2, dtype, "FeedForward.b2", (d_model,))
         self.w1, self.w2 = F.pack_linear(w1), F.pack_linear(w2)       # packed once, only the packed copy kept
+        self.w_up = None if w_up is None else F.pack_linear(as_float_array(w_up, dtype, "FeedForward.w_up",
+                                                                           (d_ff, d_model)))
         self.activation = activation
 
     @classmethod
@@ -183,6 +215,8 @@ class FeedForward(Module):
 
     def __call__(self, x):
         h = F.linear(x, self.w1, self.b1, activation=ACTIVATIONS[self.activation])   # (B, L, F)
+        if self.w_up is not None:
+            h *= F.linear(x, self.w_up)                                               # gate * up
         return F.linear(h, self.w2, self.b2)                                         # (B, L, E)
 
 
@@ -206,24 +240,29 @@ class MultiHeadAttention(Module):
     """
 
     def __init__(self, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads: int,
-                 *, num_kv_heads: Optional[int] = None, scale: Optional[float] = None):
+                 *, num_kv_heads: Optional[int] = None, scale: Optional[float] = None, head_dim: Optional[int] = None):
         dtype = _float_dtype(in_proj_weight)
         in_proj_weight = as_float_array(in_proj_weight, dtype, "MultiHeadAttention.in_proj_weight", (None, None))
         rows, d_model = in_proj_weight.shape
         H, Hk = int(num_heads), int(num_heads if num_kv_heads is None else num_kv_heads)
-        if rows * H != (H + 2 * Hk) * d_model:                              # rows = (H + 2 Hk) * Dh, Dh = E / H
-            raise ValueError(f"MultiHeadAttention.in_proj_weight: has shape {in_proj_weight.shape}, "
-                             f"expected ({(H + 2 * Hk) * d_model // max(H, 1)}, {d_model}) = [W_q; W_k; W_v]")
-        if H <= 0 or d_model % H:
+        if H <= 0 or (head_dim is None and d_model % H):
             raise ValueError(f"num_heads: {num_heads} does not divide d_model={d_model}")
         if Hk <= 0 or H % Hk:
             raise ValueError(f"num_kv_heads: expected a positive divisor of num_heads={H}, got {num_kv_heads!r}")
-        self.in_proj_bias = as_float_array(in_proj_bias, dtype, "MultiHeadAttention.in_proj_bias", (rows,))
+        Dh = d_model // H if head_dim is None else int(head_dim)                  # T5's d_kv may differ from E / H
+        if Dh <= 0:
+            raise ValueError(f"head_dim: expected a positive int, got {head_dim!r}")
+        if rows != (H + 2 * Hk) * Dh:
+            raise ValueError(f"MultiHeadAttention.in_proj_weight: has shape {in_proj_weight.shape}, "
+                             f"expected ({(H + 2 * Hk) * Dh}, {d_model}) = [W_q; W_k; W_v]")
+        self.in_proj_bias = None if in_proj_bias is None else \
+            as_float_array(in_proj_bias, dtype, "MultiHeadAttention.in_proj_bias", (rows,))
         out_proj_weight = as_float_array(out_proj_weight, dtype, "MultiHeadAttention.out_proj_weight",
-                                         (d_model, d_model))
-        self.out_proj_bias = as_float_array(out_proj_bias, dtype, "MultiHeadAttention.out_proj_bias", (d_model,))
+                                         (d_model, H * Dh))
+        self.out_proj_bias = None if out_proj_bias is None else \
+            as_float_array(out_proj_bias, dtype, "MultiHeadAttention.out_proj_bias", (d_model,))
         self.num_heads, self.num_kv_heads = H, Hk
-        self.head_dim = d_model // H
+        self.head_dim = Dh
         # packed once, only the packed copies kept: W^Q apart from [W^K; W^V], so that cross
         # attention projects the query and the memory with no copy of either
         n = H * self.head_dim
@@ -231,6 +270,13 @@ class MultiHeadAttention(Module):
         self.kv_proj_weight = F.pack_linear(in_proj_weight[n:])
         self.out_proj_weight = F.pack_linear(out_proj_weight)
         self.scale = 1.0 / math.sqrt(self.head_dim) if scale is None else float(scale)
+
+    def _bias(self, part: str):
+        """The q or the kv part of in_proj_bias (None without biases)."""
+        if self.in_proj_bias is None:
+            return None
+        n = self.num_heads * self.head_dim
+        return self.in_proj_bias[:n] if part == "q" else self.in_proj_bias[n:]
 
     @classmethod
     def init(cls, d_model: int, num_heads: int, *, num_kv_heads: Optional[int] = None, rng=None,
@@ -253,9 +299,11 @@ class MultiHeadAttention(Module):
     def _weights(self, prefix: str = ""):
         """torch.nn.MultiheadAttention's names: in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias."""
         yield prefix + "in_proj_weight", self.in_proj_weight
-        yield prefix + "in_proj_bias", self.in_proj_bias
+        if self.in_proj_bias is not None:
+            yield prefix + "in_proj_bias", self.in_proj_bias
         yield prefix + "out_proj_weight", self.out_proj_weight
-        yield prefix + "out_proj_bias", self.out_proj_bias
+        if self.out_proj_bias is not None:
+            yield prefix + "out_proj_bias", self.out_proj_bias
 
     # 1) project ----------------------------------------------------------------------------------
     def project_qkv(self, x) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -263,21 +311,19 @@ class MultiHeadAttention(Module):
         projections (W^Q, then [W^K; W^V]) write side by side (no copies)."""
         B, L, _ = x.shape
         H, Hk, n = self.num_heads, self.num_kv_heads, self.num_heads * self.head_dim
-        y = np.empty((B, L, self.in_proj_bias.shape[0]), x.dtype)              # (B, L, (H + 2 Hk) Dh)
-        F.linear(x, self.q_proj_weight, self.in_proj_bias[:n], out=y[..., :n])
-        F.linear(x, self.kv_proj_weight, self.in_proj_bias[n:], out=y[..., n:])
+        y = np.empty((B, L, (H + 2 * Hk) * self.head_dim), x.dtype)           # (B, L, (H + 2 Hk) Dh)
+        F.linear(x, self.q_proj_weight, self._bias("q"), out=y[..., :n])
+        F.linear(x, self.kv_proj_weight, self._bias("kv"), out=y[..., n:])
         return tuple(F.split_heads(y, (H, Hk, Hk), self.head_dim))
 
     def project_q(self, x) -> np.ndarray:
         """x (B, L, E) -> q (B, H, L, Dh), a view."""
-        n = self.num_heads * self.head_dim
-        (q,) = F.project_heads(x, self.q_proj_weight, self.in_proj_bias[:n], (self.num_heads,), self.head_dim)
+        (q,) = F.project_heads(x, self.q_proj_weight, self._bias("q"), (self.num_heads,), self.head_dim)
         return q
 
     def project_kv(self, memory) -> Tuple[np.ndarray, np.ndarray]:
         """memory (B, S, E) -> k, v (B, Hk, S, Dh), views of one GEMM with [W^K; W^V]."""
-        n = self.num_heads * self.head_dim
-        return tuple(F.project_heads(memory, self.kv_proj_weight, self.in_proj_bias[n:],
+        return tuple(F.project_heads(memory, self.kv_proj_weight, self._bias("kv"),
                                      (self.num_kv_heads, self.num_kv_heads), self.head_dim))
 
     # 2) attend  3) merge the heads and project back -----------------------------------------------
@@ -294,23 +340,26 @@ class MultiHeadAttention(Module):
         (mask is not used), see :meth:`cached`.
         """
         if cache is not None:
-            return self.cached(x, cache)
+            return self.cached(x, cache, mask.attn_mask)
         if memory is None:
             q, k, v = self.project_qkv(x)
         else:
             q, (k, v) = self.project_q(x), self.project_kv(memory)
         return self.attend(q, k, v, mask)
 
-    def cached(self, x, cache) -> np.ndarray:
+    def cached(self, x, cache, bias=None) -> np.ndarray:
         """Causal self attention of new positions x (B, n, E) over everything in ``cache`` (a LayerKVCache).
 
         The new keys and values are written in place into the preallocated cache, then the queries attend to
         views of it, bottom-right aligned (new query i sees cached keys j <= i + length_b) and cut at each
-        sequence's own length.
+        sequence's own length. bias: an additive float mask (1 or B, H, n, S) on top (T5's position bias for
+        these queries over the S cached keys).
         """
         q, k, v = self.project_qkv(x)                          # (B, H, n, Dh), (B, Hk, n, Dh)
         keys, values, lengths = cache.append(k, v)             # (B, Hk, S, Dh) views, lengths (B,)
-        mask = AttentionMask(is_causal=True, causal_alignment="bottom_right", kv_lengths=lengths)
+        if bias is not None:
+            bias = bias[..., :keys.shape[2]]                   # the S keys now in view
+        mask = AttentionMask(bias, is_causal=True, causal_alignment="bottom_right", kv_lengths=lengths)
         return self.attend(q, keys, values, mask)
 
 
@@ -332,11 +381,17 @@ def sinusoidal_positional_encoding(max_len: int, d_model: int, dtype=np.float32)
 class Embeddings(Module):
     """Token embedding scaled by sqrt(d_model) plus a positional encoding (sections 3.4 and 3.5).
 
-    positions: "sinusoidal" (the paper; a fixed table), "learned" (``position_weight`` (max_len, E)) or "none".
+    positions: "sinusoidal" (the paper; a fixed table), "learned" (``position_weight`` (max_len, E), also any
+    fixed table a checkpoint family defines) or "none". The families differ only in configuration:
+      scale            sqrt(d_model) (default; Marian, M2M100), 1.0 (BART without scale_embedding, T5)
+      position_offset  table row of position 0 (BART's learned positions and M2M100's start at row 2)
+      padding_idx      M2M100: padding tokens take row padding_idx and are not counted as positions
+      norm             a LayerNorm after the sum (BART's and mBART's layernorm_embedding)
     """
 
     def __init__(self, weight, *, positions: str = "sinusoidal", position_weight=None, max_len: int = 1024,
-                 scale: Optional[float] = None):
+                 scale: Optional[float] = None, position_offset: int = 0, padding_idx: Optional[int] = None,
+                 norm=None):
         self.weight = as_float_array(weight, _float_dtype(weight), "Embeddings.weight", (None, None))
         d_model = self.weight.shape[1]
         if positions == "sinusoidal":
@@ -350,6 +405,9 @@ class Embeddings(Module):
             raise ValueError(f"positions: expected 'sinusoidal', 'learned' or 'none', got {positions!r}")
         self.positions = positions
         self.scale = math.sqrt(d_model) if scale is None else float(scale)
+        self.position_offset = int(position_offset)
+        self.padding_idx = None if padding_idx is None else int(padding_idx)
+        self.norm = norm
 
     @classmethod
     def init(cls, vocab_size: int, d_model: int, *, positions: str = "sinusoidal", max_len: int = 1024,
@@ -361,6 +419,10 @@ class Embeddings(Module):
 
     def __call__(self, ids, start=0) -> np.ndarray:
         """ids (B, L) ints; start: first position, an int or (B,) per sequence -> (B, L, E)."""
+        x = self._sum(ids, start)
+        return x if self.norm is None else self.norm(x)
+
+    def _sum(self, ids, start) -> np.ndarray:
         ids = np.asarray(ids)
         B, L = ids.shape
         if ids.size and (ids.min() < 0 or ids.max() >= self.weight.shape[0]):
@@ -369,7 +431,13 @@ class Embeddings(Module):
         if self.scale != 1.0:
             x *= x.dtype.type(self.scale)
         if self.position_weight is not None:
-            positions = np.asarray(start).reshape(-1, 1) + np.arange(L)           # (B or 1, L)
+            if self.padding_idx is None:
+                positions = np.asarray(start).reshape(-1, 1) + np.arange(L)       # (B or 1, L)
+            else:                                                                 # padding is not counted
+                real = ids != self.padding_idx
+                positions = np.where(real, np.asarray(start).reshape(-1, 1) + np.cumsum(real, axis=1) - 1,
+                                     self.padding_idx - self.position_offset)
+            positions = positions + self.position_offset
             if positions.max(initial=0) >= len(self.position_weight):
                 if self.positions != "sinusoidal":
                     raise ValueError(f"position {int(positions.max())} is beyond the {len(self.position_weight)} "
@@ -381,12 +449,16 @@ class Embeddings(Module):
 
 
 class Generator(Module):
-    """The final "Linear" (d_model -> vocabulary) whose softmax gives next-token probabilities."""
+    """The final "Linear" (d_model -> vocabulary) whose softmax gives next-token probabilities.
 
-    def __init__(self, weight, bias=None):
+    bias: Marian's and BART's final_logits_bias too. input_scale: multiplies the input first (T5 with a head
+    tied to its embeddings scales the decoder output by d_model ** -0.5)."""
+
+    def __init__(self, weight, bias=None, *, input_scale: Optional[float] = None):
         weight = as_float_array(weight, _float_dtype(weight), "Generator.weight", (None, None))
         self.bias = None if bias is None else as_float_array(bias, weight.dtype, "Generator.bias", (weight.shape[0],))
         self.weight = F.pack_linear(weight)   # packed once, only the packed copy kept
+        self.input_scale = None if input_scale is None else float(input_scale)
 
     @classmethod
     def init(cls, d_model: int, vocab_size: int, *, rng=None, dtype=np.float32) -> "Generator":
@@ -395,7 +467,55 @@ class Generator(Module):
 
     def __call__(self, x) -> np.ndarray:
         """x (..., E) -> logits (..., V). ``attnkit.softmax`` of them gives the probabilities."""
+        if self.input_scale is not None:
+            x = x * x.dtype.type(self.input_scale)
         return F.linear(x, self.weight, self.bias)
+
+
+class RelativePositionBias(Module):
+    """T5's relative position bias: a learned scalar per head for each bucket of key position - query position,
+    added to the attention scores of every layer of a stack (computed once per length, then sliced).
+
+    weight (num_buckets, H). Buckets: exact offsets below max_exact = num_buckets / 2 (/ 4 when bidirectional,
+    where the sign takes half the buckets), then logarithmic up to max_distance, beyond it the last bucket.
+    """
+
+    def __init__(self, weight, *, bidirectional: bool, max_distance: int = 128):
+        self.weight = as_float_array(weight, _float_dtype(weight), "RelativePositionBias.weight", (None, None))
+        self.bidirectional, self.max_distance = bool(bidirectional), int(max_distance)
+        self._table = None                                   # bias (1, H, n, n) of the longest length asked so far
+
+    @property
+    def num_buckets(self) -> int:
+        return self.weight.shape[0]
+
+    def buckets(self, relative: np.ndarray) -> np.ndarray:
+        """relative positions (key - query) -> bucket indices, same shape."""
+        n = self.num_buckets
+        out = np.zeros(relative.shape, dtype=np.int64)
+        if self.bidirectional:
+            n //= 2
+            out += (relative > 0) * n
+            distance = np.abs(relative)
+        else:
+            distance = -np.minimum(relative, 0)
+        exact = n // 2
+        with np.errstate(divide="ignore"):
+            log_ratio = np.log(np.maximum(distance, 1).astype(np.float32) / np.float32(exact))
+        large = exact + (log_ratio / np.float32(math.log(self.max_distance / exact)) * np.float32(n - exact)).astype(np.int64)
+        large = np.minimum(large, n - 1)
+        return out + np.where(distance < exact, distance, large)
+
+    def __call__(self, q_len: int, k_len: int, q_start: int = 0) -> np.ndarray:
+        """The bias (1, H, q_len, k_len) for queries at positions q_start.. over keys 0..k_len-1, a view of a table
+        computed once per length (decoding steps slice one row of it)."""
+        n = max(q_start + q_len, k_len)
+        if self._table is None or self._table.shape[2] < n:
+            n = max(n, 2 * (0 if self._table is None else self._table.shape[2]))
+            rel = np.arange(n)[None, :] - np.arange(n)[:, None]                     # (n, n) key - query
+            values = self.weight[self.buckets(rel)]                                 # (n, n, H)
+            self._table = np.ascontiguousarray(values.transpose(2, 0, 1))[None]     # (1, H, n, n)
+        return self._table[:, :, q_start:q_start + q_len, :k_len]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,9 +20,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .cache import KVCache
-from .generation import beam_search, greedy_search
+from .generation import GenerationConfig, beam_steps, pad_after_eos, sample_steps
 from .layers import (ACTIVATIONS, NO_MASK, AttentionMask, Embeddings, FeedForward, Generator, LayerNorm,
-                     MultiHeadAttention)
+                     MultiHeadAttention, RelativePositionBias)
 from .module import Module, StateDict, float_dtype
 
 __all__ = ["TransformerConfig", "sublayer_connections", "EncoderLayer", "DecoderLayer", "Encoder", "Decoder", "Transformer"]
@@ -143,13 +143,20 @@ class DecoderLayer(Module):
 # --------------------------------------------------------------------------------------------------
 
 class Encoder(Module):
-    """N encoder layers and an optional final LayerNorm."""
+    """N encoder layers and an optional final LayerNorm (or RMSNorm).
 
-    def __init__(self, layers: Sequence[EncoderLayer], norm: Optional[LayerNorm] = None):
+    position_bias: a :class:`RelativePositionBias` (T5) added to every layer's self-attention scores."""
+
+    def __init__(self, layers: Sequence[EncoderLayer], norm: Optional[LayerNorm] = None, *,
+                 position_bias: Optional[RelativePositionBias] = None):
         self.layers, self.norm = list(layers), norm
+        self.position_bias = position_bias
 
     def __call__(self, x, mask: AttentionMask = NO_MASK):
         """x (B, S, E) -> memory (B, S, E)."""
+        if self.position_bias is not None:
+            S = x.shape[1]
+            mask = mask.with_bias(self.position_bias(S, S))                  # once, shared by every layer
         for layer in self.layers:
             x = layer(x, mask)
         return x if self.norm is None else self.norm(x)
@@ -165,10 +172,14 @@ class Encoder(Module):
 
 
 class Decoder(Module):
-    """N decoder layers and an optional final LayerNorm."""
+    """N decoder layers and an optional final LayerNorm (or RMSNorm).
 
-    def __init__(self, layers: Sequence[DecoderLayer], norm: Optional[LayerNorm] = None):
+    position_bias: a :class:`RelativePositionBias` (T5) added to every layer's self-attention scores."""
+
+    def __init__(self, layers: Sequence[DecoderLayer], norm: Optional[LayerNorm] = None, *,
+                 position_bias: Optional[RelativePositionBias] = None):
         self.layers, self.norm = list(layers), norm
+        self.position_bias = position_bias
 
     def project_memory(self, memory) -> MemoryKV:
         """K and V of the encoder memory (B, S, E) for every layer's cross attention, computed once."""
@@ -179,12 +190,22 @@ class Decoder(Module):
         """x (B, L, E), memory (B, S, E) (or its ``project_memory``) -> (B, L, E).
 
         With a ``cache``, x holds only the new positions: self attention appends them to the cache and runs
-        causally over everything cached (self_mask is not used), and the cache advances by L.
+        causally over everything cached (only self_mask's float attn_mask, a bias over the cached keys, is
+        used), and the cache advances by L.
         """
         if memory_kv is None:
             if memory is None:
                 raise ValueError("Decoder: pass memory or memory_kv")
             memory_kv = self.project_memory(memory)
+        if self.position_bias is not None:                                   # once per call, every layer shares it
+            L = x.shape[1]
+            if cache is None:
+                self_mask = self_mask.with_bias(self.position_bias(L, L))
+            else:
+                start = int(cache.lengths[0])
+                if np.any(cache.lengths != start):
+                    raise ValueError("Decoder: a relative position bias needs every cached sequence at one length")
+                self_mask = AttentionMask(self.position_bias(L, start + L, start))   # a slice of one table
         for i, layer in enumerate(self.layers):
             x = layer(x, memory_kv[i], self_mask, memory_mask, None if cache is None else cache.layer(i))
         if cache is not None:
@@ -311,31 +332,68 @@ class Transformer(Module):
     # -- generation ----------------------------------------------------------------------------------
     def generate(self, src, max_new_tokens: int, *, bos_token_id: int, eos_token_id: Optional[int] = None,
                  pad_token_id: Optional[int] = None, src_key_padding_mask=None, num_beams: int = 1,
-                 length_penalty: float = 1.0, use_cache: bool = True) -> np.ndarray:
+                 length_penalty: float = 1.0, use_cache: bool = True, **options) -> np.ndarray:
         """Decode target token ids for src (B, S) ids (or (B, S, E) embedded): returns (B, 1 + max_new_tokens).
 
         Starts every target with ``bos_token_id``; greedy when num_beams == 1, else beam search. With
         ``use_cache`` the decoder keeps a KV cache and runs one position per step; without, it recomputes the
         whole prefix each step (same tokens, for checking and benchmarking). Rows that emit ``eos_token_id``
         continue with ``pad_token_id`` (default eos); generation stops early when all rows have finished.
+        ``options``: the other fields of :class:`attnkit.nn.generation.GenerationConfig` (no_repeat_ngram_size,
+        repetition_penalty, do_sample, ...), as in Hugging Face ``generate``.
         """
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens: must be >= 0, got {max_new_tokens}")
+        cfg = GenerationConfig(max_length=1 + max_new_tokens, num_beams=num_beams, eos_token_id=eos_token_id,
+                               pad_token_id=pad_token_id, length_penalty=length_penalty, **options)
+        out = self.generate_sequences(src, cfg, decoder_start_token_id=bos_token_id,
+                                      src_key_padding_mask=src_key_padding_mask, use_cache=use_cache)
+        out = pad_after_eos(out, cfg, 1)
+        width = 1 + max_new_tokens
+        full = np.full((out.shape[0], width), cfg.pad, dtype=np.int64)
+        full[:, :out.shape[1]] = out[:, :width]
+        return full
+
+    def generate_sequences(self, src, config: GenerationConfig, *, decoder_start_token_id: int,
+                           src_key_padding_mask=None, use_cache: bool = True) -> np.ndarray:
+        """The one decoding loop of every encoder-decoder (this model and the Hugging Face families): encode src
+        once, project the memory's K/V once, then greedy search / sampling / beam search as ``config`` says.
+
+        Returns (B * num_return_sequences, L) token ids starting with the decoder start token, L <= max_length
+        (Hugging Face's output: cut after the longest row)."""
+        if config.num_beams > 1:
+            return beam_steps(*self._start(src, src_key_padding_mask, config, decoder_start_token_id, use_cache),
+                              config)
+        out: list = []
+        for _ in self.stream_tokens(src, config, decoder_start_token_id=decoder_start_token_id,
+                                    src_key_padding_mask=src_key_padding_mask, use_cache=use_cache, out=out):
+            pass
+        return out[0]
+
+    def stream_tokens(self, src, config: GenerationConfig, *, decoder_start_token_id: int,
+                      src_key_padding_mask=None, use_cache: bool = True, out: Optional[list] = None):
+        """Greedy search or sampling one step at a time: yields the new tokens (B * num_return_sequences,),
+        -1 for rows already finished; ``out`` (a list) receives the sequences at the end."""
+        if config.num_beams > 1:
+            raise ValueError("num_beams: streaming works for greedy search and sampling (num_beams=1)")
+        state, logits, prompt = self._start(src, src_key_padding_mask, config, decoder_start_token_id, use_cache)
+        n = config.num_return_sequences
+        if n > 1:                                                                  # independent samples per row
+            rows = np.repeat(np.arange(len(prompt)), n)
+            state.reorder(rows)
+            logits, prompt = logits[rows], prompt[rows]
+        yield from sample_steps(state, logits, prompt, config, out)
+
+    def _start(self, src, src_key_padding_mask, config, start_id, use_cache):
+        """Encode, set up the decoding state, run the decoder start token: (state, logits (B, V), prompt (B, 1))."""
         if self.tgt_embed is None or self.generator is None:
             raise ValueError("generate: the model needs tgt_embed and generator (token embeddings and the "
                              "output Linear); set them or build the model with tgt_vocab_size")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens: must be >= 0, got {max_new_tokens}")
         memory = self.encode(src, src_key_padding_mask=src_key_padding_mask)       # (B, S, E)
         B = memory.shape[0]
-        state = _Seq2SeqDecoding(self, memory, src_key_padding_mask, 1 + max_new_tokens, use_cache)
-        bos = np.full(B, bos_token_id, dtype=np.int64)
-        logits = state.step(bos)                                                   # (B, V)
-        if num_beams == 1:
-            new = greedy_search(state, logits, max_new_tokens, eos_token_id=eos_token_id,
-                                pad_token_id=pad_token_id)
-        else:
-            new = beam_search(state, logits, max_new_tokens, num_beams, eos_token_id=eos_token_id,
-                              pad_token_id=pad_token_id, length_penalty=length_penalty)
-        return np.concatenate([bos[:, None], new], axis=1)
+        state = _Seq2SeqDecoding(self, memory, src_key_padding_mask, max(config.max_length, 1), use_cache)
+        prompt = np.full((B, 1), start_id, dtype=np.int64)
+        return state, state.step(prompt[:, 0]), prompt
 
     # -- helpers -------------------------------------------------------------------------------------
     @property
