@@ -244,12 +244,8 @@ def pack_linear(weight: np.ndarray, bias: Optional[np.ndarray] = None) -> Packed
     return PackedLinear(weight, bias)
 
 
-def pack_swiglu(gate_weight: np.ndarray, up_weight: np.ndarray, gate_bias: Optional[np.ndarray] = None,
-                up_bias: Optional[np.ndarray] = None) -> PackedLinear:
-    """Pack a gated MLP's two input projections (each (F, in_features)) into ONE weight whose
-    panels interleave gate and up features, so that ``linear(x, packed)`` computes
-    silu(x W_gate^T + b_gate) * (x W_up^T + b_up), shape (..., F), in one GEMM with the gate
-    in its epilogue. ``packed.shape`` is (2F, in_features); ``unpack()`` gives [W_gate; W_up]."""
+def _swiglu_checked(gate_weight, up_weight, gate_bias, up_bias) -> Optional[np.ndarray]:
+    """Checks a gated MLP's two projections (pack_swiglu, quantize_swiglu); their stacked bias or None."""
     for name, w in (("gate_weight", gate_weight), ("up_weight", up_weight)):
         if not isinstance(w, np.ndarray):
             raise TypeError(f"{name}: expected a numpy.ndarray, got {type(w).__name__}")
@@ -268,6 +264,16 @@ def pack_swiglu(gate_weight: np.ndarray, up_weight: np.ndarray, gate_bias: Optio
             if not isinstance(b, np.ndarray) or b.shape != (F,):
                 raise ValueError(f"{name}: expected an array of shape ({F},)")
         bias = np.concatenate([gate_bias, up_bias])
+    return bias
+
+
+def pack_swiglu(gate_weight: np.ndarray, up_weight: np.ndarray, gate_bias: Optional[np.ndarray] = None,
+                up_bias: Optional[np.ndarray] = None) -> PackedLinear:
+    """Pack a gated MLP's two input projections (each (F, in_features)) into ONE weight whose
+    panels interleave gate and up features, so that ``linear(x, packed)`` computes
+    silu(x W_gate^T + b_gate) * (x W_up^T + b_up), shape (..., F), in one GEMM with the gate
+    in its epilogue. ``packed.shape`` is (2F, in_features); ``unpack()`` gives [W_gate; W_up]."""
+    bias = _swiglu_checked(gate_weight, up_weight, gate_bias, up_bias)
     packed = object.__new__(PackedLinear)
     packed._packed = _core.pack_gated(np.concatenate([gate_weight, up_weight]))   # the stacked copy is dropped
     packed.bias = bias
@@ -295,7 +301,11 @@ def linear(x: np.ndarray, weight, bias: Optional[np.ndarray] = None, *, activati
     if isinstance(weight, PackedLinear):
         if bias is not None and weight.bias is not None:
             raise ValueError("bias: the packed weight holds a bias already")
-        return _core.linear_packed(x, weight._packed, weight.bias if bias is None else bias, act, out)
+        b = weight.bias if bias is None else bias
+        if (b is not None and weight._packed.quant is not None and isinstance(x, np.ndarray)
+                and b.dtype != x.dtype and x.dtype.name in ("float32", "bfloat16")):
+            b = b.astype(x.dtype)              # a quantized weight serves float32 and bfloat16 x alike
+        return _core.linear_packed(x, weight._packed, b, act, out)
     return _core.linear(x, weight, bias, act, out)
 
 

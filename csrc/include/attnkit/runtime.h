@@ -15,6 +15,7 @@ std::vector<std::string> compiled_isas();
 // The amx_bf16 path here: "usable", "emulated: ..." (an ATTNKIT_AMX_EMULATE build) or "unusable: <why>"
 // (no AMX in cpuid, the OS does not enable the tile state, or arch_prctl refused it).
 std::string amx_status();
+std::string amx_int8_status();  // the same for the amx_int8 path (tdpbusd)
 
 // The CUDA module's (attnkit._cuda) settings: where cuBLASLt is loaded from (dlopen at first use),
 // and whether it loaded ("cuBLASLt <version>" or "unavailable: <why>").
