@@ -64,12 +64,11 @@ struct QRun {
   float* as = nullptr;       // M: s_m (NaN for a row with a NaN or infinity)
   int32_t* asum = nullptr;   // int4: M x ng sums of x_q per group
   float* biasf = nullptr;    // N: the bias, widened
-  float* xf = nullptr;       // EXPERIMENT (a): x widened, M x kp
   const uint8_t* wb = nullptr;
   const float* ws = nullptr;     // scales
   const int32_t* wsum = nullptr; // int8: csum
   int64_t mc = 0, nmb = 0, npp = 0, pp_per_nb = 0, nnb = 0;
-  ~QRun() { std::free(xf); std::free(aq); std::free(as); std::free(asum); std::free(biasf); }
+  ~QRun() { std::free(aq); std::free(as); std::free(asum); std::free(biasf); }
 };
 
 // 1) A's rows m in [begin, end) quantized into run.aq.
@@ -97,10 +96,6 @@ void q_rows_task(void* ctx, int64_t begin, int64_t end, int) {
       q[k] = static_cast<uint8_t>(static_cast<int>(r) + off);
     }
     for (int64_t k = p.K; k < run.kp; ++k) q[k] = static_cast<uint8_t>(off);
-    if (run.xf) {
-      for (int64_t k = 0; k < p.K; ++k) run.xf[m * run.kp + k] = widen(x[k * p.a_k]);
-      for (int64_t k = p.K; k < run.kp; ++k) run.xf[m * run.kp + k] = 0.0f;
-    }
     if (run.int4)
       for (int64_t g = 0; g < run.ng; ++g) {
         int32_t s = 0;
@@ -265,55 +260,6 @@ inline void qdot4(const uint8_t* a, int64_t lda, const uint8_t* const* b, const 
 #endif
 }
 
-
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-// EXPERIMENT (a): one row, int4 dequantized in registers (nibble -> int32 -> float) and FMA with float x.
-template <int NP>
-inline void qdot4_deq(const float* x, const uint8_t* const* b, const float* const* sc, int64_t ng, int64_t group, float* facc) {
-  __m512 acc[NP][4];
-  for (int j = 0; j < NP; ++j) for (int q = 0; q < 4; ++q) acc[j][q] = _mm512_setzero_ps();
-  const __m512i mask = _mm512_set1_epi8(0x0f);
-  __m512i idx[4];
-  for (int q = 0; q < 4; ++q) {
-    alignas(64) int32_t t[16];
-    for (int l = 0; l < 16; ++l) t[l] = 4 * q + l / 4;
-    idx[q] = _mm512_load_si512(t);
-  }
-  float corr[NP][16] = {};
-  for (int64_t g = 0; g < ng; ++g) {
-    __m512 ga[NP][4];
-    for (int j = 0; j < NP; ++j) for (int q = 0; q < 4; ++q) ga[j][q] = _mm512_setzero_ps();
-    float xs = 0.0f;
-    for (int64_t ch = g * group / 8; ch < (g + 1) * group / 8; ++ch) {
-      const __m512 x0 = _mm512_broadcast_f32x4(_mm_loadu_ps(x + 8 * ch)), x1 = _mm512_broadcast_f32x4(_mm_loadu_ps(x + 8 * ch + 4));
-      for (int k = 0; k < 8; ++k) xs += x[8 * ch + k];
-      for (int j = 0; j < NP; ++j) {
-        const __m512i raw = _mm512_loadu_si512(b[j] + ch * 64);
-        const __m512i lo = _mm512_and_si512(raw, mask), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
-        ga[j][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(lo, 0))), x0, ga[j][0]);
-        ga[j][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(lo, 1))), x0, ga[j][1]);
-        ga[j][2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(lo, 2))), x0, ga[j][2]);
-        ga[j][3] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(lo, 3))), x0, ga[j][3]);
-        ga[j][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(hi, 0))), x1, ga[j][0]);
-        ga[j][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(hi, 1))), x1, ga[j][1]);
-        ga[j][2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(hi, 2))), x1, ga[j][2]);
-        ga[j][3] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(hi, 3))), x1, ga[j][3]);
-      }
-    }
-    for (int j = 0; j < NP; ++j) {
-      const __m512 s = _mm512_loadu_ps(sc[j] + g * 16);
-      for (int q = 0; q < 4; ++q) acc[j][q] = _mm512_fmadd_ps(ga[j][q], _mm512_permutexvar_ps(idx[q], s), acc[j][q]);
-      for (int c = 0; c < 16; ++c) corr[j][c] += 8.0f * xs * sc[j][g * 16 + c];
-    }
-  }
-  for (int j = 0; j < NP; ++j) {
-    alignas(64) float t[64];
-    for (int q = 0; q < 4; ++q) _mm512_store_ps(t + 16 * q, acc[j][q]);
-    for (int c = 0; c < 16; ++c) facc[j * 16 + c] = t[4 * c] + t[4 * c + 1] + t[4 * c + 2] + t[4 * c + 3] - corr[j][c];
-  }
-}
-#endif
-
 // ---------------------------------------------------------------------------------------------
 // 3) The epilogue of a tile: v (rows x kTileCols floats, the rescaled products of panels pn ..
 // pn + np) + bias, activation or gate, narrowed into out's rows m0 ...
@@ -453,16 +399,6 @@ void q_task(void* ctx, int64_t begin, int64_t end, int) {
           b[j] = run.wb + q * (run.kp / 2) * kQuantCols;
           sc[j] = run.ws + q * run.ng * kQuantCols;
         }
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-        if (run.xf) {
-          for (int64_t r = 0; r < mlen; ++r) {
-            if (np == 2) qdot4_deq<2>(run.xf + (m0 + r) * run.kp, b, sc, run.ng, run.group, facc);
-            else qdot4_deq<1>(run.xf + (m0 + r) * run.kp, b, sc, run.ng, run.group, facc);
-            q_store<S>(run, facc, 1, m0 + r, pn, np);
-          }
-          continue;
-        }
-#endif
         for (int64_t r0 = 0; r0 < mlen; r0 += kQRows4) {
           const int rows = static_cast<int>(imin(kQRows4, mlen - r0));
           qdot4_rows<kQRows4>(rows, run.aq + (m0 + r0) * run.kp, run.kp, b, sc, run.asum + (m0 + r0) * run.ng, run.ng,
@@ -524,10 +460,6 @@ int qgemm_impl(const GemmProblem& p) {
     run.biasf = static_cast<float*>(std::malloc(sizeof(float) * static_cast<size_t>(p.N)));
     if (!run.biasf) return 1;
     widen_row(static_cast<const S*>(p.bias), p.bias_s, run.biasf, p.N);
-  }
-  if (run.int4 && p.M <= 4 && std::getenv("ATTNKIT_Q4_DEQUANT")) {  // EXPERIMENT (a)
-    run.xf = static_cast<float*>(std::malloc(sizeof(float) * static_cast<size_t>(p.M * run.kp)));
-    if (!run.xf) return 1;
   }
   if (mrows > p.M) std::memset(run.aq + p.M * run.kp, 0, static_cast<size_t>((mrows - p.M) * run.kp));
   const int nt = num_threads();
