@@ -14,14 +14,16 @@ bfloat16 output).
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import contextlib
+import contextvars
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
 from . import _core
 from .functional import PackedLinear, _swiglu_checked
 
-__all__ = ["QuantizedLinear", "quantize_linear", "quantize_swiglu", "quantize_weight", "DEFAULT_GROUP_SIZE"]
+__all__ = ["QuantizedLinear", "quantize_linear", "quantize_swiglu", "quantize_weight", "DEFAULT_GROUP_SIZE", "quantizing"]
 
 # int4's group along K: 128 measured faster than 32 at every size in bench/NOTES.md ("int4 groups")
 # for a small accuracy cost (see the README's table); llama.cpp's Q4_0 uses 32, GPTQ 128.
@@ -168,3 +170,145 @@ def quantize_swiglu(gate_weight: np.ndarray, up_weight: np.ndarray, gate_bias: O
     qu, su = quantize_weight(up_weight, dtype, group_size)
     return QuantizedLinear.from_quantized(np.concatenate([qg, qu]), np.concatenate([sg, su]), bias, dtype=dtype,
                                           group_size=group_size, gated=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Models: every linear layer packed through ``pack`` / ``pack_gated`` below. Inside ``quantizing(...)``
+# (what ``from_pretrained(..., quantize=...)`` sets) float weights are quantized as they are packed;
+# a ``QTensor`` (a quantized checkpoint's q and scales, see ``save_pretrained``) is packed as it is.
+# ---------------------------------------------------------------------------------------------------
+_SPEC = contextvars.ContextVar("attnkit_quantize", default=None)
+
+
+@contextlib.contextmanager
+def quantizing(dtype: Optional[str], group_size: Optional[int] = None, lm_head: Optional[bool] = None):
+    """Within the block, ``pack`` quantizes float weights to ``dtype`` ('int8', 'int4'; None: no change),
+    and ``pack_head`` the LM head too if ``lm_head`` (default: for int8, not for int4)."""
+    if dtype is not None:
+        _check_dtype(dtype)
+        group_size = _group(dtype, group_size) or None
+        lm_head = (dtype == "int8") if lm_head is None else bool(lm_head)
+    token = _SPEC.set(None if dtype is None else (dtype, group_size, lm_head))
+    try:
+        yield
+    finally:
+        _SPEC.reset(token)
+
+
+def quantize_spec() -> Optional[Tuple[str, Optional[int], bool]]:
+    """(dtype, group_size, lm_head) of the enclosing ``quantizing`` block, or None."""
+    return _SPEC.get()
+
+
+_STORED = contextvars.ContextVar("attnkit_stored_quantization", default=None)
+
+
+@contextlib.contextmanager
+def stored_quantization(dtype: Optional[str], group_size: Optional[int] = None):
+    """Within the block, a state dict's int8 / uint8 weights with a 'weight_scale' are read as
+    ``dtype`` ('int8', 'int4') QTensors (a checkpoint written by ``save_pretrained``)."""
+    token = _STORED.set(None if dtype is None else (_check_dtype(dtype), group_size))
+    try:
+        yield
+    finally:
+        _STORED.reset(token)
+
+
+def stored_spec() -> Optional[Tuple[str, Optional[int]]]:
+    return _STORED.get()
+
+
+class QTensor:
+    """One quantized weight of a checkpoint: q (N, K) int8 and its scales, not yet packed. ``dtype`` is
+    the model's activation dtype (what its float tensors load as); rows slice and stack like arrays."""
+
+    __slots__ = ("q", "scale", "qdtype", "group_size", "dtype")
+
+    def __init__(self, q, scale, qdtype, group_size, dtype):
+        self.q, self.scale, self.qdtype, self.group_size, self.dtype = q, scale, qdtype, group_size, np.dtype(dtype)
+
+    @property
+    def shape(self):
+        return self.q.shape
+
+    @property
+    def ndim(self):
+        return 2
+
+    def __getitem__(self, rows):
+        if not isinstance(rows, slice):
+            raise TypeError("a quantized weight slices by rows only")
+        return QTensor(self.q[rows], self.scale[rows], self.qdtype, self.group_size, self.dtype)
+
+
+def concat_rows(parts):
+    """np.concatenate of weights along rows, for float arrays and QTensors alike."""
+    if all(isinstance(p, QTensor) for p in parts):
+        p0 = parts[0]
+        return QTensor(np.concatenate([p.q for p in parts]), np.concatenate([p.scale for p in parts]),
+                       p0.qdtype, p0.group_size, p0.dtype)
+    return np.concatenate(parts)
+
+
+def pack(weight, bias=None) -> PackedLinear:
+    """A model's linear weight packed: as stored (QTensor), quantized (inside ``quantizing``), or float."""
+    if isinstance(weight, QTensor):
+        return QuantizedLinear.from_quantized(weight.q, weight.scale, bias, dtype=weight.qdtype,
+                                              group_size=weight.group_size)
+    spec = _SPEC.get()
+    if spec is not None:
+        return quantize_linear(weight, bias, dtype=spec[0], group_size=spec[1])
+    return PackedLinear(weight, bias)
+
+
+def pack_gated(gate, up, gate_bias=None, up_bias=None) -> PackedLinear:
+    """``pack_swiglu`` through the same choice as ``pack``."""
+    if isinstance(gate, QTensor):
+        both = concat_rows([gate, up])
+        bias = None if gate_bias is None else np.concatenate([gate_bias, up_bias])
+        return QuantizedLinear.from_quantized(both.q, both.scale, bias, dtype=both.qdtype, group_size=both.group_size,
+                                              gated=True)
+    spec = _SPEC.get()
+    if spec is not None:
+        return quantize_swiglu(gate, up, gate_bias, up_bias, dtype=spec[0], group_size=spec[1])
+    from .functional import pack_swiglu
+    return pack_swiglu(gate, up, gate_bias, up_bias)
+
+
+def pack_head(weight, *, packed: bool = False):
+    """A model's LM head: as stored (QTensor), quantized when the enclosing ``quantizing`` asks for the
+    head too, else the float array itself (``packed``: ``pack_linear``'s weight)."""
+    spec = _SPEC.get()
+    if isinstance(weight, QTensor) or (spec is not None and spec[2]):
+        return pack(weight)
+    return PackedLinear(weight) if packed else weight
+
+
+def to_checkpoint(layer: PackedLinear, rows: Optional[slice] = None, *, transpose: bool = False) -> Dict[str, np.ndarray]:
+    """The tensors ``save_pretrained`` writes for (rows of) a packed layer, keyed by suffix: a float
+    weight ('weight', the model's dtype; transposed for GPT-2's Conv1D), or q ('weight': int8 (N, K);
+    int4 two a byte, (N, ceil(K / 2)) uint8, low nibble first, q + 8) and 'weight_scale'."""
+    if isinstance(layer, QuantizedLinear):
+        q, s = layer.quantized()
+        if rows is not None:
+            q, s = q[rows], s[rows]
+        if layer.dtype == "int4":
+            u = (q.astype(np.int16) + 8).astype(np.uint8)
+            if u.shape[1] % 2:
+                u = np.concatenate([u, np.full((u.shape[0], 1), 8, np.uint8)], axis=1)
+            q = u[:, 0::2] | (u[:, 1::2] << 4)
+        return {"weight": np.ascontiguousarray(q), "weight_scale": np.ascontiguousarray(s)}
+    w = layer.unpack()
+    if rows is not None:
+        w = w[rows]
+    return {"weight": np.ascontiguousarray(w.T if transpose else w)}
+
+
+def from_checkpoint(q: np.ndarray, scale: np.ndarray, K: int, qdtype: str, group_size: Optional[int], dtype) -> QTensor:
+    """A checkpoint's stored q ('weight') and scales back as a QTensor of K columns (see to_checkpoint)."""
+    if qdtype == "int4":
+        lo, hi = (q & 15).astype(np.int8) - 8, (q >> 4).astype(np.int8) - 8
+        full = np.empty((q.shape[0], 2 * q.shape[1]), np.int8)
+        full[:, 0::2], full[:, 1::2] = lo, hi
+        q = full[:, :K]
+    return QTensor(np.ascontiguousarray(q), np.ascontiguousarray(scale, dtype=np.float32), qdtype, group_size, dtype)

@@ -15,6 +15,7 @@ from typing import Iterator, List, Set, Tuple
 import numpy as np
 
 from ..functional import PackedLinear
+from ..quant import QTensor, from_checkpoint, stored_spec
 
 __all__ = ["Module", "as_float_array", "StateDict"]
 
@@ -27,6 +28,9 @@ def as_float_array(value, dtype, name: str, shape=None) -> np.ndarray:
     """
     if value is None:
         raise ValueError(f"{name}: missing (got None)")
+    if isinstance(value, QTensor):                  # a quantized checkpoint's weight: packed as stored
+        _check_shape(value.q, shape, f"{name}: has")
+        return value
     array = np.ascontiguousarray(_to_numpy(value), dtype=dtype)
     _check_shape(array, shape, f"{name}: has")
     return array
@@ -110,6 +114,14 @@ class StateDict:
         if key not in self.tensors:
             raise KeyError(f"{self.origin}: missing tensor '{key}'")
         array = _to_numpy(self.tensors[key])
+        stored = stored_spec()
+        if stored is not None and self.prefix + name + "_scale" in self.tensors and array.dtype.kind in "iu":
+            # a quantized weight (save_pretrained): q stored (out, in) whatever `transpose` says
+            shape = tuple(shape)
+            self.used.update((key, key + "_scale"))
+            qt = from_checkpoint(array, _to_numpy(self.tensors[key + "_scale"]), shape[1], stored[0], stored[1], self.dtype)
+            _check_shape(qt.q, shape, f"{self.origin}: tensor '{key}' has")
+            return qt
         if not _is_float(array.dtype):
             raise ValueError(f"{self.origin}: tensor '{key}' has dtype {array.dtype}, expected floating point")
         _check_shape(array, tuple(shape)[::-1] if transpose else shape, f"{self.origin}: tensor '{key}' has")
