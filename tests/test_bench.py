@@ -152,3 +152,17 @@ def test_engines_left_out_when_not_importable(monkeypatch):
     fns, skipped = engines.bert_engines({}, None, 1)
     assert fns == {} and set(skipped) == set(engines.ENGINES)
     assert all("not installed" in why or "torch and transformers" in why for why in skipped.values()), skipped
+
+
+@pytest.mark.parametrize("qdtype", ["int8", "int4"])
+def test_bench_quantized(tmp_path, qdtype):
+    """--quantize: the quantized linear rows (toy sizes) against attnkit float32, with their ratio and error."""
+    path = tmp_path / "bench.json"
+    p = run_bench("--quantize", qdtype, "--suite", "linear", "--json", str(path), timeout=300)
+    assert f"--quantize {qdtype}" in p.stdout and "vs fp32" in p.stdout
+    doc = json.loads(path.read_text())
+    assert doc["quantize"] == qdtype
+    rows = [r for r in doc["rows"] if r["suite"] == "linear"]
+    ours = [r for r in rows if r["contender"] == "attnkit"]
+    assert ours and all(r["speedup_vs_fp32"] > 0 and 0 < r["max_abs_err_vs_fp32"] < 0.5 for r in ours), ours
+    assert {"attnkit", "attnkit fp32"} <= {r["contender"] for r in rows}
