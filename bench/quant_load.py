@@ -5,31 +5,33 @@
 Writes a random checkpoint of GPT-2-small shape (or BERT-base, or a TinyLlama-width Llama) with
 transformers' layout once, then, each in a fresh child process: from_pretrained in float32, with
 quantize='int8' and 'int4', and from the int8 / int4 checkpoints that save_pretrained wrote. Prints the
-load seconds, the process's peak RSS (ru_maxrss) and its RSS after load (what the model keeps), each above
+load seconds, the process's peak RSS (VmHWM) and its RSS after load (what the model keeps), each above
 the RSS of the bare interpreter with attnkit imported.
 """
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 
 CHILD = r"""
-import json, os, resource, sys, time
+import json, os, sys, time
 import psutil
 import attnkit
 from attnkit.models import from_pretrained
+def hwm():  # VmHWM: this process's peak RSS (ru_maxrss would count the parent's RSS at fork, before exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
 base = psutil.Process().memory_info().rss
-base_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 args = json.loads(sys.argv[1])
 t = time.perf_counter()
 m = from_pretrained(args["dir"], **args["kw"])
 dt = time.perf_counter() - t
 rss = psutil.Process().memory_info().rss
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = hwm()
 if args.get("save"):
     m.save_pretrained(args["save"])
 print(json.dumps({"seconds": dt, "rss_mib": (rss - base) / 2**20, "peak_mib": (peak - base) / 2**20}))

@@ -103,9 +103,8 @@ def test_gpt2_quality_and_roundtrip(gpt2_dir, tmp_path, rng, qdtype, group):
     ids = rng.integers(0, 64, (2, 12))
     fp = from_pretrained(gpt2_dir)
     model = from_pretrained(gpt2_dir, quantize=qdtype, group_size=group)
-    head_quantized = qdtype == "int8"                                        # the LM head flag's default
-    assert isinstance(model.lm_head, attnkit.QuantizedLinear) == head_quantized
-    assert_all_quantized(model, qdtype, None)
+    assert isinstance(model.lm_head, attnkit.QuantizedLinear) and model.lm_head.dtype == "int8"   # the default
+    assert_all_quantized(model, qdtype, model.lm_head)
     assert model.wte.dtype == np.float32                                     # embeddings stay float
     lq, lf = model(ids), fp(ids)
     assert rel(lq, lf) <= BOUNDS[qdtype]["logits"]
@@ -122,7 +121,8 @@ def test_llama_family_quality_and_roundtrip(llama_dir, tmp_path, rng, qdtype, gr
     fp = from_pretrained(llama_dir)
     model = from_pretrained(llama_dir, quantize=qdtype, group_size=group)
     assert_all_quantized(model, qdtype, model.lm_head)
-    assert isinstance(model.lm_head, attnkit.QuantizedLinear) == (qdtype == "int8")
+    assert isinstance(model.lm_head, attnkit.QuantizedLinear) and model.lm_head.dtype == "int8"   # the default
+    assert from_pretrained(llama_dir, quantize=qdtype, group_size=group, quantize_lm_head=True).lm_head.dtype == qdtype
     assert model.layers[0].gate_up.gated
     lq, lf = model(ids), fp(ids)
     assert rel(lq, lf) <= BOUNDS[qdtype]["logits"]

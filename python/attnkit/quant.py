@@ -181,13 +181,20 @@ _SPEC = contextvars.ContextVar("attnkit_quantize", default=None)
 
 
 @contextlib.contextmanager
-def quantizing(dtype: Optional[str], group_size: Optional[int] = None, lm_head: Optional[bool] = None):
+def quantizing(dtype: Optional[str], group_size: Optional[int] = None, lm_head=None):
     """Within the block, ``pack`` quantizes float weights to ``dtype`` ('int8', 'int4'; None: no change),
-    and ``pack_head`` the LM head too if ``lm_head`` (default: for int8, not for int4)."""
+    and ``pack_head`` the LM head to ``lm_head``: 'int8' (the default, for int4 models too: the head is
+    read once a token like every layer, and 4-bit logits were measured coarse), 'int4', True (= ``dtype``)
+    or False (kept in float)."""
     if dtype is not None:
         _check_dtype(dtype)
         group_size = _group(dtype, group_size) or None
-        lm_head = (dtype == "int8") if lm_head is None else bool(lm_head)
+        if lm_head is None:
+            lm_head = "int8"
+        elif lm_head is True:
+            lm_head = dtype
+        elif lm_head is not False and lm_head not in ("int8", "int4"):
+            raise ValueError(f"quantize_lm_head: expected True, False, 'int8' or 'int4', got {lm_head!r}")
     token = _SPEC.set(None if dtype is None else (dtype, group_size, lm_head))
     try:
         yield
@@ -196,7 +203,7 @@ def quantizing(dtype: Optional[str], group_size: Optional[int] = None, lm_head: 
 
 
 def quantize_spec() -> Optional[Tuple[str, Optional[int], bool]]:
-    """(dtype, group_size, lm_head) of the enclosing ``quantizing`` block, or None."""
+    """(dtype, group_size, lm_head: 'int8', 'int4' or False) of the enclosing ``quantizing`` block, or None."""
     return _SPEC.get()
 
 
@@ -279,8 +286,10 @@ def pack_head(weight, *, packed: bool = False):
     """A model's LM head: as stored (QTensor), quantized when the enclosing ``quantizing`` asks for the
     head too, else the float array itself (``packed``: ``pack_linear``'s weight)."""
     spec = _SPEC.get()
-    if isinstance(weight, QTensor) or (spec is not None and spec[2]):
+    if isinstance(weight, QTensor):
         return pack(weight)
+    if spec is not None and spec[2]:
+        return quantize_linear(weight, dtype=spec[2], group_size=spec[1] if spec[2] == "int4" else None)
     return PackedLinear(weight) if packed else weight
 
 

@@ -221,12 +221,12 @@ class Pretrained:
 
     @classmethod
     def from_pretrained(cls, directory, *, dtype=np.float32, quantize: Optional[str] = None,
-                        group_size: Optional[int] = None, quantize_lm_head: Optional[bool] = None):
+                        group_size: Optional[int] = None, quantize_lm_head=None):
         """Load ``directory``/config.json + model.safetensors (as written by ``save_pretrained``).
 
         quantize: 'int8' or 'int4' quantizes every linear layer as it is packed (``attnkit.quantize_linear``;
-        int4 in groups of ``group_size`` inputs, default 128), the LM head too if ``quantize_lm_head``
-        (default: for int8); embeddings and norms stay in ``dtype``, the activations' dtype (float32 or
+        int4 in groups of ``group_size`` inputs, default 128), the LM head to ``quantize_lm_head``: 'int8'
+        (default, for int4 models too), 'int4', True (as the layers) or False (float); embeddings and norms stay in ``dtype``, the activations' dtype (float32 or
         bfloat16). A checkpoint that ``save_pretrained`` wrote quantized (its config.json has a
         ``quantization_config``) loads as stored, with nothing quantized again."""
         from .. import quant as Q

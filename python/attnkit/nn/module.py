@@ -119,7 +119,9 @@ class StateDict:
             # a quantized weight (save_pretrained): q stored (out, in) whatever `transpose` says
             shape = tuple(shape)
             self.used.update((key, key + "_scale"))
-            qt = from_checkpoint(array, _to_numpy(self.tensors[key + "_scale"]), shape[1], stored[0], stored[1], self.dtype)
+            qd = "int4" if array.dtype == np.uint8 else "int8"     # per tensor: an int4 model's LM head is int8
+            qt = from_checkpoint(array, _to_numpy(self.tensors[key + "_scale"]), shape[1], qd,
+                                 stored[1] if qd == "int4" else None, self.dtype)
             _check_shape(qt.q, shape, f"{self.origin}: tensor '{key}' has")
             return qt
         if not _is_float(array.dtype):
