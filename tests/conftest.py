@@ -98,7 +98,8 @@ def as64(x):
     if x is None:
         return None
     x = np.asarray(x)
-    return x.astype(np.float64) if x.dtype.kind == "f" else x
+    # bfloat16 (ml_dtypes) has kind 'V': widened too, or the "oracle" would compute in bfloat16
+    return x.astype(np.float64) if x.dtype.kind == "f" or x.dtype.name == "bfloat16" else x
 
 
 # ---------------------------------------------------------------------------------------------

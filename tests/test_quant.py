@@ -335,3 +335,24 @@ def test_empty(rng):
     assert attnkit.linear(np.zeros((0, 12), np.float32), qw).shape == (0, 8)
     y = attnkit.linear(np.zeros((3, 12), np.float32), qw)                 # x = 0: the bias alone
     np.testing.assert_array_equal(y, np.ones((3, 8), np.float32))
+
+
+@QDTYPES
+@pytest.mark.parametrize("signs", ["aligned", "random"])
+def test_extremes_are_exact(qpath, rng, qdtype, group, signs):
+    """x and w of +-1 (and a second magnitude per row) quantize without loss (x_q, q = +-127, int4 +-7), so
+    the result must be the exact product: this catches int16 saturation in the vpmaddubsw path (aligned
+    signs make every pair 2 x 127 x 127 = 32258, the most it can reach) and any lost or shifted term."""
+    M, N, K = 40, 33, 300
+    w = rng.choice([-1.0, 1.0], (N, K)).astype(np.float32) * rng.choice([0.5, 2.0], (N, 1)).astype(np.float32)
+    if signs == "aligned":
+        x = np.sign(w[rng.integers(0, N, M)]).astype(np.float32)       # each row of x has the signs of a row of w
+    else:
+        x = rng.choice([-1.0, 1.0], (M, K)).astype(np.float32)
+    x *= rng.choice([0.25, 4.0], (M, 1)).astype(np.float32)
+    qw = attnkit.quantize_linear(w, dtype=qdtype, group_size=group)
+    y = attnkit.linear(x, qw)
+    expect = x.astype(np.float64) @ w.T.astype(np.float64)
+    np.testing.assert_allclose(y, expect, rtol=1e-6, atol=1e-6 * np.abs(expect).max())
+    if signs == "aligned":
+        assert np.abs(expect).max() == pytest.approx(K * 4.0 * 2.0)   # a row met its own signs: no cancellation

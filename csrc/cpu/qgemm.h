@@ -296,7 +296,10 @@ void q_finish8(const QRun& run, const int32_t* acc, float* v, int rows, int64_t 
     const float sm = run.as[m0 + r];
     for (int j = 0; j < np * kQuantCols; ++j) {
       const int64_t col = pn * kQuantCols + j;
-      const int32_t d = acc[r * kTileCols + j] - (run.shift ? run.wsum[col] : 0);
+      // modulo 2^32 like the hardware's sums: with u8 activations acc may have wrapped (K > 66311), the
+      // difference (the true s8 dot product, |.| <= 127 * 127 * K) never does
+      const int32_t d = static_cast<int32_t>(static_cast<uint32_t>(acc[r * kTileCols + j]) -
+                                             static_cast<uint32_t>(run.shift ? run.wsum[col] : 0));
       v[r * kTileCols + j] = static_cast<float>(d) * (run.ws[col] * sm);
     }
   }
