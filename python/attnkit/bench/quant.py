@@ -15,6 +15,7 @@ Every contender gets the same threads; attnkit and each engine are timed in alte
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from typing import Dict, List
@@ -68,7 +69,7 @@ def linear_rows(opts: suites.Options, qdtype: str) -> List[Dict]:
                     fns["torch int8"] = lambda: ql(xt)
                 except Exception:  # a build without fbgemm
                     pass
-        with torch.inference_mode() if torch is not None else _nothing():
+        with torch.inference_mode() if torch is not None else contextlib.nullcontext():
             res = harness.measure_contenders(fns, opts.budget, opts.min_repeats)
         case = f"linear {qdtype} M{M} K{K} N{N}"
         extra = {}
@@ -76,14 +77,6 @@ def linear_rows(opts: suites.Options, qdtype: str) -> List[Dict]:
             extra["attnkit"] = {"ratio_vs_torch_int8": res["torch int8"]["median_ms"] / res["attnkit"]["median_ms"]}
         rows += _rows("linear", case, res, extra)
     return rows
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _ort_quantized_bert(torch, hf_model, threads: int, workdir: str):
