@@ -1,4 +1,4 @@
-# Fails the build if a per-ISA object exports code other than its kernels() table.
+# Fails the build if a per-ISA object exports code other than its kernels() (or quant_kernels()) table.
 foreach(obj IN LISTS OBJECTS)
   execute_process(COMMAND ${NM} --defined-only --extern-only ${obj} OUTPUT_VARIABLE syms RESULT_VARIABLE rc)
   if(NOT rc EQUAL 0)
@@ -9,7 +9,8 @@ foreach(obj IN LISTS OBJECTS)
   foreach(line IN LISTS lines)
     if(line MATCHES " [TWiu] (.*)$")
       set(sym "${CMAKE_MATCH_1}")
-      if(NOT sym MATCHES "^_ZN7attnkit3cpu(6avx512|4avx2|11avx512_bf16|8amx_bf16)7kernelsEv$")
+      if(NOT sym MATCHES "^_ZN7attnkit3cpu(6avx512|4avx2|11avx512_bf16|8amx_bf16)7kernelsEv$" AND
+         NOT sym MATCHES "^_ZN7attnkit3cpu(4avx2|8avx_vnni|11avx512_vnni|8amx_int8)13quant_kernelsEv$")
         message(FATAL_ERROR "attnkit: ${obj} exports ${sym}: per-ISA code must have internal linkage")
       endif()
     endif()

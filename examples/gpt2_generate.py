@@ -3,6 +3,7 @@
     python examples/gpt2_generate.py DIR --prompt "Once upon a time" --max-new-tokens 40
     python examples/gpt2_generate.py DIR --prompt "464 3290 318" --num-beams 4   # ids, without tokenizer.json
     python examples/gpt2_generate.py --demo                                       # a small random model
+    python examples/gpt2_generate.py DIR --prompt "Once upon a time" --quantize int8   # int8 weights
 
 Prints the continuation, tokens/s with the cache, and (with --compare, and always with --demo) without it,
 checking both give the same tokens. Text prompts need DIR/tokenizer.json and `pip install tokenizers`;
@@ -52,6 +53,8 @@ def main(argv=None):
     parser.add_argument("--eos", type=int, default=None, help="stop at this token id")
     parser.add_argument("--compare", action="store_true", help="also decode without the KV cache and time it")
     parser.add_argument("--demo", action="store_true", help="build a small random checkpoint and generate")
+    parser.add_argument("--quantize", choices=("int8", "int4"), default=None,
+                        help="quantize every linear layer (and the LM head, in int8) as the model loads")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         directory = args.directory
@@ -81,7 +84,8 @@ def main(argv=None):
             if ids.size == 0 or ids.min() < 0:
                 sys.exit("--prompt: give at least one token id, each >= 0")
 
-        model = GPT2LMHeadModel.from_pretrained(directory)
+        model = GPT2LMHeadModel.from_pretrained(directory, quantize=args.quantize,
+                                                group_size=32 if args.quantize == "int4" and args.demo else None)
         c = model.config
         print(f"GPT-2: {c.n_layer} layers, {c.n_embd} hidden, {c.n_head} heads, vocab {c.vocab_size}; "
               f"prompt of {ids.shape[1]} tokens")

@@ -279,7 +279,7 @@ class CpuBackend(Backend):
         if self.isa not in config["compiled_isas"]:
             return f"{self.isa} is not compiled into this build (compiled: {', '.join(config['compiled_isas'])})"
         if self.isa not in config["usable_isas"]:
-            why = f": {config['amx']}" if self.isa == "amx_bf16" else ""
+            why = f": {config['amx']}" if self.isa == "amx_bf16" else f": {config['amx_int8']}" if self.isa == "amx_int8" else ""
             return f"this CPU cannot run {self.isa}{why} (usable: {', '.join(config['usable_isas'])})"
         return None
 

@@ -230,3 +230,17 @@ def test_translation_rows_tiny():
         return
     ct2 = [r for r in rows if r["contender"] == "ctranslate2"]
     assert len(ct2) == 2 and all(r["median_ms"] > 0 and r["same_tokens_as_attnkit"] for r in ct2), ct2
+
+
+@pytest.mark.parametrize("qdtype", ["int8", "int4"])
+def test_bench_quantized(tmp_path, qdtype):
+    """--quantize: the quantized linear rows (toy sizes) against attnkit float32, with their ratio and error."""
+    path = tmp_path / "bench.json"
+    p = run_bench("--quantize", qdtype, "--suite", "linear", "--json", str(path), timeout=300)
+    assert f"--quantize {qdtype}" in p.stdout and "vs fp32" in p.stdout
+    doc = json.loads(path.read_text())
+    assert doc["quantize"] == qdtype
+    rows = [r for r in doc["rows"] if r["suite"] == "linear"]
+    ours = [r for r in rows if r["contender"] == "attnkit"]
+    assert ours and all(r["speedup_vs_fp32"] > 0 and 0 < r["max_abs_err_vs_fp32"] < 0.5 for r in ours), ours
+    assert {"attnkit", "attnkit fp32"} <= {r["contender"] for r in rows}

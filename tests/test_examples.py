@@ -30,6 +30,13 @@ def test_gpt2_generate_demo():
     assert "new ids:" in out and "(same tokens: True)" in out
 
 
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+def test_gpt2_generate_demo_quantized(quantize):
+    pytest.importorskip("safetensors")
+    out = run_example("gpt2_generate.py", "--demo", "--max-new-tokens", "12", "--quantize", quantize)
+    assert "new ids:" in out and "(same tokens: True)" in out
+
+
 def test_translate_greedy_demo():
     pytest.importorskip("safetensors")
     pytest.importorskip("torch")

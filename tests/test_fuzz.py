@@ -116,7 +116,8 @@ def test_random_sizes_in_every_layout_class(op):
                     continue
                 for _attempt in range(32):              # redraw until the class exists for the drawn ndim
                     size = spec.random_size(rng)
-                    dtype = test_layouts.DTYPES[rng.integers(4)]
+                    dts = getattr(spec, "dtypes", test_layouts.DTYPES)
+                    dtype = dts[rng.integers(len(dts))]
                     isa = paths[rng.integers(len(paths))]
                     attnkit.set_isa(isa)
                     arrays = spec.make(size, dtype, rng)

@@ -37,18 +37,26 @@ def wide(a):
     return a if a.dtype == bool or a.dtype.kind in "iu" else a.astype(np.float64)
 
 
-def dtypes_for(i):
-    """Two of the four dtypes for the i-th size, in rotation."""
-    return DTYPES[i % 4], DTYPES[(i + 2) % 4]
+def dtypes_for(i, op=None):
+    """Two of the op's dtypes (all four, or those it computes in) for the i-th size, in rotation."""
+    dts = getattr(OPS[op], "dtypes", DTYPES) if op else DTYPES
+    return dts[i % len(dts)], dts[(i + len(dts) // 2) % len(dts)]
 
 
-@pytest.fixture(params=[b for b in BACKENDS if isinstance(b, CpuBackend)], ids=lambda b: b.name)
+# The CPU paths: the float kernels' (the backend fixture's), and for the quantized op the quantized
+# GEMM's own levels (avx_vnni, avx512_vnni and amx_int8 run the float kernels of avx2 / avx512).
+FLOAT_PATHS = [b.isa for b in BACKENDS if isinstance(b, CpuBackend)]
+QUANT_PATHS = ["amx_int8", "avx512_vnni", "avx_vnni", "avx2", "generic"]
+
+
+@pytest.fixture
 def cpu_path(request):
-    why = request.param.unavailable()
+    b = CpuBackend(request.param)
+    why = b.unavailable()
     if why:
-        pytest.skip(f"{request.param.name}: {why}")
-    with request.param.selected():
-        yield request.param
+        pytest.skip(f"{b.name}: {why}")
+    with b.selected():
+        yield b
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,6 +81,11 @@ class Op:
 
     def want(self, a):
         raise NotImplementedError
+
+    def assert_result(self, got, want, scale, dtype, laid, what):
+        """got against the oracle's want (the dtype's tolerance, error measured against scale)."""
+        assert got.dtype == np.dtype(dtype), what
+        assert_close(got, want, dtype, against=self.against, scale=scale, what=what)
 
 
 def _loguniform(rng, hi):
@@ -125,6 +138,36 @@ class Linear(Op):
 
     def out_shape(self, a):
         return a["x"].shape[:-1] + (a["weight"].shape[0],)
+
+
+class QuantLinear(Linear):
+    """linear with a quantized weight (quantize_linear): int8, or int4 in groups of 32, in rotation;
+    float32 and bfloat16 activations (the quantized GEMM's), held under the quantization-step bound
+    of tests/test_quant.py, element by element."""
+    dtypes = (np.float32, ml_dtypes.bfloat16)
+
+    def make(self, s, dtype, rng):
+        a = super().make(s, dtype, rng)
+        a["weight"] = a["weight"].astype(np.float32)
+        if "bias" in a:
+            a["bias"] = a["bias"].astype(np.float32)
+        a["qdtype"] = ("int8", "int4")[s["K"] % 2]
+        return a
+
+    def run(self, a, out=None):
+        q = attnkit.quantize_linear(a["weight"], dtype=a["qdtype"], group_size=32 if a["qdtype"] == "int4" else None)
+        return attnkit.linear(a["x"], q, a.get("bias"), activation=a["activation"], out=out)
+
+    def want(self, a):
+        return None, None                         # assert_result computes the oracle and its bound
+
+    def assert_result(self, got, want, scale, dtype, laid, what):
+        import test_quant
+        x, w, b = np.asarray(laid["x"]), np.asarray(laid["weight"]), laid.get("bias")
+        K = x.shape[-1]
+        test_quant.check(np.asarray(got).reshape(-1, w.shape[0]), x.reshape(-1, K), w, None if b is None else np.asarray(b),
+                         laid["qdtype"], 32 if laid["qdtype"] == "int4" else None, laid["activation"],
+                         "bf16" if np.dtype(dtype).name == "bfloat16" else "f32", what)
 
 
 class SwiGLU(Op):
@@ -347,7 +390,7 @@ class Rotary(Op):
 
 
 OPS = {
-    "linear": Linear(), "linear_packed": Linear(packed=True), "swiglu": SwiGLU(), "sdpa": Sdpa(), "mha": Mha(),
+    "linear": Linear(), "linear_packed": Linear(packed=True), "linear_quantized": QuantLinear(), "swiglu": SwiGLU(), "sdpa": Sdpa(), "mha": Mha(),
     "softmax": Rows("softmax"), "layer_norm": Rows("layer_norm"), "rms_norm": Rows("rms_norm"),
     "gelu": Rows("gelu"), "relu": Rows("relu"), "silu": Rows("silu"), "apply_rotary": Rotary(),
 }
@@ -465,16 +508,19 @@ def check(op, target, cls, arrays, dtype, expected=None):
         for g, w in zip(got, want):
             assert_close(g, w, dtype, against=spec.against, what=what)
     else:
-        assert got.dtype == np.dtype(dtype), what
-        assert_close(got, want, dtype, against=spec.against, scale=scale, what=what)
+        spec.assert_result(got, want, scale, dtype, laid, what)
     return copies
 
 
-@pytest.mark.parametrize("op,target,cls", CASES, ids=[f"{o}-{t}-{c}" for o, t, c in CASES])
+MATRIX = [(path, o, t, c) for o, t, c in CASES for path in (QUANT_PATHS if o == "linear_quantized" else FLOAT_PATHS)]
+
+
+@pytest.mark.parametrize("cpu_path,op,target,cls", MATRIX, ids=[f"cpu:{p}-{o}-{t}-{c}" for p, o, t, c in MATRIX],
+                         indirect=["cpu_path"])
 def test_layout_matrix(cpu_path, op, target, cls):
     copies, expected_copies, ran = _core.layout_copies(), 0, 0
     for i, size in enumerate(OPS[op].sizes):
-        for dtype in dtypes_for(i):
+        for dtype in dtypes_for(i, op):
             arrays, expected = prepared(op, i, dtype)
             try:
                 n = check(op, target, cls, arrays, dtype, expected)
@@ -494,8 +540,10 @@ def test_layout_matrix(cpu_path, op, target, cls):
         assert copied == expected_copies, f"{op}: {copied} fall-back copies for {target} {cls}, expected {expected_copies}"
 
 
-# which matrix op exercises each public function that takes arrays
-COVERED_BY = {"scaled_dot_product_attention": "sdpa", "multi_head_attention": "mha", "softmax": "softmax",
+# which matrix op exercises each public function that takes arrays (quantize_swiglu packs through
+# quantize_weight as quantize_linear does; its own layouts and outputs are in tests/test_quant.py)
+COVERED_BY = {"quantize_linear": "linear_quantized", "QuantizedLinear": "linear_quantized", "quantize_weight": "linear_quantized",
+              "quantize_swiglu": "linear_quantized", "scaled_dot_product_attention": "sdpa", "multi_head_attention": "mha", "softmax": "softmax",
               "linear": "linear", "pack_linear": "linear_packed", "PackedLinear": "linear_packed",
               "pack_swiglu": "swiglu", "layer_norm": "layer_norm", "rms_norm": "rms_norm", "gelu": "gelu",
               "relu": "relu", "silu": "silu", "apply_rotary": "apply_rotary"}

@@ -42,6 +42,7 @@ TensorView view_of(py::handle h, const std::string& name) {
   else if (item == 2 && is_bfloat16(dt)) t.dtype = DType::bf16;
   else if (kind == 'b') t.dtype = DType::boolean;
   else if (kind == 'i' && item == 8) t.dtype = DType::i64;
+  else if (kind == 'i' && item == 1) t.dtype = DType::i8;
   else throw TypeError(name + ": unsupported dtype " + py::str(static_cast<py::object>(dt)).cast<std::string>() +
                        " (expected float32, float64, float16 or bfloat16" + (kind == 'b' ? "" : ", or bool for masks") + ")");
   if (!dt.attr("isnative").cast<bool>())
@@ -191,6 +192,15 @@ py::object py_linear_packed(py::handle x, PackedWeight& weight, py::handle bias,
   return out;
 }
 
+PackedWeight py_pack_quantized(py::handle q, py::handle scale, const std::string& dtype, int64_t group, bool gated) {
+  TensorView qv = required_view(q, "q"), sv = required_view(scale, "scale");
+  Quant kind = dtype == "int8" ? Quant::int8 : dtype == "int4" ? Quant::int4 : Quant::none;
+  if (kind == Quant::none) throw ValueError("dtype: expected 'int8' or 'int4', got '" + dtype + "'");
+  PackedWeight packed;
+  without_gil([&] { linear_pack_quantized(qv, sv, kind, group, gated, packed); });
+  return packed;
+}
+
 py::object py_layer_norm(py::handle x, py::handle residual, py::handle weight, py::handle bias, double eps, bool return_sum) {
   RowPlan plan;
   layer_norm_prepare(required_view(x, "x"), view_of(residual, "residual"), view_of(weight, "weight"),
@@ -259,6 +269,11 @@ PYBIND11_MODULE(_core, m) {
       })
       .def_property_readonly("nbytes", [](const PackedWeight& w) { return w.bytes; })
       .def_property_readonly("gated", [](const PackedWeight& w) { return w.gated; })
+      .def_property_readonly("quant", [](const PackedWeight& w) -> py::object {
+        if (w.quant == Quant::none) return py::none();
+        return py::str(w.quant == Quant::int8 ? "int8" : "int4");
+      })
+      .def_property_readonly("group_size", [](const PackedWeight& w) { return w.group; })
       .def_property_readonly("isa", [](const PackedWeight& w) {
         const std::vector<std::string> names = compiled_isas();
         return w.layout >= 0 && w.layout < static_cast<int>(names.size()) ? names[w.layout] : std::string("?");
@@ -270,6 +285,17 @@ PYBIND11_MODULE(_core, m) {
     TensorView ov = view_of(out, "out");
     without_gil([&] { linear_unpack(w, ov); });
     return out;
+  }, py::arg("weight"));
+  m.def("pack_quantized", &py_pack_quantized, py::arg("q"), py::arg("scale"), py::arg("dtype"), py::arg("group_size"),
+        py::arg("gated"));
+  m.def("unpack_quantized", [](const PackedWeight& w) {
+    if (w.quant == Quant::none) throw TypeError("weight: not a quantized weight");
+    const int64_t qs[2] = {w.N, w.K}, ss[2] = {w.N, w.quant == Quant::int4 ? (w.K + w.group - 1) / w.group : 0};
+    py::array q(py::dtype::of<int8_t>(), std::vector<py::ssize_t>(qs, qs + 2));
+    py::object sc = new_array(DType::f32, ss, w.quant == Quant::int4 ? 2 : 1);
+    TensorView qv = view_of(q, "q"), sv = view_of(sc, "scale");
+    without_gil([&] { linear_unpack_quantized(w, qv, sv); });
+    return py::make_tuple(q, sc);
   }, py::arg("weight"));
   m.def("linear_packed", &py_linear_packed, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("activation"),
         py::arg("out") = py::none());
@@ -289,5 +315,6 @@ PYBIND11_MODULE(_core, m) {
   m.def("compiled_isas", &attnkit::compiled_isas);
   m.def("amx_status", &attnkit::amx_status);
   m.def("layout_copies", &attnkit::layout_copies);
+  m.def("amx_int8_status", &attnkit::amx_int8_status);
   m.attr("__version__") = ATTNKIT_VERSION;
 }

@@ -1,7 +1,7 @@
-// AMX tiles for the amx_bf16 path: the only tile operations its code uses, each a thin inline
-// wrapper: amx_tile_config (ldtilecfg: all eight tiles 16 rows x 64 bytes), tile_zero, tile_load,
-// tile_store, tile_dpbf16 (tdpbf16ps) and amx_tile_release. Tile numbers are template arguments
-// (the instructions encode them). Part of the kernel unit compiled with ATTNKIT_AMX; internal
+// AMX tiles for the amx_bf16 and amx_int8 paths: the only tile operations their code uses, each a
+// thin inline wrapper: amx_tile_config (ldtilecfg: all eight tiles 16 rows x 64 bytes), tile_zero,
+// tile_load, tile_store, tile_dpbf16 (tdpbf16ps), tile_dpbusd (tdpbusd) and amx_tile_release. Tile
+// numbers are template arguments (the instructions encode them). Part of the kernel unit compiled with ATTNKIT_AMX; internal
 // linkage only.
 //
 // ATTNKIT_AMX_EMULATE (CMake option, a test build): the same operations in plain C++ on a
@@ -123,6 +123,25 @@ template <int C, int A, int B> inline void tile_dpbf16() {
   }
 }
 
+// tdpbusd C, A, B (Intel SDM): C[m][n] (int32) += sum over k < 16, i < 4 of A[m][4k + i] (u8) *
+// B[k][4n + i] (s8), wrapping like the hardware.
+template <int C, int A, int B> inline void tile_dpbusd() {
+  static_assert(C != A && C != B && A != B, "tdpbusd needs three different tiles");
+  EmulatedTiles& s = configured_tiles();
+  for (int m = 0; m < kAmxRows; ++m) {
+    int32_t acc[16];
+    std::memcpy(acc, s.tile[C][m], sizeof acc);
+    for (int n = 0; n < 16; ++n) {
+      uint32_t t = static_cast<uint32_t>(acc[n]);
+      for (int k = 0; k < 16; ++k)
+        for (int i = 0; i < 4; ++i)
+          t += static_cast<uint32_t>(s.tile[A][m][4 * k + i] * static_cast<int8_t>(s.tile[B][k][4 * n + i]));
+      acc[n] = static_cast<int32_t>(t);
+    }
+    std::memcpy(s.tile[C][m], acc, sizeof acc);
+  }
+}
+
 #else  // the AMX instructions
 
 // GCC's tile intrinsics are asm statements that name the tile in the instruction text, so the
@@ -166,6 +185,19 @@ template <int C, int A, int B> inline void tile_dpbf16() {
   if constexpr (C == 1) _tile_dpbf16ps(1, 4, 7);
   if constexpr (C == 2) _tile_dpbf16ps(2, 5, 6);
   if constexpr (C == 3) _tile_dpbf16ps(3, 5, 7);
+}
+
+// tdpbusd (AMX-INT8, the amx_int8 path's quantized GEMM), the same tile numbering.
+template <int C, int A, int B> inline void tile_dpbusd() {
+  static_assert((A == 4 || A == 5) && (B == 6 || B == 7) && C == 2 * (A - 4) + (B - 6), "C = 2i + j, A = 4 + i, B = 6 + j");
+#if defined(__AMX_INT8__)
+  if constexpr (C == 0) _tile_dpbusd(0, 4, 6);
+  if constexpr (C == 1) _tile_dpbusd(1, 4, 7);
+  if constexpr (C == 2) _tile_dpbusd(2, 5, 6);
+  if constexpr (C == 3) _tile_dpbusd(3, 5, 7);
+#else
+  static_assert(C < 0, "tdpbusd: compile with -mamx-int8 (the amx_int8 level)");
+#endif
 }
 
 #undef ATTNKIT_TILE_CASES

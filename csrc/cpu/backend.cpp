@@ -9,6 +9,7 @@
 
 #include "cpu/dispatch.h"
 #include "cpu/kernels.h"
+#include "cpu/quant.h"
 
 namespace attnkit {
 namespace cpu {
@@ -22,7 +23,10 @@ void check(int status) {
 // float16 and bfloat16 are storage types: widened on load, computed in float32 (kernels.cpp).
 bool supports(DType d) { return d == DType::f32 || d == DType::f64 || d == DType::f16 || d == DType::bf16; }
 void attention(const AttnProblem& p) { check(active_kernels().attention(p)); }
-void gemm(const GemmProblem& p) { check(active_kernels().gemm(p)); }
+void gemm(const GemmProblem& p) {
+  if (p.packed && p.packed->quant != Quant::none) check(active_quant_kernels().qgemm(p));  // int8 / int4 weights
+  else check(active_kernels().gemm(p));
+}
 void rows(const RowProblem& p) { check(active_kernels().rows(p)); }
 void rope(const RopeProblem& p) { check(active_kernels().rope(p)); }
 
@@ -52,12 +56,13 @@ void unpack_as(const PackedWeight& w, T* dst) {
 }
 
 void unpack(const PackedWeight& w, void* dst) {
-  if (w.dtype == DType::f64) unpack_as(w, static_cast<double*>(dst));
+  if (w.quant != Quant::none) unpack_quant(w, static_cast<float*>(dst));
+  else if (w.dtype == DType::f64) unpack_as(w, static_cast<double*>(dst));
   else if (dtype_size(w.dtype) == 2) unpack_as(w, static_cast<uint16_t*>(dst));  // float16, bfloat16: the bits
   else unpack_as(w, static_cast<float*>(dst));
 }
 
-const Backend kBackend = {"cpu", supports, attention, gemm, rows, weight_layout, pack, unpack, rope};
+const Backend kBackend = {"cpu", supports, attention, gemm, rows, weight_layout, pack, unpack, rope, pack_quant, unpack_quant_raw};
 
 }  // namespace
 }  // namespace cpu

@@ -12,6 +12,7 @@
 #include "attnkit/runtime.h"
 #include "attnkit/tensor.h"
 #include "cpu/kernels.h"
+#include "cpu/quant.h"
 #include "cpu/thread_pool.h"
 
 namespace attnkit { namespace cpu {
@@ -19,19 +20,23 @@ namespace {
 
 bool cpu_has(Isa isa);
 
-// Why the amx_bf16 path cannot run here, "" when it can; asked once. The tile state needs the
-// CPU (cpuid 7: AMX-TILE, AMX-BF16), the OS (XCR0 bits 17-18: XTILECFG, XTILEDATA) and, on
-// Linux, a per-process permission (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), Linux
-// 5.16+; refused, e.g., where a thread's sigaltstack is too small for the larger signal frame).
-// An ATTNKIT_AMX_EMULATE build runs the tile instructions in C++: usable wherever avx512_bf16 is.
-std::string amx_check() {
-  if (!cpu_has(Isa::avx512_bf16)) return "the path needs AVX-512-BF16 (its other kernels are the avx512_bf16 code)";
+// Why an AMX path cannot run here, "" when it can; asked once per path. The tile state needs the
+// CPU (cpuid 7: AMX-TILE and AMX-BF16 or AMX-INT8), the OS (XCR0 bits 17-18: XTILECFG, XTILEDATA)
+// and, on Linux, a per-process permission (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA),
+// Linux 5.16+; refused, e.g., where a thread's sigaltstack is too small for the larger signal
+// frame). An ATTNKIT_AMX_EMULATE build runs the tile instructions in C++: usable wherever the
+// path's other code (avx512_bf16, avx512_vnni) is.
+std::string amx_check(Isa base, unsigned edx_bit, const char* what) {
+  if (!cpu_has(base))
+    return std::string("the path needs ") + isa_name(base) + " (its other kernels are that path's code)";
 #if defined(ATTNKIT_AMX_EMULATE)
+  (void)edx_bit;
+  (void)what;
   return "";
 #else
   unsigned a = 0, b = 0, c = 0, d = 0;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 22)))
-    return "this CPU has no AMX-TILE/AMX-BF16 (cpuid)";
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << edx_bit)))
+    return std::string("this CPU has no AMX-TILE/") + what + " (cpuid)";
   unsigned lo = 0, hi = 0;
   __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));  // OSXSAVE: checked with avx512 above
   if ((lo & (3u << 17)) != (3u << 17)) return "the OS does not enable the AMX tile state (XCR0 bits 17-18)";
@@ -46,7 +51,12 @@ std::string amx_check() {
 }
 
 const std::string& amx_unusable_reason() {
-  static const std::string why = amx_check();
+  static const std::string why = amx_check(Isa::avx512_bf16, 22, "AMX-BF16");
+  return why;
+}
+
+const std::string& amx_int8_unusable_reason() {
+  static const std::string why = amx_check(Isa::avx512_vnni, 25, "AMX-INT8");
   return why;
 }
 
@@ -62,6 +72,9 @@ bool cpu_has(Isa isa) {
              __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case Isa::avx512_bf16: return cpu_has(Isa::avx512) && __builtin_cpu_supports("avx512bf16");
     case Isa::amx_bf16: return amx_unusable_reason().empty();
+    case Isa::avx_vnni: return cpu_has(Isa::avx2) && __builtin_cpu_supports("avxvnni");
+    case Isa::avx512_vnni: return cpu_has(Isa::avx512) && __builtin_cpu_supports("avx512vnni");
+    case Isa::amx_int8: return amx_int8_unusable_reason().empty();
   }
   return false;
 }
@@ -70,8 +83,13 @@ bool cpu_has(Isa isa) {
 // avx512_bf16 (vdpbf16ps for bfloat16 linear) is opt-in (set_isa / ATTNKIT_ISA): on a 2-core Sapphire
 // Rapids it was 1.26x the avx512 path's widened bfloat16 at one row but 0.56x at 128-4096 rows
 // (bench/NOTES.md), and the rest of its table is the avx512 code.
+// The VNNI and AMX-INT8 paths run the same float kernels as avx512 / avx2 and only add the
+// quantized GEMM's instructions, so the best one the CPU has is the default.
 Isa best_isa() {
+  if (cpu_has(Isa::amx_int8)) return Isa::amx_int8;
+  if (cpu_has(Isa::avx512_vnni)) return Isa::avx512_vnni;
   if (cpu_has(Isa::avx512)) return Isa::avx512;
+  if (cpu_has(Isa::avx_vnni)) return Isa::avx_vnni;
   if (cpu_has(Isa::avx2)) return Isa::avx2;
   return Isa::generic;
 }
@@ -87,11 +105,17 @@ const char* isa_name(Isa isa) {
     case Isa::avx512: return "avx512";
     case Isa::avx512_bf16: return "avx512_bf16";
     case Isa::amx_bf16: return "amx_bf16";
+    case Isa::avx_vnni: return "avx_vnni";
+    case Isa::avx512_vnni: return "avx512_vnni";
+    case Isa::amx_int8: return "amx_int8";
   }
   return "?";
 }
 
-std::vector<Isa> compiled_isas() { return {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512_bf16, Isa::amx_bf16}; }
+// In the enum's order (a packed weight's layout tag indexes this list).
+std::vector<Isa> compiled_isas() {
+  return {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512_bf16, Isa::amx_bf16, Isa::avx_vnni, Isa::avx512_vnni, Isa::amx_int8};
+}
 
 std::vector<Isa> usable_isas() {
   std::vector<Isa> out;
@@ -112,25 +136,43 @@ Isa current_isa() {
 void set_isa(Isa isa) {
   if (!cpu_has(isa))
     throw ValueError(std::string("set_isa: this CPU cannot run the '") + isa_name(isa) + "' path" +
-                     (isa == Isa::amx_bf16 ? ": " + amx_unusable_reason() : std::string()));
+                     (isa == Isa::amx_bf16 ? ": " + amx_unusable_reason()
+                     : isa == Isa::amx_int8 ? ": " + amx_int8_unusable_reason() : std::string()));
   g_isa.store(static_cast<int>(isa), std::memory_order_relaxed);
 }
 
 Isa parse_isa(const std::string& name) {
   for (Isa i : compiled_isas())
     if (name == isa_name(i)) return i;
-  throw ValueError("isa: expected one of 'generic', 'avx2', 'avx512', 'avx512_bf16', 'amx_bf16', got '" + name + "'");
+  throw ValueError("isa: expected one of 'generic', 'avx2', 'avx512', 'avx512_bf16', 'amx_bf16', 'avx_vnni', 'avx512_vnni', "
+                   "'amx_int8', got '" + name + "'");
 }
 
 const std::string& amx_unusable() { return amx_unusable_reason(); }
+const std::string& amx_int8_unusable() { return amx_int8_unusable_reason(); }
 
 const Kernels& active_kernels() {
   switch (current_isa()) {
     case Isa::amx_bf16: return amx_bf16::kernels();
     case Isa::avx512_bf16: return avx512_bf16::kernels();
-    case Isa::avx512: return avx512::kernels();
-    case Isa::avx2: return avx2::kernels();
+    case Isa::avx512: case Isa::avx512_vnni: case Isa::amx_int8: return avx512::kernels();
+    case Isa::avx2: case Isa::avx_vnni: return avx2::kernels();
     default: return generic::kernels();
+  }
+}
+
+// The quantized GEMM of each path: its own level where it names one; avx512 and avx2 take the
+// vpmaddubsw code (Skylake-X has AVX-512 without VNNI); avx512_bf16 and amx_bf16 take 512-bit
+// vpdpbusd where the CPU has it (every CPU with AVX512_BF16 so far does).
+const QuantKernels& active_quant_kernels() {
+  switch (current_isa()) {
+    case Isa::amx_int8: return amx_int8::quant_kernels();
+    case Isa::avx512_vnni: return avx512_vnni::quant_kernels();
+    case Isa::avx512_bf16: case Isa::amx_bf16:
+      return cpu_has(Isa::avx512_vnni) ? avx512_vnni::quant_kernels() : avx2::quant_kernels();
+    case Isa::avx_vnni: return avx_vnni::quant_kernels();
+    case Isa::avx512: case Isa::avx2: return avx2::quant_kernels();
+    default: return generic::quant_kernels();
   }
 }
 
@@ -150,12 +192,15 @@ std::string get_isa() { return cpu::isa_name(cpu::current_isa()); }
 void set_isa(const std::string& name) { cpu::set_isa(cpu::parse_isa(name)); }
 std::vector<std::string> usable_isas() { return names(cpu::usable_isas()); }
 std::vector<std::string> compiled_isas() { return names(cpu::compiled_isas()); }
-std::string amx_status() {
-  const std::string& why = cpu::amx_unusable();
+namespace {
+std::string amx_status_of(const std::string& why) {
 #if defined(ATTNKIT_AMX_EMULATE)
   if (why.empty()) return "emulated: tile instructions run as plain C++ (an ATTNKIT_AMX_EMULATE build)";
 #endif
   return why.empty() ? "usable" : "unusable: " + why;
 }
+}  // namespace
+std::string amx_status() { return amx_status_of(cpu::amx_unusable()); }
+std::string amx_int8_status() { return amx_status_of(cpu::amx_int8_unusable()); }
 
 }  // namespace attnkit

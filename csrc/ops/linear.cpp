@@ -119,7 +119,7 @@ void linear_pack_gated(const TensorView& gate_up, PackedWeight& packed) {
 
 void linear_unpack(const PackedWeight& weight, const TensorView& out) {
   OutputSpec spec;
-  spec.dtype = weight.dtype;
+  spec.dtype = weight.quant != Quant::none ? DType::f32 : weight.dtype;  // quantized: q * scale
   spec.device = weight.device;
   spec.ndim = 2;
   spec.shape[0] = weight.N;
@@ -131,8 +131,11 @@ void linear_unpack(const PackedWeight& weight, const TensorView& out) {
 
 void linear_prepare_packed(const TensorView& x, PackedWeight& weight, const TensorView& bias, Activation act,
                            GemmPlan& plan, void* stream) {
-  const Backend& be = prepare_common(x, weight.dtype, weight.device, weight.N, weight.K, bias, act, plan, stream);
-  if (be.weight_layout() != weight.layout) {  // the layout in force changed (set_isa): repack from the old panels
+  const bool quant = weight.quant != Quant::none;
+  if (quant && x.present && x.dtype != DType::f32 && x.dtype != DType::bf16)
+    throw TypeError(std::string("x: a quantized weight takes float32 or bfloat16 x, got ") + dtype_name(x.dtype));
+  const Backend& be = prepare_common(x, quant ? x.dtype : weight.dtype, weight.device, weight.N, weight.K, bias, act, plan, stream);
+  if (!quant && be.weight_layout() != weight.layout) {  // the layout in force changed (set_isa): repack from the old panels
     GemmProblem p;
     p.dtype = weight.dtype;
     p.N = weight.N;

@@ -23,6 +23,7 @@ from .functional import (
     pack_swiglu,
     apply_rotary,
 )
+from .quant import QuantizedLinear, quantize_linear, quantize_swiglu, quantize_weight
 from . import reference
 from . import cuda
 
@@ -42,6 +43,10 @@ __all__ = [
     "silu",
     "pack_swiglu",
     "apply_rotary",
+    "quantize_linear",
+    "quantize_swiglu",
+    "quantize_weight",
+    "QuantizedLinear",
     "set_num_threads",
     "get_num_threads",
     "set_isa",
@@ -128,6 +133,7 @@ def get_config() -> dict:
         "usable_isas": list(_core.usable_isas()),
         "compiled_isas": list(_core.compiled_isas()),
         "amx": _core.amx_status(),
+        "amx_int8": _core.amx_int8_status(),
         "num_threads": _core.get_num_threads(),
     }
 

@@ -307,6 +307,29 @@ def pack_linear(weight: np.ndarray, bias: Optional[np.ndarray] = None) -> Packed
     return PackedLinear(weight, bias)
 
 
+def _swiglu_checked(gate_weight, up_weight, gate_bias, up_bias) -> Optional[np.ndarray]:
+    """Checks a gated MLP's two projections (pack_swiglu, quantize_swiglu); their stacked bias or None."""
+    for name, w in (("gate_weight", gate_weight), ("up_weight", up_weight)):
+        if not isinstance(w, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(w).__name__}")
+        if w.ndim != 2:
+            raise ValueError(f"{name}: expected shape (out_features, in_features), got {w.shape}")
+    if up_weight.shape != gate_weight.shape:
+        raise ValueError(f"up_weight: expected gate_weight's shape {gate_weight.shape}, got {up_weight.shape}")
+    if up_weight.dtype != gate_weight.dtype:
+        raise TypeError(f"up_weight: dtype {up_weight.dtype} does not match gate_weight's {gate_weight.dtype}")
+    if (gate_bias is None) != (up_bias is None):
+        raise ValueError("gate_bias, up_bias: give both or neither")
+    bias = None
+    if gate_bias is not None:
+        F = gate_weight.shape[0]
+        for name, b in (("gate_bias", gate_bias), ("up_bias", up_bias)):
+            if not isinstance(b, np.ndarray) or b.shape != (F,):
+                raise ValueError(f"{name}: expected an array of shape ({F},)")
+        bias = np.concatenate([gate_bias, up_bias])
+    return bias
+
+
 def pack_swiglu(gate_weight: np.ndarray, up_weight: np.ndarray, gate_bias: Optional[np.ndarray] = None,
                 up_bias: Optional[np.ndarray] = None) -> PackedLinear:
     """Pack a gated MLP's two input projections into ONE weight for a SwiGLU ``linear``.
@@ -335,24 +358,7 @@ def pack_swiglu(gate_weight: np.ndarray, up_weight: np.ndarray, gate_bias: Optio
         >>> np.allclose(y, 3 / (1 + np.exp(-3)) * 6)
         True
     """
-    for name, w in (("gate_weight", gate_weight), ("up_weight", up_weight)):
-        if not isinstance(w, np.ndarray):
-            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(w).__name__}")
-        if w.ndim != 2:
-            raise ValueError(f"{name}: expected shape (out_features, in_features), got {w.shape}")
-    if up_weight.shape != gate_weight.shape:
-        raise ValueError(f"up_weight: expected gate_weight's shape {gate_weight.shape}, got {up_weight.shape}")
-    if up_weight.dtype != gate_weight.dtype:
-        raise TypeError(f"up_weight: dtype {up_weight.dtype} does not match gate_weight's {gate_weight.dtype}")
-    if (gate_bias is None) != (up_bias is None):
-        raise ValueError("gate_bias, up_bias: give both or neither")
-    bias = None
-    if gate_bias is not None:
-        F = gate_weight.shape[0]
-        for name, b in (("gate_bias", gate_bias), ("up_bias", up_bias)):
-            if not isinstance(b, np.ndarray) or b.shape != (F,):
-                raise ValueError(f"{name}: expected an array of shape ({F},)")
-        bias = np.concatenate([gate_bias, up_bias])
+    bias = _swiglu_checked(gate_weight, up_weight, gate_bias, up_bias)
     packed = object.__new__(PackedLinear)
     packed._packed = _core.pack_gated(np.concatenate([gate_weight, up_weight]))   # the stacked copy is dropped
     packed.bias = bias
@@ -400,7 +406,11 @@ def linear(x: np.ndarray, weight, bias: Optional[np.ndarray] = None, *, activati
     if isinstance(weight, PackedLinear):
         if bias is not None and weight.bias is not None:
             raise ValueError("bias: the packed weight holds a bias already")
-        return _core.linear_packed(x, weight._packed, weight.bias if bias is None else bias, act, out)
+        b = weight.bias if bias is None else bias
+        if (b is not None and weight._packed.quant is not None and isinstance(x, np.ndarray)
+                and b.dtype != x.dtype and x.dtype.name in ("float32", "bfloat16")):
+            b = b.astype(x.dtype)              # a quantized weight serves float32 and bfloat16 x alike
+        return _core.linear_packed(x, weight._packed, b, act, out)
     return _core.linear(x, weight, bias, act, out)
 
 

@@ -20,6 +20,11 @@ struct Backend {
   void (*pack)(const GemmProblem& p, PackedWeight& dst);
   void (*unpack)(const PackedWeight& w, void* dst);  // W (N, K), row-major, of w.dtype
   void (*rope)(const RopeProblem& p);                // optional; null: rotary embedding not supported
+  // Quantized weights (optional): pack src into dst (N, K, quant, group, gated set; the layout of
+  // PackedWeight, the same on every path); unpack gives W's dequantized values (N, K) float32.
+  // gemm runs a problem whose packed weight is quantized (x float32 or bfloat16).
+  void (*pack_quant)(const QuantSource& src, PackedWeight& dst);
+  void (*unpack_quant)(const PackedWeight& w, int8_t* q, float* scale);  // q (N, K), scale (N) or (N, K / group)
 };
 
 // The backends, defined in csrc/cpu and csrc/cuda.

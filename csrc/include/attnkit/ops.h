@@ -69,6 +69,13 @@ void linear_unpack(const PackedWeight& weight, const TensorView& out);
 // SwiGLU: pack gate_up (2F, K) = [W_gate; W_up] so that one GEMM computes both halves
 // (PackedWeight::gated); linear_prepare_packed with it gives out (..., F) = silu(gate) * up.
 void linear_pack_gated(const TensorView& gate_up, PackedWeight& packed);
+// Quantized weights: q (N, K) int8 and scale (N,) float32 (quant int8), or q in [-8, 7] and
+// scale (N, ceil(K / group)) (int4, group a multiple of 32); gated as linear_pack_gated (q = [gate; up]).
+// linear_prepare_packed takes the result with x float32 or bfloat16; linear_unpack gives q * scale as float32.
+void linear_pack_quantized(const TensorView& q, const TensorView& scale, Quant quant, int64_t group, bool gated,
+                           PackedWeight& packed);
+// q (N, K) int8 and scale (N,) or (N, ceil(K / group)) float32, contiguous, back from a quantized weight.
+void linear_unpack_quantized(const PackedWeight& weight, const TensorView& q, const TensorView& scale);
 void linear_prepare_packed(const TensorView& x, PackedWeight& weight, const TensorView& bias, Activation act,
                            GemmPlan& plan, void* stream = nullptr);
 

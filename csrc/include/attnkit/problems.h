@@ -12,6 +12,8 @@ namespace attnkit {
 
 enum class Activation { none, relu, gelu, gelu_tanh, silu };
 enum class CausalAlign { none, top_left, bottom_right };
+enum class Quant { none, int8, int4 };
+constexpr int kQuantCols = 16;  // columns per panel of a quantized weight
 
 constexpr int kMaxBatchDims = 4;
 
@@ -81,6 +83,18 @@ struct PackedWeight {
   // gated (SwiGLU): W's logical rows are [gate (F); up (F)], N = 2F; each panel holds
   // panel_cols / 2 gate columns followed by the same features' up columns (gated_column)
   bool gated = false;
+  // Quantized (attnkit.quantize_linear; the same layout on every path, see below): dtype is then
+  // unused (x may be float32 or bfloat16) and data holds, for npan = ceil(N / 16) panels of
+  // kQuantCols columns and K padded to kp (int8: a multiple of 64; int4: of group):
+  //   int8: [npan][kp / 4][16][4] int8 (W[n][k] / scale[n], rounded; 4 consecutive k of a column
+  //         together, as vpdpbusd and tdpbusd read them), then float scale[npan * 16], then int32
+  //         csum[npan * 16] = 128 * sum_k q[n][k] (what the u8 = s8 + 128 activations add)
+  //   int4: [npan][kp / 8][64 bytes]: byte c * 4 + i of chunk j holds q + 8 of k = 8j + i (low
+  //         nibble) and 8j + 4 + i (high nibble) of column c; then float scale[npan][kp / group][16]
+  // Column c of panel pn is row n = pn * 16 + c, or gated_column's mapping for a gated weight.
+  Quant quant = Quant::none;
+  int64_t group = 0, kp = 0;                // int4: K per scale; K padded
+  int64_t scale_off = 0, sum_off = 0;       // bytes into data
 };
 
 // The physical panel column of logical row n of a gated weight (N = 2F rows: gate, then up)
@@ -90,6 +104,15 @@ static inline int64_t gated_column(int64_t n, int64_t N, int64_t pc) {
   const int64_t F = N / 2, half = pc / 2, f = n < F ? n : n - F;
   return (f / half) * pc + (n < F ? 0 : half) + f % half;
 }
+
+// A quantized weight's source (attnkit.quantize_linear): q (N, K) int8 (int4: in [-8, 7]) with
+// strides, and its scales (N) for int8 or (N, ceil(K / group)) for int4, float32, with strides.
+struct QuantSource {
+  const int8_t* q = nullptr;
+  int64_t q_n = 0, q_k = 1;
+  const float* scale = nullptr;
+  int64_t s_n = 0, s_g = 0;
+};
 
 // out (M, N) = act(A (M, K) @ W (N, K)^T + bias (N)), out's rows ldc apart (unit stride along N). A's M rows are reached
 // through up to kMaxDims leading dims with their strides (any strided x of shape (..., K)).
@@ -113,6 +136,18 @@ struct GemmProblem {
   // gated (SwiGLU, packed weights with PackedWeight::gated only): out (M, N/2) =
   // silu(A W_gate^T + b_gate) * (A W_up^T + b_up); ldc is out's row stride, >= N/2
   bool gated = false;
+  // Quantized (attnkit.quantize_linear; the same layout on every path, see below): dtype is then
+  // unused (x may be float32 or bfloat16) and data holds, for npan = ceil(N / 16) panels of
+  // kQuantCols columns and K padded to kp (int8: a multiple of 64; int4: of group):
+  //   int8: [npan][kp / 4][16][4] int8 (W[n][k] / scale[n], rounded; 4 consecutive k of a column
+  //         together, as vpdpbusd and tdpbusd read them), then float scale[npan * 16], then int32
+  //         csum[npan * 16] = 128 * sum_k q[n][k] (what the u8 = s8 + 128 activations add)
+  //   int4: [npan][kp / 8][64 bytes]: byte c * 4 + i of chunk j holds q + 8 of k = 8j + i (low
+  //         nibble) and 8j + 4 + i (high nibble) of column c; then float scale[npan][kp / group][16]
+  // Column c of panel pn is row n = pn * 16 + c, or gated_column's mapping for a gated weight.
+  Quant quant = Quant::none;
+  int64_t group = 0, kp = 0;                // int4: K per scale; K padded
+  int64_t scale_off = 0, sum_off = 0;       // bytes into data
 };
 
 // Rotary position embedding over x (B, H, L, D) of any strides (a view of (B, L, H, D) too):

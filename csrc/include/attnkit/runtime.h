@@ -16,6 +16,7 @@ std::vector<std::string> compiled_isas();
 // The amx_bf16 path here: "usable", "emulated: ..." (an ATTNKIT_AMX_EMULATE build) or "unusable: <why>"
 // (no AMX in cpuid, the OS does not enable the tile state, or arch_prctl refused it).
 std::string amx_status();
+std::string amx_int8_status();  // the same for the amx_int8 path (tdpbusd)
 
 // How many times an op met a layout its kernels cannot take in place and went through one
 // scratch array instead (linear's out= with rows that are not evenly spaced or a strided last

@@ -9,7 +9,7 @@ namespace attnkit {
 
 // Element types. f32/f64 compute everywhere; f16/bf16 are storage types (compute in fp32) on the
 // backends that list them in Backend::supports.
-enum class DType { f32, f64, f16, bf16, boolean, i64, other };
+enum class DType { f32, f64, f16, bf16, boolean, i64, i8, other };
 
 static inline const char* dtype_name(DType d) {
   switch (d) {
@@ -19,6 +19,7 @@ static inline const char* dtype_name(DType d) {
     case DType::bf16: return "bfloat16";
     case DType::boolean: return "bool";
     case DType::i64: return "int64";
+    case DType::i8: return "int8";
     default: return "other";
   }
 }
@@ -28,7 +29,7 @@ static inline int dtype_size(DType d) {
     case DType::f64: case DType::i64: return 8;
     case DType::f32: return 4;
     case DType::f16: case DType::bf16: return 2;
-    case DType::boolean: return 1;
+    case DType::boolean: case DType::i8: return 1;
     default: return 0;
   }
 }

@@ -65,6 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=("float32",) + suites.HALF_DTYPES, default="float32",
                    help="float16 or bfloat16: attnkit in that dtype against attnkit float32 and PyTorch in that "
                         f"dtype, suites {','.join(suites.HALF_SUITES)} (default float32)")
+    p.add_argument("--quantize", choices=("int8", "int4"),
+                   help="quantized rows of the linear and model suites: attnkit int8/int4 weights against attnkit "
+                        "float32, PyTorch (dynamic int8) and, when installed, CTranslate2 int8 and ONNX Runtime "
+                        "quantize_dynamic (attnkit/bench/quant.py)")
     p.add_argument("--json", metavar="PATH", help="write all rows, machine info and ceilings as JSON")
     p.add_argument("--plot", metavar="PATH", help="PNG of GFLOP/s by sequence length per contender (matplotlib)")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when importable")
@@ -74,6 +78,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     a = p.parse_args(argv)
     half = a.dtype != "float32"
     known = suites.HALF_SUITES if half else suites.SUITE_NAMES
+    if a.quantize:
+        if half:
+            p.error("--quantize runs float32 activations; it does not combine with --dtype")
+        known = ("linear", "model")
     names = list(known) if a.suite == "all" else [s.strip() for s in a.suite.split(",") if s.strip()]
     unknown = [s for s in names if s not in known]
     if half and unknown and all(s in suites.SUITE_NAMES for s in unknown):
@@ -214,6 +222,8 @@ def main(argv=None) -> int:
         import torch
         machine["torch"] = {"version": torch.__version__, "threads": torch.get_num_threads()}
 
+    if a.quantize:
+        return run_quantized(a, opts, machine)
     cases = {s: suites.SUITES[s](opts) for s in a.suites if s != "model"}
     n = len(contenders)
     prog = harness.Progress(1 + n * sum(len(c) for c in cases.values()) + ("model" in a.suites))
@@ -263,6 +273,40 @@ def main(argv=None) -> int:
     if a.plot:
         print(harness.plot(rows, a.plot, ceil["sgemm_gflops"],
                            f"{machine['cpu']['model']}, {opts.threads} threads, attnkit isa={machine['attnkit'].get('isa')}"))
+    return 0
+
+
+QUANT_COLS = LEAD[:2] + [("median ms", "median_ms", "ms"), ("runs", "runs", ""), ("ms/token", "ms_per_token", ".2f"),
+                          ("vs fp32", "speedup_vs_fp32", ".2fx"), ("vs torch int8", "ratio_vs_torch_int8", ".2fx"),
+                          ("vs ct2", "ratio_vs_ctranslate2", ".2fx"), ("vs ort", "ratio_vs_onnxruntime", ".2fx"),
+                          ("vs int8", "speedup_vs_int8", ".2fx"), ("max err vs fp32", "max_abs_err_vs_fp32", ".1e"),
+                          ("note", "note", "")]
+
+
+def run_quantized(a, opts, machine) -> int:
+    """python -m attnkit.bench --quantize int8|int4: the quantized linear and model rows (bench/quant.py)."""
+    from attnkit.bench import quant
+    t_start = time.perf_counter()
+    print(f"attnkit.bench --quantize {a.quantize}  threads={opts.threads}  isa={machine['attnkit'].get('isa')}  "
+          f"CPU {machine['cpu']['model']}", flush=True)
+    rows, seconds = [], {}
+    for suite in a.suites:
+        t0 = time.perf_counter()
+        new = quant.linear_rows(opts, a.quantize) if suite == "linear" else quant.model_rows(opts, a.quantize)
+        seconds[suite] = time.perf_counter() - t0
+        rows += new
+        cols = [c for c in QUANT_COLS if any(c[1] in r for r in new)]
+        print(f"\n{suite} {a.quantize} (vs fp32 = attnkit float32 time / contender time; vs ct2, vs ort, vs torch "
+              f"int8 = engine time / attnkit time, the engines in int8)  [{seconds[suite]:.1f} s]\n{table(cols, new)}",
+              flush=True)
+    elapsed = time.perf_counter() - t_start
+    print(f"total {elapsed:.1f} s")
+    if a.json:
+        doc = {"argv": sys.argv[1:], "quantize": a.quantize, "threads": opts.threads, "suites": a.suites,
+               "machine": machine, "rows": rows, "suite_seconds": seconds, "elapsed_s": elapsed}
+        with open(a.json, "w") as f:
+            json.dump(doc, f, indent=1, default=str)
+        print(f"JSON written to {a.json}")
     return 0
 
 

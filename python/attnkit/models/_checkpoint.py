@@ -252,15 +252,84 @@ def check_fields(obj, spec: Dict[str, tuple], where: str) -> None:
 
 class Pretrained:
     """``from_pretrained(directory)`` for a model class with a ``config_class`` (having ``from_dict``) and a
-    ``from_state_dict(tensors, config, *, dtype, origin)`` constructor."""
+    ``from_state_dict(tensors, config, *, dtype, origin)`` constructor; ``save_pretrained(directory)`` for
+    one with ``_checkpoint_tensors()`` (its weights under the checkpoint's names)."""
 
     config_class: Any = None
 
     @classmethod
-    def from_pretrained(cls, directory, *, dtype=np.float32):
-        """Load ``directory``/config.json + model.safetensors (as written by ``save_pretrained``)."""
+    def from_pretrained(cls, directory, *, dtype=np.float32, quantize: Optional[str] = None,
+                        group_size: Optional[int] = None, quantize_lm_head=None):
+        """Load ``directory``/config.json + model.safetensors (as written by ``save_pretrained``).
+
+        quantize: 'int8' or 'int4' quantizes every linear layer as it is packed (``attnkit.quantize_linear``;
+        int4 in groups of ``group_size`` inputs, default 128), the LM head to ``quantize_lm_head``: 'int8'
+        (default, for int4 models too), 'int4', True (as the layers) or False (float); embeddings and norms stay in ``dtype``, the activations' dtype (float32 or
+        bfloat16). A checkpoint that ``save_pretrained`` wrote quantized (its config.json has a
+        ``quantization_config``) loads as stored, with nothing quantized again."""
+        from .. import quant as Q
         config = load_config(directory)
-        parsed = cls.config_class.from_dict(config, where=os.path.join(os.fspath(directory), "config.json"))
+        where = os.path.join(os.fspath(directory), "config.json")
+        stored = config.get("quantization_config")
+        stored_spec = (None, None)
+        if isinstance(stored, dict) and stored.get("quant_method") == "attnkit":
+            qd = stored.get("dtype")
+            if qd not in ("int8", "int4"):
+                raise ValueError(f"{where}: quantization_config.dtype = {qd!r}, expected 'int8' or 'int4'")
+            if quantize is not None and quantize != qd:
+                raise ValueError(f"quantize: the checkpoint is stored quantized to {qd}, cannot load it as {quantize!r}")
+            stored_spec = (qd, stored.get("group_size"))
+            quantize, group_size, quantize_lm_head = None, None, None
+        elif stored is not None:
+            raise ValueError(f"{where}: quantization_config {stored!r} is not one attnkit wrote (quant_method 'attnkit')")
+        parsed = cls.config_class.from_dict(config, where=where)
         tensors = load_tensors(directory)
-        return cls.from_state_dict(tensors, parsed, dtype=dtype,
-                                   origin=os.path.join(os.fspath(directory), "model.safetensors"))
+        with Q.quantizing(quantize, group_size, quantize_lm_head), Q.stored_quantization(*stored_spec):
+            model = cls.from_state_dict(tensors, parsed, dtype=dtype,
+                                        origin=os.path.join(os.fspath(directory), "model.safetensors"))
+        del tensors
+        model._hf_config = {k: v for k, v in config.items() if k != "quantization_config"}
+        return model
+
+    def save_pretrained(self, directory) -> None:
+        """Write config.json and model.safetensors to ``directory`` (made if missing), in the checkpoint
+        layout ``from_pretrained`` reads. Quantized layers are written as q ('name.weight': int8 (out, in),
+        or int4 two a byte as uint8 (out, ceil(in / 2))) and 'name.weight_scale' (float32 (out,) or
+        (out, groups)), with a ``quantization_config`` in config.json; float tensors in the model's dtype."""
+        from safetensors.numpy import save_file
+        from ..quant import QuantizedLinear
+        hf = getattr(self, "_hf_config", None)
+        if hf is None:
+            raise ValueError("save_pretrained: needs a model loaded with from_pretrained (its config.json is kept)")
+        tensors, quant = {}, None
+        for name, value in self._checkpoint_tensors():
+            tensors[name] = np.ascontiguousarray(value)
+        for value in self._layers_packed():
+            if isinstance(value, QuantizedLinear):
+                quant = {"quant_method": "attnkit", "dtype": value.dtype, "group_size": value.group_size}
+                break
+        os.makedirs(directory, exist_ok=True)
+        config = dict(hf)
+        if quant is not None:
+            config["quantization_config"] = quant
+        with open(os.path.join(directory, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        save_file(tensors, os.path.join(directory, "model.safetensors"))
+
+    def _layers_packed(self):
+        from ..functional import PackedLinear
+
+        def walk(obj, seen):
+            if id(obj) in seen:
+                return
+            seen.add(id(obj))
+            if isinstance(obj, PackedLinear):
+                yield obj
+            elif isinstance(obj, (list, tuple)):
+                for item in obj:
+                    yield from walk(item, seen)
+            elif hasattr(obj, "__dict__") and not isinstance(obj, (np.ndarray, type)):
+                for k, v in vars(obj).items():
+                    if not k.startswith("_"):
+                        yield from walk(v, seen)
+        yield from walk(self, set())

@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 
 from .. import nn
+from .. import quant as Q
 from ..nn.layers import AttentionMask
 from ._checkpoint import SIZE_MAX, SPECIAL_TOKEN_IDS, Pretrained, check_fields, field, read_fields, special_token_ids
 
@@ -197,7 +198,7 @@ class BertModel(Pretrained, nn.Module):
         for i in range(c.num_hidden_layers):
             p = f"encoder.layer.{i}."
             # query, key, value (E, E) each -> one packed [W_q; W_k; W_v] (3E, E)
-            qkv_w = np.concatenate([t(f"{p}attention.self.{n}.weight", (E, E)) for n in ("query", "key", "value")])
+            qkv_w = Q.concat_rows([t(f"{p}attention.self.{n}.weight", (E, E)) for n in ("query", "key", "value")])
             qkv_b = np.concatenate([t(f"{p}attention.self.{n}.bias", (E,)) for n in ("query", "key", "value")])
             attention = nn.MultiHeadAttention(qkv_w, qkv_b, t(f"{p}attention.output.dense.weight", (E, E)),
                                               t(f"{p}attention.output.dense.bias", (E,)), c.num_attention_heads)
@@ -210,6 +211,36 @@ class BertModel(Pretrained, nn.Module):
         if t.has(f"encoder.layer.{c.num_hidden_layers}.attention.self.query.weight"):
             raise ValueError(f"{origin}: more encoder layers than num_hidden_layers = {c.num_hidden_layers}")
         return cls(c, embeddings, nn.Encoder(layers))
+
+    def _checkpoint_tensors(self):
+        """(name, array) in the Hugging Face layout (save_pretrained)."""
+        e = self.embeddings
+        yield "embeddings.word_embeddings.weight", e.word
+        yield "embeddings.position_embeddings.weight", e.position
+        yield "embeddings.token_type_embeddings.weight", e.token_type
+        yield "embeddings.LayerNorm.weight", e.norm.weight
+        yield "embeddings.LayerNorm.bias", e.norm.bias
+        for i, layer in enumerate(self.encoder.layers):
+            p = f"encoder.layer.{i}."
+            a, ff = layer.self_attn, layer.feed_forward
+            E = a.out_proj_weight.shape[0]
+            for suffix, arr in Q.to_checkpoint(a.q_proj_weight).items():
+                yield f"{p}attention.self.query.{suffix}", arr
+            for j, n in enumerate(("key", "value")):
+                for suffix, arr in Q.to_checkpoint(a.kv_proj_weight, slice(j * E, (j + 1) * E)).items():
+                    yield f"{p}attention.self.{n}.{suffix}", arr
+            for j, n in enumerate(("query", "key", "value")):
+                yield f"{p}attention.self.{n}.bias", a.in_proj_bias[j * E:(j + 1) * E]
+            for suffix, arr in Q.to_checkpoint(a.out_proj_weight).items():
+                yield f"{p}attention.output.dense.{suffix}", arr
+            yield f"{p}attention.output.dense.bias", a.out_proj_bias
+            for n, w, bias in (("intermediate.dense", ff.w1, ff.b1), ("output.dense", ff.w2, ff.b2)):
+                for suffix, arr in Q.to_checkpoint(w).items():
+                    yield f"{p}{n}.{suffix}", arr
+                yield f"{p}{n}.bias", bias
+            for n, norm in (("attention.output.LayerNorm", layer.norm1), ("output.LayerNorm", layer.norm2)):
+                yield f"{p}{n}.weight", norm.weight
+                yield f"{p}{n}.bias", norm.bias
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> np.ndarray:
         """The encoder's last hidden state.

@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
+from .. import quant as Q
 from ..nn.layers import AttentionMask
 from ..nn.transformer import sublayer_connections
 from ._checkpoint import SIZE_MAX, Pretrained, check_fields, field, read_fields, special_token_ids
@@ -165,8 +166,42 @@ class GPT2LMHeadModel(Pretrained, nn.Module):
             raise ValueError(f"{origin}: more blocks than n_layer = {c.n_layer}")
         lm_head = None
         if not c.tie_word_embeddings or "lm_head.weight" in tensors:
-            lm_head = nn.StateDict(tensors, "", dtype=dtype, origin=origin)("lm_head.weight", (V, E))
-        return cls(c, t("wte.weight", (V, E)), t("wpe.weight", (c.n_positions, E)), blocks, norm("ln_f"), lm_head)
+            lm_head = Q.pack_head(nn.StateDict(tensors, "", dtype=dtype, origin=origin)("lm_head.weight", (V, E)))
+        wte = t("wte.weight", (V, E))
+        if lm_head is None and Q.quantize_spec() is not None:
+            lm_head = Q.pack_head(wte)                        # tied, and the head quantized: a quantized copy
+        return cls(c, wte, t("wpe.weight", (c.n_positions, E)), blocks, norm("ln_f"), lm_head)
+
+    def _checkpoint_tensors(self):
+        """(name, array) in the Hugging Face layout (save_pretrained); float Conv1D weights (in, out)."""
+        yield "transformer.wte.weight", self.wte
+        yield "transformer.wpe.weight", self.wpe
+        yield "transformer.ln_f.weight", self.ln_f.weight
+        yield "transformer.ln_f.bias", self.ln_f.bias
+        for i, b in enumerate(self.blocks):
+            p = f"transformer.h.{i}."
+            for n, ln in (("ln_1", b.ln_1), ("ln_2", b.ln_2)):
+                yield p + n + ".weight", ln.weight
+                yield p + n + ".bias", ln.bias
+            a = b.attn
+            qkv = {k: np.concatenate([Q.to_checkpoint(a.q_proj_weight)[k], Q.to_checkpoint(a.kv_proj_weight)[k]])
+                   for k in Q.to_checkpoint(a.q_proj_weight)}
+            if "weight_scale" not in qkv:
+                qkv["weight"] = qkv["weight"].T                           # Conv1D: (in, out)
+            for suffix, arr in qkv.items():
+                yield p + "attn.c_attn." + suffix, arr
+            yield p + "attn.c_attn.bias", a.in_proj_bias
+            for suffix, arr in Q.to_checkpoint(a.out_proj_weight, transpose=True).items():
+                yield p + "attn.c_proj." + suffix, arr
+            yield p + "attn.c_proj.bias", a.out_proj_bias
+            for n, w, bias in (("c_fc", b.mlp.w1, b.mlp.b1), ("c_proj", b.mlp.w2, b.mlp.b2)):
+                for suffix, arr in Q.to_checkpoint(w, transpose=True).items():
+                    yield p + "mlp." + n + "." + suffix, arr
+                yield p + "mlp." + n + ".bias", bias
+        if self.lm_head is not self.wte:
+            head = self.lm_head if isinstance(self.lm_head, F.PackedLinear) else F.PackedLinear(self.lm_head)
+            for suffix, arr in Q.to_checkpoint(head).items():
+                yield "lm_head." + suffix, arr
 
     # -- forward -------------------------------------------------------------------------------------
     def hidden_states(self, input_ids, attention_mask=None, position_ids=None, *, cache=None) -> np.ndarray:

@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
+from .. import quant as Q
 from ..nn.sampling import SamplingConfig, choose, process_logits
 from ..rope import RotaryTables, rope_parameters
 from ._checkpoint import SIZE_MAX, Pretrained, field, load_config, special_token_ids
@@ -168,13 +169,15 @@ class LlamaForCausalLM(Pretrained, nn.Module):
 
     # -- loading ----------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, directory, *, dtype=np.float32):
+    def from_pretrained(cls, directory, *, dtype=np.float32, **quantization):
         """Load a Hugging Face checkpoint directory: config.json, model.safetensors (or its shards) and,
         when present with the ``tokenizers`` package, tokenizer.json.
 
         Args:
             directory (str or os.PathLike): the checkpoint.
             dtype (numpy.dtype or str): float32 (default), float16 or "bfloat16": weights and activations.
+            **quantization (str or int or bool): ``quantize`` ('int8' or 'int4'), ``group_size``, ``quantize_lm_head``: as
+                ``Pretrained.from_pretrained`` (see the quantization docs).
 
         Returns:
             model (LlamaForCausalLM): the model (of the class it was called on), ready to call and to ``generate``.
@@ -188,7 +191,7 @@ class LlamaForCausalLM(Pretrained, nn.Module):
         if mt not in cls.model_types:
             raise ValueError(f"config.json: field 'model_type' = {mt!r} is not a {cls.__name__} "
                              f"(expected {', '.join(cls.model_types)}); attnkit.models.from_pretrained picks the class")
-        model = super().from_pretrained(directory, dtype=dtype)
+        model = super().from_pretrained(directory, dtype=dtype, **quantization)
         path = os.path.join(os.fspath(directory), "tokenizer.json")
         if os.path.isfile(path):
             try:
@@ -209,7 +212,7 @@ class LlamaForCausalLM(Pretrained, nn.Module):
         layers = []
         for i in range(c.num_hidden_layers):
             p = f"layers.{i}."
-            w_qkv = np.concatenate([t(p + "self_attn.q_proj.weight", (Hq * Dh, E)),
+            w_qkv = Q.concat_rows([t(p + "self_attn.q_proj.weight", (Hq * Dh, E)),
                                     t(p + "self_attn.k_proj.weight", (Hk * Dh, E)),
                                     t(p + "self_attn.v_proj.weight", (Hk * Dh, E))])
             b_qkv = None
@@ -217,14 +220,14 @@ class LlamaForCausalLM(Pretrained, nn.Module):
                 b_qkv = np.concatenate([t(p + "self_attn.q_proj.bias", (Hq * Dh,)),
                                         t(p + "self_attn.k_proj.bias", (Hk * Dh,)),
                                         t(p + "self_attn.v_proj.bias", (Hk * Dh,))])
-            o = F.pack_linear(t(p + "self_attn.o_proj.weight", (E, Hq * Dh)),
+            o = Q.pack(t(p + "self_attn.o_proj.weight", (E, Hq * Dh)),
                               t(p + "self_attn.o_proj.bias", (E,)) if c.o_bias else None)
-            attn = LlamaAttention(c, F.pack_linear(w_qkv, b_qkv), o, rotary)
+            attn = LlamaAttention(c, Q.pack(w_qkv, b_qkv), o, rotary)
             del w_qkv
             mb = (lambda n: t(p + f"mlp.{n}_proj.bias", (Fd,))) if c.mlp_bias else (lambda n: None)
-            gate_up = F.pack_swiglu(t(p + "mlp.gate_proj.weight", (Fd, E)), t(p + "mlp.up_proj.weight", (Fd, E)),
+            gate_up = Q.pack_gated(t(p + "mlp.gate_proj.weight", (Fd, E)), t(p + "mlp.up_proj.weight", (Fd, E)),
                                     mb("gate"), mb("up"))
-            down = F.pack_linear(t(p + "mlp.down_proj.weight", (E, Fd)),
+            down = Q.pack(t(p + "mlp.down_proj.weight", (E, Fd)),
                                  t(p + "mlp.down_proj.bias", (E,)) if c.mlp_bias else None)
             layers.append(LlamaDecoderLayer(t(p + "input_layernorm.weight", (E,)), attn,
                                             t(p + "post_attention_layernorm.weight", (E,)), gate_up, down,
@@ -232,11 +235,46 @@ class LlamaForCausalLM(Pretrained, nn.Module):
         if t.has(f"layers.{c.num_hidden_layers}.input_layernorm.weight"):
             raise ValueError(f"{origin}: more layers than num_hidden_layers = {c.num_hidden_layers}")
         embed = t("embed_tokens.weight", (V, E))
-        if "lm_head.weight" in tensors and not c.tie_word_embeddings:
-            lm_head = F.pack_linear(nn.StateDict(tensors, "", dtype=dtype, origin=origin)("lm_head.weight", (V, E)))
+        if "lm_head.weight" in tensors and (not c.tie_word_embeddings or "lm_head.weight_scale" in tensors):
+            lm_head = Q.pack_head(nn.StateDict(tensors, "", dtype=dtype, origin=origin)("lm_head.weight", (V, E)),
+                                  packed=True)
         else:
-            lm_head = embed                                   # tied: the embedding table, read in place
+            lm_head = Q.pack_head(embed)                      # tied: the embedding table, read in place (or quantized)
         return cls(c, embed, layers, t("norm.weight", (E,)), lm_head)
+
+    def _checkpoint_tensors(self):
+        """(name, array) in the Hugging Face layout (save_pretrained)."""
+        c = self.config
+        Hq, Hk, Dh = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        yield "model.embed_tokens.weight", self.embed
+        yield "model.norm.weight", self.norm
+        for i, layer in enumerate(self.layers):
+            p = f"model.layers.{i}."
+            yield p + "input_layernorm.weight", layer.input_norm
+            yield p + "post_attention_layernorm.weight", layer.post_norm
+            cuts = {"q": slice(0, Hq * Dh), "k": slice(Hq * Dh, (Hq + Hk) * Dh), "v": slice((Hq + Hk) * Dh, None)}
+            for n, rows in cuts.items():
+                for suffix, a in Q.to_checkpoint(layer.attn.qkv, rows).items():
+                    yield f"{p}self_attn.{n}_proj.{suffix}", a
+                if layer.attn.qkv.bias is not None:
+                    yield f"{p}self_attn.{n}_proj.bias", layer.attn.qkv.bias[rows]
+            for suffix, a in Q.to_checkpoint(layer.attn.o).items():
+                yield f"{p}self_attn.o_proj.{suffix}", a
+            if layer.attn.o.bias is not None:
+                yield f"{p}self_attn.o_proj.bias", layer.attn.o.bias
+            Fd = layer.gate_up.shape[0] // 2
+            for n, rows in (("gate", slice(0, Fd)), ("up", slice(Fd, None))):
+                for suffix, a in Q.to_checkpoint(layer.gate_up, rows).items():
+                    yield f"{p}mlp.{n}_proj.{suffix}", a
+                if layer.gate_up.bias is not None:
+                    yield f"{p}mlp.{n}_proj.bias", layer.gate_up.bias[rows]
+            for suffix, a in Q.to_checkpoint(layer.down).items():
+                yield f"{p}mlp.down_proj.{suffix}", a
+            if layer.down.bias is not None:
+                yield f"{p}mlp.down_proj.bias", layer.down.bias
+        if self.lm_head is not self.embed:
+            for suffix, a in Q.to_checkpoint(self.lm_head).items():
+                yield f"lm_head.{suffix}", a
 
     @classmethod
     def from_config(cls, config: LlamaConfig, *, rng=None, std: float = 0.02, dtype=np.float32):

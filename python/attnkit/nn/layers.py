@@ -19,6 +19,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .. import functional as F
+from ..quant import pack as _pack
 from .module import Module, as_float_array
 
 __all__ = [
@@ -202,9 +203,8 @@ class FeedForward(Module):
         self.b1 = None if b1 is None else as_float_array(b1, dtype, "FeedForward.b1", (d_ff,))
         w2 = as_float_array(w2, dtype, "FeedForward.w2", (d_model, d_ff))
         self.b2 = None if b2 is None else as_float_array(b2, dtype, "FeedForward.b2", (d_model,))
-        self.w1, self.w2 = F.pack_linear(w1), F.pack_linear(w2)       # packed once, only the packed copy kept
-        self.w_up = None if w_up is None else F.pack_linear(as_float_array(w_up, dtype, "FeedForward.w_up",
-                                                                           (d_ff, d_model)))
+        self.w1, self.w2 = _pack(w1), _pack(w2)       # packed once, only the packed copy kept
+        self.w_up = None if w_up is None else _pack(as_float_array(w_up, dtype, "FeedForward.w_up", (d_ff, d_model)))
         self.activation = activation
 
     @classmethod
@@ -266,9 +266,9 @@ class MultiHeadAttention(Module):
         # packed once, only the packed copies kept: W^Q apart from [W^K; W^V], so that cross
         # attention projects the query and the memory with no copy of either
         n = H * self.head_dim
-        self.q_proj_weight = F.pack_linear(in_proj_weight[:n])
-        self.kv_proj_weight = F.pack_linear(in_proj_weight[n:])
-        self.out_proj_weight = F.pack_linear(out_proj_weight)
+        self.q_proj_weight = _pack(in_proj_weight[:n])
+        self.kv_proj_weight = _pack(in_proj_weight[n:])
+        self.out_proj_weight = _pack(out_proj_weight)
         self.scale = 1.0 / math.sqrt(self.head_dim) if scale is None else float(scale)
 
     def _bias(self, part: str):
@@ -457,7 +457,7 @@ class Generator(Module):
     def __init__(self, weight, bias=None, *, input_scale: Optional[float] = None):
         weight = as_float_array(weight, _float_dtype(weight), "Generator.weight", (None, None))
         self.bias = None if bias is None else as_float_array(bias, weight.dtype, "Generator.bias", (weight.shape[0],))
-        self.weight = F.pack_linear(weight)   # packed once, only the packed copy kept
+        self.weight = _pack(weight)   # packed once, only the packed copy kept
         self.input_scale = None if input_scale is None else float(input_scale)
 
     @classmethod

@@ -16,6 +16,7 @@ import numpy as np
 
 from .._dtypes import FLOAT_NAMES, bfloat16, is_float_dtype
 from ..functional import PackedLinear
+from ..quant import QTensor, from_checkpoint, stored_spec
 
 __all__ = ["Module", "as_float_array", "StateDict"]
 
@@ -28,6 +29,9 @@ def as_float_array(value, dtype, name: str, shape=None) -> np.ndarray:
     """
     if value is None:
         raise ValueError(f"{name}: missing (got None)")
+    if isinstance(value, QTensor):                  # a quantized checkpoint's weight: packed as stored
+        _check_shape(value.q, shape, f"{name}: has")
+        return value
     array = np.ascontiguousarray(_to_numpy(value), dtype=dtype)
     _check_shape(array, shape, f"{name}: has")
     return array
@@ -105,6 +109,16 @@ class StateDict:
         if key not in self.tensors:
             raise KeyError(f"{self.origin}: missing tensor '{key}'")
         array = _to_numpy(self.tensors[key])
+        stored = stored_spec()
+        if stored is not None and self.prefix + name + "_scale" in self.tensors and array.dtype.kind in "iu":
+            # a quantized weight (save_pretrained): q stored (out, in) whatever `transpose` says
+            shape = tuple(shape)
+            self.used.update((key, key + "_scale"))
+            qd = "int4" if array.dtype == np.uint8 else "int8"     # per tensor: an int4 model's LM head is int8
+            qt = from_checkpoint(array, _to_numpy(self.tensors[key + "_scale"]), shape[1], qd,
+                                 stored[1] if qd == "int4" else None, self.dtype)
+            _check_shape(qt.q, shape, f"{self.origin}: tensor '{key}' has")
+            return qt
         if not is_float_dtype(array.dtype):
             raise ValueError(f"{self.origin}: tensor '{key}' has dtype {array.dtype}, expected floating point")
         _check_shape(array, tuple(shape)[::-1] if transpose else shape, f"{self.origin}: tensor '{key}' has")

@@ -23,6 +23,7 @@ from .cache import KVCache
 from .generation import GenerationConfig, beam_steps, pad_after_eos, sample_steps
 from .layers import (ACTIVATIONS, NO_MASK, AttentionMask, Embeddings, FeedForward, Generator, LayerNorm,
                      MultiHeadAttention, RelativePositionBias)
+from ..quant import quantizing
 from .module import Module, StateDict, float_dtype
 
 __all__ = ["TransformerConfig", "sublayer_connections", "EncoderLayer", "DecoderLayer", "Encoder", "Decoder", "Transformer"]
@@ -164,10 +165,13 @@ class Encoder(Module):
     @classmethod
     def from_torch_state_dict(cls, state_dict, *, nhead: int, prefix: str = "", activation: str = "relu",
                               norm_first: bool = False, layer_norm_eps: float = 1e-5, dtype=np.float32,
-                              strict: bool = True) -> "Encoder":
-        """Load a ``torch.nn.TransformerEncoder`` state dict (keys ``layers.0.self_attn.in_proj_weight`` ...)."""
-        (encoder,) = _from_torch(state_dict, prefix, dtype, strict, [""], nhead, activation, norm_first,
-                                 layer_norm_eps)
+                              strict: bool = True, quantize: Optional[str] = None,
+                              group_size: Optional[int] = None) -> "Encoder":
+        """Load a ``torch.nn.TransformerEncoder`` state dict (keys ``layers.0.self_attn.in_proj_weight`` ...).
+        quantize: 'int8' or 'int4' quantizes every linear layer (``attnkit.quantize_linear``)."""
+        with quantizing(quantize, group_size):
+            (encoder,) = _from_torch(state_dict, prefix, dtype, strict, [""], nhead, activation, norm_first,
+                                     layer_norm_eps)
         return encoder
 
 
@@ -273,16 +277,20 @@ class Transformer(Module):
     @classmethod
     def from_torch_state_dict(cls, state_dict, *, nhead: int, activation: str = "relu", norm_first: bool = False,
                               layer_norm_eps: float = 1e-5, dtype=np.float32, prefix: str = "",
-                              strict: bool = True) -> "Transformer":
+                              strict: bool = True, quantize: Optional[str] = None,
+                              group_size: Optional[int] = None) -> "Transformer":
         """Load a ``torch.nn.Transformer`` state dict: a dict of NumPy arrays (or tensors), or a .safetensors path.
 
         Sizes (d_model, layer counts, dim_feedforward, final norms) are read from the tensors; nhead,
         activation ("relu" | "gelu"), norm_first and layer_norm_eps are not stored in a state dict and must
         match the torch model's. Keys outside ``prefix`` are ignored; with ``strict`` an unknown key under it,
-        a missing tensor or a tensor of the wrong shape raises, naming the tensor.
+        a missing tensor or a tensor of the wrong shape raises, naming the tensor. quantize: 'int8' or 'int4'
+        quantizes every linear layer as it is packed (``attnkit.quantize_linear``, int4 in groups of
+        ``group_size``, default 128); embeddings and norms stay in ``dtype``.
         """
-        encoder, decoder = _from_torch(state_dict, prefix, dtype, strict, ["encoder.", "decoder."], nhead, activation,
-                                       norm_first, layer_norm_eps)
+        with quantizing(quantize, group_size):
+            encoder, decoder = _from_torch(state_dict, prefix, dtype, strict, ["encoder.", "decoder."], nhead,
+                                           activation, norm_first, layer_norm_eps)
         first = encoder.layers[0] if encoder.layers else None
         config = TransformerConfig(
             d_model=decoder.layers[0].self_attn.d_model if decoder.layers else first.self_attn.d_model,
