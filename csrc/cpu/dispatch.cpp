@@ -66,11 +66,16 @@ bool cpu_has(Isa isa) {
   return false;
 }
 
-// amx_bf16 (tdpbf16ps for bfloat16 linear) is opt-in until it is measured on an AMX CPU (none here).
-// avx512_bf16 (vdpbf16ps for bfloat16 linear) is opt-in (set_isa / ATTNKIT_ISA): on a 2-core Sapphire
-// Rapids it was 1.26x the avx512 path's widened bfloat16 at one row but 0.56x at 128-4096 rows
-// (bench/NOTES.md), and the rest of its table is the avx512 code.
+// amx_bf16 is the default where the CPU, the OS and Linux let it run (not in an emulating test build):
+// measured on a 2-core Sapphire Rapids (bench/NOTES.md, bench/amx_bf16.py) its bfloat16 linear ran 2-14x
+// the avx512 path at 8-512 rows, its bfloat16 prefill 1.3-1.7x, and everything else is the avx512_bf16
+// code (float32 and float16 the avx512 code compiled with one more flag; bfloat16 decode measured even).
+// ATTNKIT_ISA=avx512 / set_isa("avx512") opt out. avx512_bf16 alone (vdpbf16ps for bfloat16 linear) stays
+// opt-in: without AMX it was 1.26x the avx512 path's widened bfloat16 at one row but 0.56x at 128-4096 rows.
 Isa best_isa() {
+#if !defined(ATTNKIT_AMX_EMULATE)
+  if (cpu_has(Isa::amx_bf16)) return Isa::amx_bf16;
+#endif
   if (cpu_has(Isa::avx512)) return Isa::avx512;
   if (cpu_has(Isa::avx2)) return Isa::avx2;
   return Isa::generic;
