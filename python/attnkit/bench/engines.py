@@ -163,9 +163,20 @@ def bert_engines(state_dict: Dict[str, np.ndarray], config, threads: int) -> Tup
     if isinstance(base, str):
         return {}, {e: f"torch and transformers build its model: {base}" for e in ENGINES}
     torch, transformers = base
-    builders = {"onnxruntime": lambda ort, hf_model, workdir: ort_bert(torch, ort, hf_model, threads, workdir),
-                "ctranslate2": lambda ct2, hf_model, workdir: ct2_bert(ct2, hf_model, threads, workdir)}
-    fns, skipped, hf_model = {}, {}, None
+    built = []  # the transformers model, built once for the first engine that is installed
+
+    def hf_model():
+        if not built:
+            built.append(hf_bert(torch, transformers, state_dict, config))
+        return built[0]
+    return _build({"onnxruntime": lambda ort, workdir: ort_bert(torch, ort, hf_model(), threads, workdir),
+                   "ctranslate2": lambda ct2, workdir: ct2_bert(ct2, hf_model(), threads, workdir)})
+
+
+def _build(builders: Dict[str, Callable]) -> Tuple[Dict, Dict]:
+    """{engine: build(module, workdir) -> fn} -> ({engine: fn}, {engine: why it is left out}): an engine not
+    installed, or whose exporter or converter fails on this version, is left out with the reason."""
+    fns, skipped = {}, {}
     with tempfile.TemporaryDirectory(prefix="attnkit-engines-") as workdir:
         for engine, build in builders.items():
             found = _imports(engine)
@@ -173,8 +184,7 @@ def bert_engines(state_dict: Dict[str, np.ndarray], config, threads: int) -> Tup
                 skipped[engine] = found
                 continue
             try:
-                hf_model = hf_model if hf_model is not None else hf_bert(torch, transformers, state_dict, config)
-                fns[engine] = build(found[0], hf_model, workdir)
+                fns[engine] = build(found[0], workdir)
             except Exception as e:  # an exporter or converter that does not fit this version: say so, go on
                 skipped[engine] = f"error: {type(e).__name__}: {e}"
     return fns, skipped
@@ -274,20 +284,8 @@ def gpt2_engines(hf_model, threads: int) -> Tuple[Dict, Dict]:
     base = _imports("torch")
     if isinstance(base, str):
         return {}, {e: f"torch builds its model: {base}" for e in ENGINES}
-    builders = {"onnxruntime": lambda ort, workdir: ort_gpt2(base[0], ort, hf_model, threads, workdir),
-                "ctranslate2": lambda ct2, workdir: ct2_gpt2(ct2, hf_model, threads, workdir)}
-    fns, skipped = {}, {}
-    with tempfile.TemporaryDirectory(prefix="attnkit-engines-") as workdir:
-        for engine, build in builders.items():
-            found = _imports(engine)
-            if isinstance(found, str):
-                skipped[engine] = found
-                continue
-            try:
-                fns[engine] = build(found[0], workdir)
-            except Exception as e:  # an exporter or converter that does not fit this version: say so, go on
-                skipped[engine] = f"error: {type(e).__name__}: {e}"
-    return fns, skipped
+    return _build({"onnxruntime": lambda ort, workdir: ort_gpt2(base[0], ort, hf_model, threads, workdir),
+                   "ctranslate2": lambda ct2, workdir: ct2_gpt2(ct2, hf_model, threads, workdir)})
 
 
 # -------------------------------------------------------------------------------------------------
