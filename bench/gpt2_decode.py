@@ -13,23 +13,11 @@ that spin waiting for work as working), rounds of one call each, alternating.
 import argparse
 import os
 import time
-from statistics import median
 
 import numpy as np
 
 from attnkit.bench import engines
-from attnkit.bench.harness import measure_interleaved
-
-
-def cpu_interleaved(fns, rounds):
-    """{name: {"median_ms", "out"}}: process CPU time of one call per contender per round (after one warm-up)."""
-    times, outs = {n: [] for n in fns}, {n: f() for n, f in fns.items()}
-    for _ in range(rounds):
-        for n, f in fns.items():
-            t0 = time.process_time()
-            outs[n] = f()
-            times[n].append(time.process_time() - t0)
-    return {n: {"median_ms": median(t) * 1e3, "out": outs[n]} for n, t in times.items()}
+from attnkit.bench.harness import measure_cpu_interleaved, measure_interleaved
 
 
 def main():
@@ -58,7 +46,7 @@ def main():
           f"load {os.getloadavg()[0]:.1f}; not measured: {skipped or 'none'}", flush=True)
     for engine, fn in found.items():
         fns = {"attnkit": lambda: model.generate(prompt, a.new), engine: lambda fn=fn: fn(prompt, a.new)}
-        res = cpu_interleaved(fns, a.rounds) if a.cpu else measure_interleaved(fns, a.budget, min_repeats=3)
+        res = measure_cpu_interleaved(fns, a.rounds, time.process_time) if a.cpu else measure_interleaved(fns, a.budget, min_repeats=3)
         t = {k: v["median_ms"] / a.new for k, v in res.items()}
         same = np.array_equal(res["attnkit"]["out"], res[engine]["out"])
         print(f"attnkit {t['attnkit']:.1f} ms/token, {engines.version(engine)} {t[engine]:.1f} ms/token: attnkit "
