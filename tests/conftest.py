@@ -98,7 +98,8 @@ def as64(x):
     if x is None:
         return None
     x = np.asarray(x)
-    return x.astype(np.float64) if x.dtype.kind == "f" else x
+    # ml_dtypes' bfloat16 has kind "V", not "f": without the name test the oracle ran in bfloat16 itself
+    return x.astype(np.float64) if x.dtype.kind == "f" or x.dtype.name == "bfloat16" else x
 
 
 # ---------------------------------------------------------------------------------------------
