@@ -1,8 +1,9 @@
 // GEMM for one ISA: out (M, N) = act(A (M, K) @ W (N, K)^T + bias), float32 and float64.
 // Blocked as in GotoBLAS: W^T is packed once per call into KC x NR panels (shared by all
 // threads); each work item packs an MC x KC block of A and sweeps its panels, a KC x NR panel of
-// W^T staying in L1 while the A block streams from L2. For a handful of rows (M <= kGemvRows)
-// the product is a set of dot products that read W once, in place.
+// W^T staying in L1 while the A block streams from L2. For few rows and an unpacked weight (M <= kDotRows
+// in float32/float64, M <= kGemvRows in half precision) the product is a set of dot products that read W
+// once, in place.
 // Part of the kernel unit (kernels.cpp); internal linkage only.
 #pragma once
 #include <cstdint>
