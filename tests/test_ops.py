@@ -336,3 +336,32 @@ def test_kernels_work_in_a_forked_child():
         child.kill()
         pytest.fail("a kernel called in a forked child hung")
     assert child.exitcode == 0 and queue.get(timeout=5) < tolerance(np.float32)
+
+
+# Up to 32 rows with an unpacked weight, linear runs a register tile of dot products (4 rows of x by 6 of W on
+# AVX-512, 3 by 3 elsewhere) over the depth in 4 KiB chunks (1024 float32, 512 float64), then hands over to
+# the packed GEMM: rows, widths and depths around each of those edges, on every path.
+FEW_ROWS = [(1, 768, 13), (2, 17, 7), (3, 1025, 6), (4, 16, 5), (5, 15, 12), (7, 513, 19), (8, 1024, 97),
+            (9, 2049, 11), (13, 1, 25), (16, 100, 6), (31, 1023, 37), (32, 3000, 31), (33, 129, 30)]
+
+
+@dtypes
+@pytest.mark.parametrize("shape", FEW_ROWS, ids=lambda s: "x".join(map(str, s)))
+def test_linear_few_rows_unpacked(backend, dtype, shape, rng):
+    M, K, N = shape
+    x = rng.standard_normal((M, K)).astype(dtype)
+    w = (rng.standard_normal((N, K)) / np.sqrt(K)).astype(dtype)
+    b = rng.standard_normal(N).astype(dtype)
+    for act, bias in ((None, None), ("gelu", b), ("relu", b[::-1])):
+        want = ref.linear(as64(x), as64(w), None if bias is None else as64(bias), activation=act)
+        assert_close(backend.call(attnkit.linear, x, w, bias, activation=act), want, dtype)
+    # rows of x not evenly spaced (a batch of slices of a larger array), W rows of a wider array, out= a column slice
+    xs = rng.standard_normal((2, M + 3, K + 5)).astype(dtype)[:, 1:M + 1, 3:K + 3]
+    ws = rng.standard_normal((N, K + 3)).astype(dtype)[:, 2:K + 2]
+    want = ref.linear(as64(xs), as64(ws), as64(b))
+    assert_close(backend.call(attnkit.linear, xs, ws, b), want, dtype, scale=np.abs(as64(xs)) @ np.abs(as64(ws)).T)
+    if backend.name.startswith("cpu:"):
+        out = np.full((2, M, N + 5), 7, dtype)
+        attnkit.linear(xs, ws, b, out=out[:, :, 2:N + 2])
+        assert np.all(out[:, :, :2] == 7) and np.all(out[:, :, N + 2:] == 7)
+        assert_close(out[:, :, 2:N + 2], want, dtype, scale=np.abs(as64(xs)) @ np.abs(as64(ws)).T)

@@ -102,3 +102,25 @@ def test_packed_errors(rng):
     before = x.copy()
     attnkit.linear(x, packed)
     assert np.array_equal(x, before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16], ids=["f32", "f64", "f16"])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 17), (33, 15), (64, 512), (65, 513), (100, 1030), (31, 2049)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_pack_round_trip_exact(isa, dtype, shape, rng):
+    """pack_linear copies W into its panels exactly (16-deep blocks, panels past N and depths past K padded):
+    unpack gives back every bit, from contiguous, strided and reversed weights."""
+    N, K = shape
+    base = rng.standard_normal((N, K)).astype(dtype)
+    for w in (base, np.asfortranarray(base), rng.standard_normal((N, 2 * K)).astype(dtype)[:, ::2], base[::-1]):
+        np.testing.assert_array_equal(attnkit.pack_linear(w).unpack(), w)
+
+
+def test_packed_large_weight_on_huge_pages(isa, rng):
+    """A weight of 4 MiB and more is packed into 2 MiB-aligned memory marked for huge pages: the same panels."""
+    w = rng.standard_normal((1100, 1000)).astype(np.float32)     # 4.4 MB
+    packed = attnkit.pack_linear(w)
+    np.testing.assert_array_equal(packed.unpack(), w)
+    for M in (1, 3, 40):
+        x = rng.standard_normal((M, 1000)).astype(np.float32)
+        assert_close(attnkit.linear(x, packed), ref.linear(as64(x), as64(w)), np.float32, scale=gemm_scale(x, w, None))

@@ -7,6 +7,10 @@
 #include <new>
 #include <stdexcept>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "cpu/dispatch.h"
 #include "cpu/kernels.h"
 #include "cpu/quant.h"
@@ -32,10 +36,23 @@ void rope(const RopeProblem& p) { check(active_kernels().rope(p)); }
 
 int weight_layout() { return static_cast<int>(current_isa()); }
 
+// A packed weight's memory: 64-byte aligned; from 4 MiB on, on 2 MiB boundaries and marked for transparent huge
+// pages (Linux), as NumPy does with its large arrays: a model's weights are streamed once per decoded token.
+void* weight_alloc(size_t bytes) {
+  constexpr size_t kHuge = size_t(2) << 20;
+  if (bytes < 2 * kHuge) return std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  const size_t size = (bytes + kHuge - 1) / kHuge * kHuge;
+  void* mem = std::aligned_alloc(kHuge, size);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (mem) madvise(mem, size, MADV_HUGEPAGE);  // advice only: its failure changes nothing
+#endif
+  return mem;
+}
+
 void pack(const GemmProblem& p, PackedWeight& dst) {
   const Kernels& k = active_kernels();
   dst.bytes = k.packed_bytes(p, &dst.panel_cols, &dst.depth_block, &dst.depth_group);
-  void* mem = std::aligned_alloc(64, (dst.bytes + 63) / 64 * 64);
+  void* mem = weight_alloc(dst.bytes);
   if (!mem) throw std::bad_alloc();
   dst.data = std::shared_ptr<void>(mem, std::free);
   dst.layout = weight_layout();

@@ -79,14 +79,20 @@ bool cpu_has(Isa isa) {
   return false;
 }
 
-// amx_bf16 (tdpbf16ps for bfloat16 linear) is opt-in until it is measured on an AMX CPU (none here).
-// avx512_bf16 (vdpbf16ps for bfloat16 linear) is opt-in (set_isa / ATTNKIT_ISA): on a 2-core Sapphire
-// Rapids it was 1.26x the avx512 path's widened bfloat16 at one row but 0.56x at 128-4096 rows
-// (bench/NOTES.md), and the rest of its table is the avx512 code.
-// The VNNI and AMX-INT8 paths run the same float kernels as avx512 / avx2 and only add the
-// quantized GEMM's instructions, so the best one the CPU has is the default.
+// amx_bf16 is the default float path where the CPU, the OS and Linux let it run (not in an emulating
+// test build): measured on a 2-core Sapphire Rapids (bench/NOTES.md, bench/amx_bf16.py) its bfloat16
+// linear ran 2-14x the avx512 path at 8-512 rows, its bfloat16 prefill 1.3-1.7x, and everything else is
+// the avx512_bf16 code (float32 and float16 the avx512 code compiled with one more flag; bfloat16 decode
+// measured even). avx512_bf16 alone (vdpbf16ps for bfloat16 linear) stays opt-in: without AMX it was
+// 1.26x the avx512 path's widened bfloat16 at one row but 0.56x at 128-4096 rows.
+// The VNNI and AMX-INT8 levels add the quantized GEMM's instructions to a float table (amx_int8 takes
+// amx_bf16's where AMX-BF16 is usable, else avx512's), so the best one the CPU has is the default.
+// ATTNKIT_ISA / set_isa opt out (e.g. avx512).
 Isa best_isa() {
+#if !defined(ATTNKIT_AMX_EMULATE)
   if (cpu_has(Isa::amx_int8)) return Isa::amx_int8;
+  if (cpu_has(Isa::amx_bf16)) return Isa::amx_bf16;
+#endif
   if (cpu_has(Isa::avx512_vnni)) return Isa::avx512_vnni;
   if (cpu_has(Isa::avx512)) return Isa::avx512;
   if (cpu_has(Isa::avx_vnni)) return Isa::avx_vnni;
@@ -155,7 +161,8 @@ const Kernels& active_kernels() {
   switch (current_isa()) {
     case Isa::amx_bf16: return amx_bf16::kernels();
     case Isa::avx512_bf16: return avx512_bf16::kernels();
-    case Isa::avx512: case Isa::avx512_vnni: case Isa::amx_int8: return avx512::kernels();
+    case Isa::amx_int8: return cpu_has(Isa::amx_bf16) ? amx_bf16::kernels() : avx512::kernels();
+    case Isa::avx512: case Isa::avx512_vnni: return avx512::kernels();
     case Isa::avx2: case Isa::avx_vnni: return avx2::kernels();
     default: return generic::kernels();
   }

@@ -1,8 +1,9 @@
 // GEMM for one ISA: out (M, N) = act(A (M, K) @ W (N, K)^T + bias), float32 and float64.
 // Blocked as in GotoBLAS: W^T is packed once per call into KC x NR panels (shared by all
 // threads); each work item packs an MC x KC block of A and sweeps its panels, a KC x NR panel of
-// W^T staying in L1 while the A block streams from L2. For a handful of rows (M <= kGemvRows)
-// the product is a set of dot products that read W once, in place.
+// W^T staying in L1 while the A block streams from L2. For few rows and an unpacked weight (M <= kDotRows
+// in float32/float64, M <= kGemvRows in half precision) the product is a set of dot products that read W
+// once, in place.
 // Part of the kernel unit (kernels.cpp); internal linkage only.
 #pragma once
 #include <cstdint>
@@ -121,46 +122,74 @@ void gated_epilogue(const GemmRun<T>& run, const T* c, int64_t rows, int64_t m, 
   }
 }
 
+// W^T's panel pn of depth block kc: dst[(kk / G) * NR * G + jj * G + kk % G] = W[n(jj)][k0 + kk], the
+// depth padded to G and columns past N with zeros. float/double with unit stride along K: blocks of W
+// depths x W columns loaded as W's rows and transposed in registers (3072 x 768 on one thread: 1.4 ms, a
+// scalar copy of 16-deep blocks 5.0 ms; bench/NOTES.md); the rest (tails,
+// half precision, depth pairs, strided W) in scalar blocks of 16 depths x the panel's columns.
 template <class T>
 void gemm_pack_task(void* ctx, int64_t begin, int64_t end, int) {
   GemmRun<T>& run = *static_cast<GemmRun<T>*>(ctx);
   const GemmProblem& p = *run.p;
   constexpr int NR = kPanelCols<T>, G = kDepthGroup<T>;
-  constexpr int64_t KB = kDepthBlock<T>;
+  constexpr int64_t KB = kDepthBlock<T>, KK = 16;
   for (int64_t it = begin; it < end; ++it) {
     const int64_t kc = it / run.npan, pn = it % run.npan;
-    const int64_t k0 = kc * KB, klen = imin(KB, p.K - k0);
-    T* dst = run.own_pack + kc * KB * run.npan * NR + pn * ceil_div(klen, G) * G * NR;
-    if constexpr (G > 1) {  // [klen / G][NR][G], the depth padded with zeros
-      for (int jj = 0; jj < NR; ++jj) {
-        int64_t n = pn * NR + jj;
-        if (p.gated) {
-          const int64_t F = p.N / 2, f = pn * (NR / 2) + jj % (NR / 2);
-          n = f >= F ? p.N : jj < NR / 2 ? f : F + f;
-        }
-        for (int64_t kk = 0; kk < ceil_div(klen, G) * G; ++kk) {
-          T v{};
-          if (n < p.N && kk < klen) v = p.packed ? packed_at<T>(*p.packed, n, k0 + kk) : run.w[n * p.w_n + (k0 + kk) * p.w_k];
-          dst[(kk / G) * NR * G + jj * G + kk % G] = v;
-        }
-      }
-      continue;
-    }
+    const int64_t k0 = kc * KB, klen = imin(KB, p.K - k0), kpad = ceil_div(klen, G) * G;
+    T* dst = run.own_pack + kc * KB * run.npan * NR + pn * kpad * NR;
+    int64_t src[NR];  // the W row of each panel column; -1: past N (zeros)
     for (int jj = 0; jj < NR; ++jj) {
       int64_t n = pn * NR + jj;
       if (p.gated) {  // gated: gate features pn*NR/2 + jj in the first half, the same up features after
         const int64_t F = p.N / 2, f = pn * (NR / 2) + jj % (NR / 2);
         n = f >= F ? p.N : jj < NR / 2 ? f : F + f;
       }
-      if (n < p.N && p.packed) {  // from another layout
-        for (int64_t kk = 0; kk < klen; ++kk) dst[kk * NR + jj] = packed_at<T>(*p.packed, n, k0 + kk);
-      } else if (n < p.N) {
-        const T* wr = run.w + n * p.w_n + k0 * p.w_k;
-        for (int64_t kk = 0; kk < klen; ++kk) dst[kk * NR + jj] = wr[kk * p.w_k];
-      } else {
-        for (int64_t kk = 0; kk < klen; ++kk) dst[kk * NR + jj] = T{};
+      src[jj] = n < p.N ? n : -1;
+    }
+    auto at = [&](int64_t kk, int jj) -> T& { return dst[(kk / G) * NR * G + jj * G + kk % G]; };
+    if (p.packed) {  // from another layout
+      for (int jj = 0; jj < NR; ++jj)
+        for (int64_t kk = 0; kk < kpad; ++kk) at(kk, jj) = src[jj] >= 0 && kk < klen ? packed_at<T>(*p.packed, src[jj], k0 + kk) : T{};
+      continue;
+    }
+    int64_t kb = 0;
+    if constexpr (G == 1 && !is_half<T>()) {  // whole blocks of W depths x W columns: transposed in registers
+      typedef typename Simd<T>::V V;
+      constexpr int W = Simd<T>::W;
+      static_assert(NR % W == 0, "panels of whole vectors");
+      if (p.w_k == 1) {
+        for (; kb + W <= klen; kb += W) {
+          for (int jb = 0; jb < NR; jb += W) {
+            V v[W];
+            for (int r = 0; r < W; ++r) {
+              const T* wr = src[jb + r] >= 0 ? run.w + src[jb + r] * p.w_n + k0 + kb : nullptr;
+              v[r] = wr ? vload(wr) : V{};
+              if (wr) __builtin_prefetch(wr + 4 * W);
+            }
+            transpose_square(v);
+            for (int i = 0; i < W; ++i) vstore(dst + (kb + i) * NR + jb, v[i]);
+          }
+        }
       }
     }
+    for (; kb < klen; kb += KK) {
+      const int64_t kn = imin(KK, klen - kb);
+      for (int jj = 0; jj < NR; ++jj) {
+        if (src[jj] < 0) {
+          for (int64_t kk = kb; kk < kb + kn; ++kk) at(kk, jj) = T{};
+          continue;
+        }
+        const T* wr = run.w + src[jj] * p.w_n + (k0 + kb) * p.w_k;
+        if (p.w_k == 1 && kn == KK) {
+#pragma GCC unroll 16
+          for (int64_t kk = 0; kk < KK; ++kk) at(kb + kk, jj) = wr[kk];
+        } else {
+          for (int64_t kk = 0; kk < kn; ++kk) at(kb + kk, jj) = wr[kk * p.w_k];
+        }
+      }
+    }
+    for (int64_t kk = klen; kk < kpad; ++kk)
+      for (int jj = 0; jj < NR; ++jj) at(kk, jj) = T{};
   }
 }
 
@@ -303,6 +332,102 @@ void gemv_columns_task(void* ctx, int64_t begin, int64_t end, int) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Few rows, float32 / float64, W strided (unpacked): out = A W^T as a register tile of dot
+// products, kDotA rows of A x kDotW rows of W (accumulators kDotA x kDotW vectors, one load of A
+// and of W per kDotW and kDotA of their FMAs), W read once, in place, row by row as stored: no
+// panel to pack (packing 9.4 MB of W costs more than 32 rows of products with it). A work item
+// is kDotW rows of W against every row of A, the depth in chunks of kDotChunkBytes (kDotW rows of W stay in
+// L1 while A's rows pass); the tile's vector sums wait in a per-thread buffer between chunks and are
+// reduced once at the end (sum_lanes: W vectors at a time).
+template <class T>
+struct DotRun {
+  const GemmRun<T>* run;
+  const T* rows[kDotRows];  // A's rows (gemm_row_offset: any row strides)
+  int64_t nacc;             // vectors per item's buffer: M rounded up to kDotA, x kDotW, rounded up to W
+};
+
+template <class T, int RA>
+inline void dot_tile(const T* const* a, const T* const* w, int64_t k0, int64_t k1, typename Simd<T>::V* acc, bool first) {
+  typedef typename Simd<T>::V V;
+  constexpr int W = Simd<T>::W, RW = kDotW;
+  V s[RA][RW];
+#pragma GCC unroll 8
+  for (int i = 0; i < RA; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < RW; ++j) s[i][j] = first ? V{} : acc[i * RW + j];
+  for (int64_t k = k0; k < k1; k += W) {
+    V av[RA];
+#pragma GCC unroll 8
+    for (int i = 0; i < RA; ++i) av[i] = vload(a[i] + k);
+#pragma GCC unroll 8
+    for (int j = 0; j < RW; ++j) {
+      const V wv = vload(w[j] + k);
+#pragma GCC unroll 8
+      for (int i = 0; i < RA; ++i) s[i][j] += av[i] * wv;
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < RA; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < RW; ++j) acc[i * RW + j] = s[i][j];
+}
+
+template <class T>
+void dot_rows_task(void* ctx, int64_t begin, int64_t end, int tid) {
+  typedef typename Simd<T>::V V;
+  constexpr int W = Simd<T>::W, RA = kDotA, RW = kDotW;
+  const DotRun<T>& dr = *static_cast<const DotRun<T>*>(ctx);
+  const GemmRun<T>& run = *dr.run;
+  const GemmProblem& p = *run.p;
+  V* acc = run.ws.template get<V>(tid);
+  const int64_t kv = p.K / W * W;  // the vector part of the depth; the rest (< W) in scalars at the end
+  for (int64_t g = begin; g < end; ++g) {
+    const int64_t n0 = g * RW;
+    const T* w[RW];
+    for (int j = 0; j < RW; ++j) w[j] = run.w + imin(n0 + j, p.N - 1) * p.w_n;  // past N: a repeat, not stored
+    constexpr int64_t KC = kDotChunkBytes / static_cast<int64_t>(sizeof(T));
+    for (int64_t k0 = 0; k0 < kv || k0 == 0; k0 += KC) {
+      const int64_t k1 = imin(kv, k0 + KC);
+      for (int64_t m = 0; m < p.M; m += RA) {
+        const T* a[RA];
+        for (int i = 0; i < RA; ++i) a[i] = dr.rows[imin(m + i, p.M - 1)];
+        V* t = acc + m * RW;
+        switch (imin(RA, p.M - m)) {  // rows past M would only repeat the last one
+#define ATTNKIT_DOT_CASE(r) case r: if constexpr (r <= RA) dot_tile<T, r>(a, w, k0, k1, t, k0 == 0); break;
+          ATTNKIT_DOT_CASE(1) ATTNKIT_DOT_CASE(2) ATTNKIT_DOT_CASE(3) ATTNKIT_DOT_CASE(4)
+          ATTNKIT_DOT_CASE(5) ATTNKIT_DOT_CASE(6)
+#undef ATTNKIT_DOT_CASE
+          default: break;
+        }
+      }
+    }
+    // a tile of r < RA rows wrote r * RW vectors: vector m * RW + j is row m, W row j throughout
+    const int64_t nj = imin(RW, p.N - n0), used = p.M * RW;
+    for (int64_t v = used; v < dr.nacc; ++v) acc[v] = V{};
+    for (int64_t v0 = 0; v0 < used; v0 += W) {
+      T sums[W];
+      if constexpr (std::is_same<T, float>::value) {
+        const V r = sum_lanes(acc + v0);
+        for (int l = 0; l < W; ++l) sums[lane_slot(l)] = r[l];
+      } else {
+        for (int l = 0; l < W; ++l) {
+          T t = 0;
+          for (int e = 0; e < W; ++e) t += acc[v0 + l][e];
+          sums[l] = t;
+        }
+      }
+      for (int l = 0; l < W && v0 + l < used; ++l) {
+        const int64_t m = (v0 + l) / RW, j = (v0 + l) % RW;
+        if (j >= nj) continue;
+        T d = sums[l];
+        for (int64_t k = kv; k < p.K; ++k) d += dr.rows[m][k] * w[j][k];
+        gemv_store(run, m, n0 + j, d);
+      }
+    }
+  }
+}
+
 // A's rows in place when they are evenly spaced (any row stride: negative for reversed rows, 0
 // for broadcast ones) with unit stride along K; otherwise A is packed (gemm_task reads it through
 // gemm_row_offset, any strides).
@@ -310,19 +435,32 @@ inline bool uniform_rows(const GemmProblem& p, int64_t* lda) {
   return p.a_k == 1 && even_row_stride(p.row_shape, p.row_strides, p.nrow_dims, p.K, lda);
 }
 
-// Strided W with few rows or few columns: dot products (gemv_task, gemv_columns_task); false otherwise.
+// Strided W with few rows or few columns: dot products (dot_rows_task, gemv_task,
+// gemv_columns_task). kDotsNone: not this problem; kDotsDone; kDotsNoMemory.
+enum DotsStatus { kDotsNone, kDotsDone, kDotsNoMemory };
 template <class T>
-bool gemm_dots(const GemmProblem& p, GemmRun<T>& run, int nt) {
-  if (p.packed || p.a_k != 1 || p.w_k != 1) return false;
+DotsStatus gemm_dots(const GemmProblem& p, GemmRun<T>& run, int nt) {
+  if (p.packed || p.a_k != 1 || p.w_k != 1) return kDotsNone;
+  if constexpr (!is_half<T>()) {
+    if (p.M <= kDotRows && p.N > kGemvRows) {
+      DotRun<T> dr;
+      dr.run = &run;
+      for (int64_t m = 0; m < p.M; ++m) dr.rows[m] = run.a + gemm_row_offset(p, m);
+      dr.nacc = ceil_div(ceil_div(p.M, kDotA) * kDotA * kDotW, Simd<T>::W) * Simd<T>::W;
+      if (!run.ws.alloc(nt, sizeof(typename Simd<T>::V) * static_cast<size_t>(dr.nacc))) return kDotsNoMemory;
+      parallel_for(ceil_div(p.N, kDotW), 4, dot_rows_task<T>, &dr, nt);
+      return kDotsDone;
+    }
+  }
   if (p.M <= kGemvRows) {
     parallel_for(p.N, 64, gemv_task<T>, &run, nt);
-    return true;
+    return kDotsDone;
   }
   if (p.N <= kGemvRows) {
     parallel_for(p.M, 16, gemv_columns_task<T>, &run, nt);
-    return true;
+    return kDotsDone;
   }
-  return false;
+  return kDotsNone;
 }
 
 // The blocking of the panel GEMM: depth blocks, panels, row blocks, and panels per work item (at most
@@ -422,7 +560,7 @@ int gemm_impl(const GemmProblem& p) {
     run.out = run.own_scratch;
     run.bias = nullptr;
   }
-  if (gemm_dots(p, run, nt)) return 0;
+  if (const DotsStatus d = gemm_dots(p, run, nt); d != kDotsNone) return d == kDotsDone ? 0 : 1;
   gemm_blocks(p, run, nt, int64_t(1) << 40);  // no cap on the panels per item
   // A read in place whenever its rows allow it: 8-20 % faster than packing it at 128-512 rows
   // (bench/NOTES.md), no slower at 4096; packed only for rows that are not evenly spaced
@@ -601,7 +739,7 @@ int gemm_impl_half(const GemmProblem& p) {
     if (!run.biasf) return 1;
     widen_row(run.bias, p.bias_s, run.biasf, p.N);
   }
-  if (!p.gated && gemm_dots(p, run, nt)) return 0;
+  if (const DotsStatus d = p.gated ? kDotsNone : gemm_dots(p, run, nt); d != kDotsNone) return d == kDotsDone ? 0 : 1;
   gemm_blocks(p, run, nt, imax(1, 1024 / NR));  // the float C block stays <= 768 KiB
   run.ldcb = run.pan_per_nb * NR;
   size_t ws = 0;

@@ -28,6 +28,14 @@ constexpr int kNV = 2;  // vectors per micro-tile row
 // panel of W^T stays in L1. Up to kGemvRows rows, dot products that read W once, in place.
 constexpr int64_t kGemmMC = 192, kGemmKC = 512;
 constexpr int64_t kGemvRows = 4;
+// Up to kDotRows rows with an unpacked float weight: a register tile of dot products (gemm.h,
+// dot_rows_task), kDotA rows of A x kDotW rows of W, the depth in chunks of kDotChunkBytes.
+constexpr int64_t kDotRows = 32, kDotChunkBytes = 4096;
+#if defined(ATTNKIT_LAYOUT_AVX512)
+constexpr int kDotA = 4, kDotW = 6;  // 24 accumulators + 4 A vectors + 1 W vector of 32 registers
+#else
+constexpr int kDotA = 3, kDotW = 3;  // 9 + 3 + 1 of 16
+#endif
 
 #if defined(ATTNKIT_AMX)
 // AMX (gemm_amx.h): tiles of 16 rows x 64 bytes. A tile of A holds 16 rows x 32 bfloat16 (the depth

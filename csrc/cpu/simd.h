@@ -339,6 +339,37 @@ inline vf sum_lanes(const vf* a) {
 #endif
 }
 
+// v[0..W) as the rows of a W x W matrix -> its transpose, in log2(W) rounds of two-source shuffles:
+// round s swaps the off-diagonal s x s sub-blocks of every 2s x 2s block (lanes j with j & s of row i
+// trade places with lanes j - s of row i + s).
+template <class V, int S> struct TransposeRound {
+  static constexpr int W = sizeof(V) / sizeof(V{}[0]);
+  typedef decltype(V{} < V{}) M;  // the integer vector of V's lane width
+  static M lo() { M m; for (int j = 0; j < W; ++j) m[j] = (j & S) ? W + j - S : j; return m; }
+  static M hi() { M m; for (int j = 0; j < W; ++j) m[j] = (j & S) ? W + j : j + S; return m; }
+};
+template <class V, int S = 1>
+inline void transpose_square(V* v) {
+  constexpr int W = sizeof(V) / sizeof(V{}[0]);
+  if constexpr (S < W) {
+    typedef TransposeRound<V, S> R;
+    for (int i = 0; i < W; ++i) {
+      if (i & S) continue;
+      const V a = v[i], b = v[i + S];
+#if defined(__clang__)  // no __builtin_shuffle: the same lanes one by one
+      for (int j = 0; j < W; ++j) {
+        v[i][j] = (j & S) ? b[j - S] : a[j];
+        v[i + S][j] = (j & S) ? b[j] : a[j + S];
+      }
+#else
+      v[i] = __builtin_shuffle(a, b, R::lo());
+      v[i + S] = __builtin_shuffle(a, b, R::hi());
+#endif
+    }
+    transpose_square<V, 2 * S>(v);
+  }
+}
+
 // dst[0, n) = widen(src[0, n * stride) step stride); dst[0, n) -> narrow into out (step stride)
 template <class S>
 inline void widen_row(const S* src, int64_t stride, Compute<S>* dst, int64_t n) {

@@ -89,8 +89,8 @@ def get_num_threads() -> int:
 
 def set_isa(name: str) -> None:
     """Run the kernels on the instruction-set path `name` ('amx_bf16', 'avx512_bf16', 'avx512', 'avx2' or
-    'generic'; 'avx512_bf16' is the avx512 path with bfloat16 `linear` on vdpbf16ps, 'amx_bf16' the same
-    with bfloat16 `linear` on AMX tiles (tdpbf16ps); both opt-in).
+    'generic'; 'avx512_bf16' is the avx512 path with bfloat16 `linear` on vdpbf16ps (opt-in), 'amx_bf16' the
+    same with bfloat16 `linear` and prefill attention on AMX tiles (tdpbf16ps; the default where usable).
 
     The default is the fastest usable path; the environment variable ATTNKIT_ISA chooses another one at
     import.

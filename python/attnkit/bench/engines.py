@@ -12,8 +12,8 @@ built from a Hugging Face ``transformers`` model, when torch and transformers ar
   ORT_ENABLE_ALL; CTranslate2 runs ``ctranslate2.Encoder`` on that model saved and converted with its
   TransformersConverter.
 * GPT-2 greedy decoding: CTranslate2's ``Generator.generate_batch`` (greedy, no end token, the given number of
-  new tokens). ONNX Runtime is left out: it needs a decoder exported with past keys and values and a decoding
-  loop written around it, which is no longer a simple contender.
+  new tokens); ONNX Runtime on the model exported as a prompt graph and a one-token step graph with past keys
+  and values (``ort_gpt2``), a NumPy argmax loop around them.
 
 No model hub is needed: CTranslate2's converter reads the vocabulary from a stand-in tokenizer (tokens named
 ``t0``, ``t1``, ...). Models are written to a temporary directory, loaded, and the directory removed.
@@ -163,9 +163,20 @@ def bert_engines(state_dict: Dict[str, np.ndarray], config, threads: int) -> Tup
     if isinstance(base, str):
         return {}, {e: f"torch and transformers build its model: {base}" for e in ENGINES}
     torch, transformers = base
-    builders = {"onnxruntime": lambda ort, hf_model, workdir: ort_bert(torch, ort, hf_model, threads, workdir),
-                "ctranslate2": lambda ct2, hf_model, workdir: ct2_bert(ct2, hf_model, threads, workdir)}
-    fns, skipped, hf_model = {}, {}, None
+    built = []  # the transformers model, built once for the first engine that is installed
+
+    def hf_model():
+        if not built:
+            built.append(hf_bert(torch, transformers, state_dict, config))
+        return built[0]
+    return _build({"onnxruntime": lambda ort, workdir: ort_bert(torch, ort, hf_model(), threads, workdir),
+                   "ctranslate2": lambda ct2, workdir: ct2_bert(ct2, hf_model(), threads, workdir)})
+
+
+def _build(builders: Dict[str, Callable]) -> Tuple[Dict, Dict]:
+    """{engine: build(module, workdir) -> fn} -> ({engine: fn}, {engine: why it is left out}): an engine not
+    installed, or whose exporter or converter fails on this version, is left out with the reason."""
+    fns, skipped = {}, {}
     with tempfile.TemporaryDirectory(prefix="attnkit-engines-") as workdir:
         for engine, build in builders.items():
             found = _imports(engine)
@@ -173,8 +184,7 @@ def bert_engines(state_dict: Dict[str, np.ndarray], config, threads: int) -> Tup
                 skipped[engine] = found
                 continue
             try:
-                hf_model = hf_model if hf_model is not None else hf_bert(torch, transformers, state_dict, config)
-                fns[engine] = build(found[0], hf_model, workdir)
+                fns[engine] = build(found[0], workdir)
             except Exception as e:  # an exporter or converter that does not fit this version: say so, go on
                 skipped[engine] = f"error: {type(e).__name__}: {e}"
     return fns, skipped
@@ -200,19 +210,82 @@ def ct2_gpt2(ctranslate2, hf_model, threads: int, workdir: str) -> Callable:
     return generate
 
 
+def _flat_cache(cache, layers: int) -> list:
+    """[k0, v0, k1, v1, ...] of a transformers KV cache (a Cache with ``layers``, the older ``key_cache``
+    lists, or legacy tuples)."""
+    if hasattr(cache, "layers"):
+        return [t for layer in cache.layers[:layers] for t in (layer.keys, layer.values)]
+    if hasattr(cache, "key_cache"):
+        return [t for i in range(layers) for t in (cache.key_cache[i], cache.value_cache[i])]
+    return [t for i in range(layers) for t in cache[i][:2]]
+
+
+def ort_gpt2(torch, ort, hf_model, threads: int, workdir: str) -> Callable:
+    """ONNX Runtime decoding greedily with ``hf_model`` (a transformers GPT2LMHeadModel) exported as two graphs
+    (the TorchScript exporter, ORT_ENABLE_ALL): the prompt (ids (1, P) -> last logits and the keys and values
+    of every layer) and one step (a token, its position and the past keys and values -> logits and the past
+    grown by one), with a NumPy argmax loop around them: fn(prompt (1, P) ints, new) -> (1, P + new) ids. The
+    past goes back in as the arrays the last step returned (no IO binding)."""
+    import inspect
+    import transformers
+    c = hf_model.config
+    layers, heads, dh = c.n_layer, c.n_head, c.n_embd // c.n_head
+    kw = "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
+
+    class Prompt(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids):
+            out = self.model(input_ids=ids, use_cache=True, **{kw: transformers.DynamicCache()})
+            return (out.logits[:, -1], *_flat_cache(out.past_key_values, layers))
+
+    class Step(Prompt):
+        def forward(self, ids, pos, *past):
+            cache = transformers.DynamicCache()
+            for i in range(layers):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            out = self.model(input_ids=ids, position_ids=pos, use_cache=True, **{kw: cache})
+            return (out.logits[:, -1], *_flat_cache(out.past_key_values, layers))
+
+    past_names = [f"past_{kv}{i}" for i in range(layers) for kv in "kv"]
+    out_names = ["logits"] + [f"present_{kv}{i}" for i in range(layers) for kv in "kv"]
+    paths = os.path.join(workdir, "gpt2_prompt.onnx"), os.path.join(workdir, "gpt2_step.onnx")
+    with warnings.catch_warnings(), torch.no_grad():  # the exporter's deprecation and tracer warnings
+        warnings.simplefilter("ignore")
+        # traced at P = 8 (the prompt graph's causal mask) and at one token over a past of 8 (the step's)
+        torch.onnx.export(Prompt(hf_model).eval(), (torch.zeros((1, 8), dtype=torch.int64),), paths[0], dynamo=False,
+                          input_names=["ids"], output_names=out_names, opset_version=17,
+                          dynamic_axes={"ids": {1: "length"}, **{n: {2: "length"} for n in out_names[1:]}})
+        past = [torch.zeros((1, heads, 8, dh)) for _ in past_names]
+        torch.onnx.export(Step(hf_model).eval(), (torch.zeros((1, 1), dtype=torch.int64), torch.tensor([[8]]), *past),
+                          paths[1], dynamo=False, input_names=["ids", "pos"] + past_names, output_names=out_names,
+                          opset_version=17, dynamic_axes={**{n: {2: "past"} for n in past_names},
+                                                          **{n: {2: "total"} for n in out_names[1:]}})
+    prompt_session, step_session = (_ort_session(ort, p, threads) for p in paths)
+
+    def generate(prompt, new: int):
+        prompt = np.asarray(prompt, dtype=np.int64)
+        out = prompt_session.run(None, {"ids": prompt})
+        tokens = [int(np.argmax(out[0][0]))]
+        for t in range(new - 1):
+            feed = {"ids": np.array([[tokens[-1]]], np.int64), "pos": np.array([[prompt.shape[1] + t]], np.int64)}
+            feed.update(zip(past_names, out[1:]))
+            out = step_session.run(None, feed)
+            tokens.append(int(np.argmax(out[0][0])))
+        return np.concatenate([prompt, np.array([tokens], dtype=prompt.dtype)], axis=1)
+    return generate
+
+
 def gpt2_engines(hf_model, threads: int) -> Tuple[Dict, Dict]:
     """The engines that can decode greedily with ``hf_model``: ({engine: fn(prompt, new) -> ids},
     {engine: why it is left out})."""
-    skipped = {"onnxruntime": "decoding needs a decoder exported with past keys and values and a loop around "
-                              "it (left out)"}
-    found = _imports("ctranslate2")
-    if isinstance(found, str):
-        return {}, dict(skipped, ctranslate2=found)
-    try:
-        with tempfile.TemporaryDirectory(prefix="attnkit-engines-") as workdir:
-            return {"ctranslate2": ct2_gpt2(found[0], hf_model, threads, workdir)}, skipped
-    except Exception as e:
-        return {}, dict(skipped, ctranslate2=f"error: {type(e).__name__}: {e}")
+    base = _imports("torch")
+    if isinstance(base, str):
+        return {}, {e: f"torch builds its model: {base}" for e in ENGINES}
+    return _build({"onnxruntime": lambda ort, workdir: ort_gpt2(base[0], ort, hf_model, threads, workdir),
+                   "ctranslate2": lambda ct2, workdir: ct2_gpt2(ct2, hf_model, threads, workdir)})
 
 
 # -------------------------------------------------------------------------------------------------

@@ -65,6 +65,21 @@ def measure_interleaved(fns: dict, budget: float, min_repeats: int = 3, max_repe
             for name, t in times.items()}
 
 
+def measure_cpu_interleaved(fns: dict, rounds: int = 21, clock=time.thread_time) -> dict:
+    """Time contenders by CPU time instead of the wall clock, for a machine that other tenants load: one warm-up
+    call each, then ``rounds`` rounds of one call per contender, alternating. ``clock``: time.thread_time (the
+    calling thread: one-thread runs) or time.process_time (every thread of the process: it counts threads
+    spinning for work as working). Returns ``{name: {"median_ms", "min_ms", "runs", "out"}}``."""
+    times, outs = {name: [] for name in fns}, {name: fn() for name, fn in fns.items()}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = clock()
+            outs[name] = fn()
+            times[name].append(clock() - t0)
+    return {name: {"median_ms": median(t) * 1e3, "min_ms": min(t) * 1e3, "runs": len(t), "out": outs[name]}
+            for name, t in times.items()}
+
+
 def measure_contenders(fns: dict, budget: float, min_repeats: int = 3, on_start=None) -> dict:
     """Time every contender of one case: the fast ones (all but the NumPy oracle "numpy") in alternating
     blocks with ``measure_interleaved`` (their ratio is the figure that matters), the oracle, often 10-100x
