@@ -30,7 +30,7 @@ void amx_pack_a(const GemmRun<S>& run, int64_t m0, int64_t mlen, int64_t k0, int
     for (int64_t t = 0; t < kt; ++t) {
       S* d = row + t * kAmxTileElems;
       const int64_t n = ar ? imin(kAmxDepth, klen - t * kAmxDepth) : 0;
-      if (p.a_k == 1) std::memcpy(d, ar + t * kAmxDepth, sizeof(S) * n);
+      if (n > 0 && p.a_k == 1) std::memcpy(d, ar + t * kAmxDepth, sizeof(S) * n);  // ar is null for padding rows
       else for (int64_t kk = 0; kk < n; ++kk) d[kk] = ar[(t * kAmxDepth + kk) * p.a_k];
       std::memset(d + n, 0, sizeof(S) * (kAmxDepth - n));
     }
