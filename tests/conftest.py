@@ -303,6 +303,18 @@ class CpuBackend(Backend):
             attnkit.set_isa(previous)
 
 
+@contextlib.contextmanager
+def on_cpu_path(isa):
+    """A test body on one CPU path (set_isa, the previous one restored), or the test skipped saying
+    why this machine cannot run that path."""
+    b = CpuBackend(isa)
+    why = b.unavailable()
+    if why:
+        pytest.skip(f"{b.name}: {why}")
+    with b.selected():
+        yield b
+
+
 class CudaBackend(Backend):
     """attnkit.cuda on the current GPU. Test inputs go there as CuPy arrays or, without CuPy, as torch
     CUDA tensors (contiguous copies: the host layouts are not rebuilt on the device); attnkit returns

@@ -22,7 +22,8 @@ import pytest
 import attnkit
 from attnkit import _core
 from attnkit import reference as ref
-from conftest import BACKENDS, CpuBackend, DTYPE_IDS, assert_close, dtype_name, seed_for
+from conftest import BACKENDS, CpuBackend, on_cpu_path, assert_close, dtype_name, seed_for
+from test_quant import QPATHS
 from layouts import assert_untouched_outside, input_classes, input_view, output_classes, output_view
 
 DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16]
@@ -46,16 +47,12 @@ def dtypes_for(i, op=None):
 # The CPU paths: the float kernels' (the backend fixture's), and for the quantized op the quantized
 # GEMM's own levels (avx_vnni, avx512_vnni and amx_int8 run the float kernels of avx2 / avx512).
 FLOAT_PATHS = [b.isa for b in BACKENDS if isinstance(b, CpuBackend)]
-QUANT_PATHS = ["amx_int8", "avx512_vnni", "avx_vnni", "avx2", "generic"]
+QUANT_PATHS = QPATHS
 
 
 @pytest.fixture
 def cpu_path(request):
-    b = CpuBackend(request.param)
-    why = b.unavailable()
-    if why:
-        pytest.skip(f"{b.name}: {why}")
-    with b.selected():
+    with on_cpu_path(request.param) as b:
         yield b
 
 

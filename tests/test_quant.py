@@ -13,7 +13,7 @@ import pytest
 
 import attnkit
 from attnkit import reference as ref
-from conftest import CpuBackend, laid_out
+from conftest import laid_out, on_cpu_path
 
 QPATHS = ["amx_int8", "avx512_vnni", "avx_vnni", "avx2", "generic"]
 ACTS = [None, "relu", "gelu", "gelu_tanh", "silu"]
@@ -23,11 +23,7 @@ LIPSCHITZ = {None: 1.0, "relu": 1.0, "gelu": 1.13, "gelu_tanh": 1.13, "silu": 1.
 @pytest.fixture(params=QPATHS, ids=[f"cpu:{p}" for p in QPATHS])
 def qpath(request):
     """Each CPU path with its own quantized GEMM, selected for the test (skipped where unusable)."""
-    b = CpuBackend(request.param)
-    why = b.unavailable()
-    if why:
-        pytest.skip(f"{b.name}: {why}")
-    with b.selected():
+    with on_cpu_path(request.param):
         yield request.param
 
 
