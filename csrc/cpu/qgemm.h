@@ -71,32 +71,71 @@ struct QRun {
   ~QRun() { std::free(aq); std::free(as); std::free(asum); std::free(biasf); }
 };
 
-// 1) A's rows m in [begin, end) quantized into run.aq.
+// 1) A's rows m in [begin, end) quantized into run.aq: two passes over the row (max |x|, then
+// round(x * 127 / max)), W lanes at a time where the row is contiguous. Rounding is to nearest even
+// (the 1.5 * 2^23 trick, exact for |r| <= 127), as std::nearbyint in the default mode. A row with a
+// NaN or an infinity quantizes to zeros with s_m = NaN: its outputs are NaN.
+typedef uint8_t vu8 __attribute__((vector_size(Simd<float>::W)));
+
+template <class S>
+void q_row(const S* x, int64_t K, int64_t ak, int64_t kp, int off, uint8_t* q, float& sm) {
+  constexpr int W = Simd<float>::W;
+  const float fmax = std::numeric_limits<float>::max();
+  int64_t k = 0;
+  float amax = 0.0f;
+  bool finite = true;
+  if (ak == 1) {
+    vf vmax = vf{};
+    vi32 ok = vi32{} == 0;
+    for (; k + W <= K; k += W) {
+      const vf v = vload_as<float>(x + k), a = v < 0.0f ? -v : v;
+      ok &= a <= fmax;
+      vmax = a > vmax ? a : vmax;
+    }
+    amax = hmax(vmax);
+    for (int i = 0; i < W; ++i) finite = finite && ok[i] != 0;
+  }
+  for (; k < K; ++k) {
+    const float v = std::fabs(widen(x[k * ak]));
+    finite = finite && v <= fmax;
+    amax = v > amax ? v : amax;
+  }
+  if (!finite) {
+    sm = std::numeric_limits<float>::quiet_NaN();
+    std::memset(q, off, static_cast<size_t>(kp));
+    return;
+  }
+  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+  sm = amax / 127.0f;
+  k = 0;
+  if (ak == 1) {
+    const vf vinv = vset(inv), magic = vset(12582912.0f), hi = vset(127.0f), lo = vset(-127.0f);
+    for (; k + W <= K; k += W) {
+      vf r = vload_as<float>(x + k) * vinv;
+      r = r > hi ? hi : r;
+      r = r < lo ? lo : r;
+      r = (r + magic) - magic;
+      const vu8 b = __builtin_convertvector(__builtin_convertvector(r, vi32) + off, vu8);
+      std::memcpy(q + k, &b, W);
+    }
+  }
+  for (; k < K; ++k) {
+    float r = widen(x[k * ak]) * inv;
+    r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
+    q[k] = static_cast<uint8_t>(static_cast<int>(std::nearbyint(r)) + off);
+  }
+  if (kp > K) std::memset(q + K, off, static_cast<size_t>(kp - K));
+}
+
 template <class S>
 void q_rows_task(void* ctx, int64_t begin, int64_t end, int) {
   QRun& run = *static_cast<QRun*>(ctx);
   const GemmProblem& p = *run.p;
   const S* a = static_cast<const S*>(p.a);
   for (int64_t m = begin; m < end; ++m) {
-    const S* x = a + gemm_row_offset(p, m);
-    float amax = 0.0f;
-    bool finite = true;
-    for (int64_t k = 0; k < p.K; ++k) {
-      const float v = std::fabs(widen(x[k * p.a_k]));
-      finite = finite && v <= std::numeric_limits<float>::max();
-      amax = v > amax ? v : amax;
-    }
-    const float inv = finite && amax > 0.0f ? 127.0f / amax : 0.0f;
-    run.as[m] = finite ? amax / 127.0f : std::numeric_limits<float>::quiet_NaN();
     uint8_t* q = run.aq + m * run.kp;
-    const int off = run.shift ? 128 : 0;
-    for (int64_t k = 0; k < p.K; ++k) {
-      float r = std::nearbyint(widen(x[k * p.a_k]) * inv);
-      r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
-      q[k] = static_cast<uint8_t>(static_cast<int>(r) + off);
-    }
-    for (int64_t k = p.K; k < run.kp; ++k) q[k] = static_cast<uint8_t>(off);
-    if (run.int4)
+    q_row(a + gemm_row_offset(p, m), p.K, p.a_k, run.kp, run.shift ? 128 : 0, q, run.as[m]);
+    if (run.int4)  // int4: no shift; the sums of x_q per group
       for (int64_t g = 0; g < run.ng; ++g) {
         int32_t s = 0;
         for (int64_t k = g * run.group; k < (g + 1) * run.group; ++k) s += static_cast<int8_t>(q[k]);
@@ -261,58 +300,67 @@ inline void qdot4(const uint8_t* a, int64_t lda, const uint8_t* const* b, const 
 }
 
 // ---------------------------------------------------------------------------------------------
-// 3) The epilogue of a tile: v (rows x kTileCols floats, the rescaled products of panels pn ..
-// pn + np) + bias, activation or gate, narrowed into out's rows m0 ...
+// 3) The epilogue of a tile: rows x np panels of 16 columns (int32 dot products `acc` for int8,
+// the group-summed floats `facc` for int4) -> rescale (int8: (acc - csum) * scale_n * s_m; int4:
+// * s_m), bias, activation or the SwiGLU gate, narrowed into out's rows m0 ... W lanes at a time;
+// a panel past N's end column by column.
 template <class S>
-void q_store(const QRun& run, float* v, int rows, int64_t m0, int64_t pn, int np) {
+void q_epilogue(const QRun& run, const int32_t* acc, float* facc, int rows, int64_t m0, int64_t pn, int np) {
   const GemmProblem& p = *run.p;
   S* out = static_cast<S*>(p.out);
-  constexpr int H = kQuantCols / 2;
-  for (int r = 0; r < rows; ++r) {
-    S* orow = out + (m0 + r) * p.ldc;
-    for (int j = 0; j < np; ++j) {
-      float* x = v + r * kTileCols + j * kQuantCols;
-      if (!p.gated) {
-        const int64_t n0 = (pn + j) * kQuantCols, cols = imin(kQuantCols, p.N - n0);
-        if (cols <= 0) continue;
-        act_row(x, run.biasf ? run.biasf + n0 : nullptr, x, cols, p.act);
-        for (int64_t c = 0; c < cols; ++c) orow[n0 + c] = narrow<S>(x[c]);
-      } else {  // features f0 .. f0 + 8: gate in columns 0..7, up in 8..15
-        const int64_t F = p.N / 2, f0 = (pn + j) * H, nf = imin(H, F - f0);
-        if (nf <= 0) continue;
-        if (run.biasf)
-          for (int64_t c = 0; c < nf; ++c) { x[c] += run.biasf[f0 + c]; x[H + c] += run.biasf[F + f0 + c]; }
-        act_row(x, nullptr, x, nf, Activation::silu);
-        for (int64_t c = 0; c < nf; ++c) orow[f0 + c] = narrow<S>(x[c] * x[H + c]);
-      }
-    }
-  }
-}
-
-// int32 tile (rows x kTileCols) -> floats v: (acc - csum) * scale_n * s_m, then q_store.
-template <class S>
-void q_finish8(const QRun& run, const int32_t* acc, float* v, int rows, int64_t m0, int64_t pn, int np) {
+  constexpr int W = Simd<float>::W, H = kQuantCols / 2;
+  static_assert(kQuantCols % W == 0, "a panel is whole vectors");
   for (int r = 0; r < rows; ++r) {
     const float sm = run.as[m0 + r];
-    for (int j = 0; j < np * kQuantCols; ++j) {
+    float* v = facc + r * kTileCols;
+    const vf vsm = vset(sm);
+    for (int j = 0; j < np * kQuantCols; j += W) {
       const int64_t col = pn * kQuantCols + j;
-      // modulo 2^32 like the hardware's sums: with u8 activations acc may have wrapped (K > 66311), the
-      // difference (the true s8 dot product, |.| <= 127 * 127 * K) never does
-      const int32_t d = static_cast<int32_t>(static_cast<uint32_t>(acc[r * kTileCols + j]) -
-                                             static_cast<uint32_t>(run.shift ? run.wsum[col] : 0));
-      v[r * kTileCols + j] = static_cast<float>(d) * (run.ws[col] * sm);
+      vf f;
+      if (acc) {
+        // modulo 2^32 like the hardware's sums: with u8 activations acc may have wrapped (K > 66311),
+        // the difference (the true s8 dot product, |.| <= 127 * 127 * K) never does
+        vu32 d;
+        std::memcpy(&d, acc + r * kTileCols + j, sizeof d);
+        if (run.shift) {
+          vu32 cs;
+          std::memcpy(&cs, run.wsum + col, sizeof cs);
+          d -= cs;
+        }
+        f = __builtin_convertvector((vi32)d, vf) * (vload(run.ws + col) * vsm);
+      } else {
+        f = vload(v + j) * vsm;
+      }
+      vstore(v + j, f);
+    }
+    S* orow = out + (m0 + r) * p.ldc;
+    if (!p.gated) {
+      const int64_t n0 = pn * kQuantCols, cols = imin(np * kQuantCols, p.N - n0);
+      int64_t c = 0;
+      for (; c + W <= cols; c += W) {
+        vf f = vload(v + c);
+        if (run.biasf) f += vload(run.biasf + n0 + c);
+        vstore_as(orow + n0 + c, act_vec(f, p.act));
+      }
+      if (c < cols) {
+        act_row(v + c, run.biasf ? run.biasf + n0 + c : nullptr, v + c, cols - c, p.act);
+        for (; c < cols; ++c) orow[n0 + c] = narrow<S>(v[c]);
+      }
+    } else {  // panel j: the gates of features f0 + 8j .. in columns 0..7, their up values in 8..15
+      const int64_t F = p.N / 2, f0 = pn * H, nf = imin(np * H, F - f0);
+      if (nf <= 0) continue;
+      alignas(64) float gate[kTileCols / 2], up[kTileCols / 2];
+      for (int64_t f = 0; f < nf; ++f) {
+        gate[f] = v[(f / H) * kQuantCols + f % H];
+        up[f] = v[(f / H) * kQuantCols + H + f % H];
+      }
+      if (run.biasf)
+        for (int64_t f = 0; f < nf; ++f) { gate[f] += run.biasf[f0 + f]; up[f] += run.biasf[F + f0 + f]; }
+      act_row(gate, nullptr, gate, nf, Activation::silu);
+      for (int64_t f = 0; f < nf; ++f) gate[f] *= up[f];
+      narrow_row<S>(gate, orow + f0, 1, nf);
     }
   }
-  q_store<S>(run, v, rows, m0, pn, np);
-}
-
-template <class S>
-void q_finish4(const QRun& run, float* v, int rows, int64_t m0, int64_t pn, int np) {
-  for (int r = 0; r < rows; ++r) {
-    const float sm = run.as[m0 + r];
-    for (int j = 0; j < np * kQuantCols; ++j) v[r * kTileCols + j] *= sm;
-  }
-  q_store<S>(run, v, rows, m0, pn, np);
 }
 
 template <int R>
@@ -406,7 +454,7 @@ void q_task(void* ctx, int64_t begin, int64_t end, int) {
           const int rows = static_cast<int>(imin(kQRows4, mlen - r0));
           qdot4_rows<kQRows4>(rows, run.aq + (m0 + r0) * run.kp, run.kp, b, sc, run.asum + (m0 + r0) * run.ng, run.ng,
                               run.group, np, facc);
-          q_finish4<S>(run, facc, rows, m0 + r0, pn, np);
+          q_epilogue<S>(run, nullptr, facc, rows, m0 + r0, pn, np);
         }
         continue;
       }
@@ -417,13 +465,13 @@ void q_task(void* ctx, int64_t begin, int64_t end, int) {
       if (run.amx)
         for (; r0 < mlen; r0 += 32) {  // rows past M are in aq (zeros) and not stored
           q_amx_block(run.aq + (m0 + r0) * run.kp, run.kp, b, run.kp / 64, acc);
-          q_finish8<S>(run, acc, facc, static_cast<int>(imin(32, mlen - r0)), m0 + r0, pn, np);
+          q_epilogue<S>(run, acc, facc, static_cast<int>(imin(32, mlen - r0)), m0 + r0, pn, np);
         }
 #endif
       for (; r0 < mlen; r0 += kQRows8) {
         const int rows = static_cast<int>(imin(kQRows8, mlen - r0));
         qdot8_rows<kQRows8>(rows, run.aq + (m0 + r0) * run.kp, run.kp, b, np, run.kp / 4, acc);
-        q_finish8<S>(run, acc, facc, rows, m0 + r0, pn, np);
+        q_epilogue<S>(run, acc, facc, rows, m0 + r0, pn, np);
       }
     }
   }
