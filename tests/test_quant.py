@@ -352,3 +352,42 @@ def test_extremes_are_exact(qpath, rng, qdtype, group, signs):
     np.testing.assert_allclose(y, expect, rtol=1e-6, atol=1e-6 * np.abs(expect).max())
     if signs == "aligned":
         assert np.abs(expect).max() == pytest.approx(K * 4.0 * 2.0)   # a row met its own signs: no cancellation
+
+
+@pytest.mark.parametrize("qdtype,group", [("int8", None), ("int4", 32), ("int4", 128)], ids=["int8", "int4g32", "int4g128"])
+@pytest.mark.parametrize("N", [1, 15, 16, 17, 33, 100])
+@pytest.mark.parametrize("K", [1, 5, 64, 75, 129, 300])
+def test_embedding_rows(rng, qdtype, group, N, K):
+    """QuantizedEmbedding (a tied table read from its quantized head): rows equal q * scale computed here
+    from quantize_weight's q and scales, for any ids (repeats, every panel column, the last row)."""
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    head = attnkit.quantize_linear(w, dtype=qdtype, group_size=group)
+    q, s = attnkit.quantize_weight(w, qdtype, group)
+    deq = q * (s[:, None] if qdtype == "int8" else np.repeat(s, group, axis=1)[:, :K])
+    ids = np.concatenate([np.arange(N), rng.integers(0, N, 40), [N - 1, 0, N - 1]])
+    table = attnkit.quant.QuantizedEmbedding(head)
+    np.testing.assert_array_equal(table[ids], deq[ids].astype(np.float32))
+    grid = ids[:12].reshape(3, 4)
+    assert table[grid].shape == (3, 4, K)
+    np.testing.assert_array_equal(table[grid], deq[grid].astype(np.float32))
+    assert table[np.zeros((2, 0), np.int64)].shape == (2, 0, K)
+    assert table.astype(bf16())[ids].dtype == bf16()
+    np.testing.assert_array_equal(table.astype(bf16())[ids].astype(np.float32),
+                                  deq[ids].astype(np.float32).astype(bf16()).astype(np.float32))
+
+
+def test_embedding_rows_errors(rng):
+    w = rng.standard_normal((20, 32)).astype(np.float32)
+    table = attnkit.quant.QuantizedEmbedding(attnkit.quantize_linear(w))
+    with pytest.raises(ValueError, match=r"ids: expected row indices in \[0, 20\), got 20"):
+        table[np.array([3, 20])]
+    with pytest.raises(ValueError, match=r"ids: .* got -1"):
+        table[np.array([-1])]
+    with pytest.raises(TypeError, match="ids: expected integer token ids"):
+        table[np.array([1.0])]
+    with pytest.raises(TypeError, match="head: expected an ungated QuantizedLinear"):
+        attnkit.quant.QuantizedEmbedding(attnkit.quantize_swiglu(w[:10], w[10:]))
+    with pytest.raises(TypeError, match="head: expected an ungated QuantizedLinear"):
+        attnkit.quant.QuantizedEmbedding(attnkit.pack_linear(w))
+    with pytest.raises(TypeError, match="weight: not a quantized weight"):
+        attnkit._core.quantized_rows(attnkit.pack_linear(w)._packed, np.array([0]))

@@ -15,6 +15,7 @@ loose; measured values in the comments):
 import json
 
 import numpy as np
+import safetensors.numpy
 import pytest
 
 import attnkit
@@ -106,11 +107,18 @@ def test_gpt2_quality_and_roundtrip(gpt2_dir, tmp_path, rng, qdtype, group):
     assert isinstance(model.lm_head, attnkit.QuantizedLinear) and model.lm_head.dtype == "int8"   # the default
     assert_all_quantized(model, qdtype, model.lm_head)
     assert model.wte.dtype == np.float32                                     # embeddings stay float
+    # tied: the lookup reads the quantized head's rows (no float table kept beside it)
+    assert isinstance(model.wte, attnkit.quant.QuantizedEmbedding) and model.wte.head is model.lm_head
+    np.testing.assert_array_equal(model.wte[ids], model.lm_head.unpack()[ids])
     lq, lf = model(ids), fp(ids)
     assert rel(lq, lf) <= BOUNDS[qdtype]["logits"]
     assert greedy_agreement(fp, model, ids) >= BOUNDS[qdtype]["greedy"]
     model.save_pretrained(tmp_path / "q")
-    np.testing.assert_array_equal(from_pretrained(tmp_path / "q")(ids), lq)
+    stored = safetensors.numpy.load_file(tmp_path / "q" / "model.safetensors")
+    assert stored["transformer.wte.weight"].dtype == np.int8 and "lm_head.weight" not in stored   # one table
+    again = from_pretrained(tmp_path / "q")
+    assert isinstance(again.wte, attnkit.quant.QuantizedEmbedding) and again.wte.head is again.lm_head
+    np.testing.assert_array_equal(again(ids), lq)
     nohead = from_pretrained(gpt2_dir, quantize=qdtype, group_size=group, quantize_lm_head=False)
     assert nohead.lm_head is nohead.wte
 
@@ -124,6 +132,10 @@ def test_llama_family_quality_and_roundtrip(llama_dir, tmp_path, rng, qdtype, gr
     assert isinstance(model.lm_head, attnkit.QuantizedLinear) and model.lm_head.dtype == "int8"   # the default
     assert from_pretrained(llama_dir, quantize=qdtype, group_size=group, quantize_lm_head=True).lm_head.dtype == qdtype
     assert model.layers[0].gate_up.gated
+    if fp.lm_head is fp.embed:                                                # tied (Qwen2 here): one quantized table
+        assert isinstance(model.embed, attnkit.quant.QuantizedEmbedding) and model.embed.head is model.lm_head
+    else:
+        assert isinstance(model.embed, np.ndarray) and model.embed.dtype == np.float32
     lq, lf = model(ids), fp(ids)
     assert rel(lq, lf) <= BOUNDS[qdtype]["logits"]
     assert greedy_agreement(fp, model, ids) >= BOUNDS[qdtype]["greedy"]

@@ -297,6 +297,14 @@ PYBIND11_MODULE(_core, m) {
     without_gil([&] { linear_unpack_quantized(w, qv, sv); });
     return py::make_tuple(q, sc);
   }, py::arg("weight"));
+  m.def("quantized_rows", [](const PackedWeight& w, py::handle ids) {
+    TensorView iv = required_view(ids, "ids");
+    const int64_t shape[2] = {iv.ndim == 1 ? iv.shape[0] : 0, w.K};
+    py::object out = new_array(DType::f32, shape, 2);
+    TensorView ov = view_of(out, "out");
+    without_gil([&] { linear_quantized_rows(w, iv, ov); });
+    return out;
+  }, py::arg("weight"), py::arg("ids"));
   m.def("linear_packed", &py_linear_packed, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("activation"),
         py::arg("out") = py::none());
   m.def("layer_norm", &py_layer_norm, py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("bias"), py::arg("eps"),

@@ -36,8 +36,11 @@ void rope(const RopeProblem& p) { check(active_kernels().rope(p)); }
 
 int weight_layout() { return static_cast<int>(current_isa()); }
 
-// A packed weight's memory: 64-byte aligned; from 4 MiB on, on 2 MiB boundaries and marked for transparent huge
-// pages (Linux), as NumPy does with its large arrays: a model's weights are streamed once per decoded token.
+}  // namespace
+
+// A packed weight's memory (float or quantized): 64-byte aligned; from 4 MiB on, on 2 MiB boundaries and marked
+// for transparent huge pages (Linux), as NumPy does with its large arrays: a model's weights are streamed once per
+// decoded token, and 4 KiB pages cost a TLB miss every 4 KiB of that stream.
 void* weight_alloc(size_t bytes) {
   constexpr size_t kHuge = size_t(2) << 20;
   if (bytes < 2 * kHuge) return std::aligned_alloc(64, (bytes + 63) / 64 * 64);
@@ -48,6 +51,8 @@ void* weight_alloc(size_t bytes) {
 #endif
   return mem;
 }
+
+namespace {
 
 void pack(const GemmProblem& p, PackedWeight& dst) {
   const Kernels& k = active_kernels();
@@ -79,7 +84,7 @@ void unpack(const PackedWeight& w, void* dst) {
   else unpack_as(w, static_cast<float*>(dst));
 }
 
-const Backend kBackend = {"cpu", supports, attention, gemm, rows, weight_layout, pack, unpack, rope, pack_quant, unpack_quant_raw};
+const Backend kBackend = {"cpu", supports, attention, gemm, rows, weight_layout, pack, unpack, rope, pack_quant, unpack_quant_raw, quant_rows};
 
 }  // namespace
 }  // namespace cpu

@@ -84,7 +84,7 @@ void pack_quant(const QuantSource& src, PackedWeight& w) {
     w.bytes = static_cast<size_t>(w.scale_off + 4 * (w.kp / w.group) * cols);
   }
   if (w.K == 0) w.kp = 0;
-  void* mem = std::aligned_alloc(64, (w.bytes + 63) / 64 * 64);
+  void* mem = weight_alloc(w.bytes);
   if (!mem) throw std::bad_alloc();
   w.data = std::shared_ptr<void>(mem, std::free);
   w.layout = -1;
@@ -114,6 +114,45 @@ void unpack_quant_raw(const PackedWeight& w, int8_t* q, float* scale) {
     for (int64_t k = 0; k < w.K; ++k) q[n * w.K + k] = static_cast<int8_t>(q_at(w, base, col, k));
     for (int64_t g = 0; g < ngk; ++g) scale[n * ngk + g] = sc[(pn * ng + g) * kQuantCols + c];
   }
+}
+
+namespace {
+struct RowsJob {
+  const PackedWeight* w;
+  const int64_t* ids;
+  float* out;
+};
+
+// Row n of W is column n of its panel: its depth quads lie 64 bytes apart (int4: a 64-byte chunk
+// per 8 depths), so a row costs K / 4 (K / 8) small reads: cheap beside the GEMMs of the tokens looked up.
+void rows_task(void* ctx, int64_t begin, int64_t end, int) {
+  const RowsJob& job = *static_cast<const RowsJob*>(ctx);
+  const PackedWeight& w = *job.w;
+  const uint8_t* base = static_cast<const uint8_t*>(w.data.get());
+  const float* scale = reinterpret_cast<const float*>(base + w.scale_off);
+  const int64_t ng = w.quant == Quant::int4 ? w.kp / w.group : 1;
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t n = job.ids[i], pn = n / kQuantCols, c = n % kQuantCols;
+    float* dst = job.out + i * w.K;
+    if (w.quant == Quant::int8) {
+      const int8_t* p = reinterpret_cast<const int8_t*>(base) + pn * w.kp * kQuantCols + c * 4;
+      const float s = scale[n];
+      for (int64_t k = 0; k < w.K; ++k) dst[k] = static_cast<float>(p[(k / 4) * 64 + k % 4]) * s;
+    } else {
+      const uint8_t* p = base + pn * (w.kp / 2) * kQuantCols + c * 4;
+      for (int64_t k = 0; k < w.K; ++k) {
+        const uint8_t b = p[(k / 8) * 64 + k % 4];
+        const int q = ((k % 8) < 4 ? (b & 15) : (b >> 4)) - 8;
+        dst[k] = static_cast<float>(q) * scale[(pn * ng + k / w.group) * kQuantCols + c];
+      }
+    }
+  }
+}
+}  // namespace
+
+void quant_rows(const PackedWeight& w, const int64_t* ids, int64_t n, float* out) {
+  RowsJob job{&w, ids, out};
+  parallel_for(n, 16, rows_task, &job, num_threads());
 }
 
 void unpack_quant(const PackedWeight& w, float* dst) {

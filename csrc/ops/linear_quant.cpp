@@ -85,4 +85,28 @@ void linear_unpack_quantized(const PackedWeight& weight, const TensorView& q, co
   be.unpack_quant(weight, static_cast<int8_t*>(q.data), static_cast<float*>(scale.data));
 }
 
+void linear_quantized_rows(const PackedWeight& weight, const TensorView& ids, const TensorView& out) {
+  if (weight.quant == Quant::none) throw TypeError("weight: not a quantized weight");
+  if (weight.gated) throw ValueError("weight: a gated (SwiGLU) weight has no rows to look up");
+  const Backend& be = backend_for(weight.device, "weight");
+  if (!be.quant_rows) throw TypeError(std::string("weight: row lookup is not supported on ") + device_name(weight.device));
+  if (ids.dtype != DType::i64 || ids.ndim != 1 || !ops::is_contiguous(ids))
+    throw TypeError("ids: expected a contiguous 1-D int64 array");
+  ops::require_same_device(ids, "ids", out, "out");
+  const int64_t n = ids.shape[0];
+  const int64_t* id = static_cast<const int64_t*>(ids.data);
+  for (int64_t i = 0; i < n; ++i)
+    if (id[i] < 0 || id[i] >= weight.N)
+      throw ValueError("ids: expected row indices in [0, " + std::to_string(weight.N) + "), got " + std::to_string(id[i]));
+  OutputSpec os;
+  os.dtype = DType::f32;
+  os.device = weight.device;
+  os.ndim = 2;
+  os.shape[0] = n;
+  os.shape[1] = weight.K;
+  ops::require_output(out, "out", os);
+  if (!ops::is_contiguous(out)) throw ValueError("out: expected a C-contiguous array");
+  if (n > 0 && weight.K > 0) be.quant_rows(weight, id, n, static_cast<float*>(out.data));
+}
+
 }  // namespace attnkit

@@ -154,6 +154,55 @@ class QuantizedLinear(PackedLinear):
         return f"QuantizedLinear(shape={self.shape}, dtype={self.dtype!r}{gs}, bias={self.bias is not None}{g})"
 
 
+class QuantizedEmbedding:
+    """A tied embedding table kept once, as its quantized LM head: ``table[ids]`` gives the rows
+    q * scale (the values the head multiplies by) in ``dtype``, shape ``ids.shape + (K,)``.
+
+    A model whose output embedding is tied to its input embedding and whose head is quantized
+    (GPT-2, tied Llama-family models) looks tokens up here instead of keeping a float copy of the
+    table beside the quantized one: GPT-2-small's 154 MB float32 table was 60 % of what its int8
+    model kept after load."""
+
+    __slots__ = ("head", "dtype")
+
+    def __init__(self, head: QuantizedLinear, dtype=np.float32):
+        if not isinstance(head, QuantizedLinear) or head.gated:
+            raise TypeError(f"head: expected an ungated QuantizedLinear, got {head!r}")
+        self.head, self.dtype = head, np.dtype(dtype)
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        return self.head.shape
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def nbytes(self) -> int:
+        return 0  # the head's bytes: nothing of its own
+
+    def __getitem__(self, ids) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"ids: expected integer token ids, got {ids.dtype}")
+        rows = _core.quantized_rows(self.head._packed, np.ascontiguousarray(ids.reshape(-1), dtype=np.int64))
+        rows = rows.reshape(ids.shape + (self.shape[1],))
+        return rows if self.dtype == np.float32 else rows.astype(self.dtype)
+
+    def astype(self, dtype) -> "QuantizedEmbedding":
+        return QuantizedEmbedding(self.head, dtype)
+
+    def __repr__(self) -> str:
+        return f"QuantizedEmbedding(shape={self.shape}, head={self.head!r}, dtype={self.dtype})"
+
+
+def tied_embedding(table, head):
+    """The input embedding of a model whose LM head is tied to it: the head itself (as a
+    QuantizedEmbedding) when the head is quantized, else the float table."""
+    return QuantizedEmbedding(head, table.dtype) if isinstance(head, QuantizedLinear) and not head.gated else table
+
+
 def quantize_linear(weight: np.ndarray, bias: Optional[np.ndarray] = None, *, dtype: str = "int8",
                     group_size: Optional[int] = None) -> QuantizedLinear:
     """Quantize ``weight`` (out_features, in_features) to ``dtype`` 'int8' (a scale per row) or

@@ -25,6 +25,8 @@ struct Backend {
   // gemm runs a problem whose packed weight is quantized (x float32 or bfloat16).
   void (*pack_quant)(const QuantSource& src, PackedWeight& dst);
   void (*unpack_quant)(const PackedWeight& w, int8_t* q, float* scale);  // q (N, K), scale (N) or (N, K / group)
+  // rows ids[0, n) of W dequantized into out (n, K) float32: a tied embedding read from its quantized head
+  void (*quant_rows)(const PackedWeight& w, const int64_t* ids, int64_t n, float* out);
 };
 
 // The backends, defined in csrc/cpu and csrc/cuda.

@@ -76,6 +76,9 @@ void linear_pack_quantized(const TensorView& q, const TensorView& scale, Quant q
                            PackedWeight& packed);
 // q (N, K) int8 and scale (N,) or (N, ceil(K / group)) float32, contiguous, back from a quantized weight.
 void linear_unpack_quantized(const PackedWeight& weight, const TensorView& q, const TensorView& scale);
+// out (n, K) float32 = rows ids (n,) int64 of a quantized, ungated weight, dequantized (a tied embedding
+// looked up in its quantized LM head). ValueError for an id outside [0, N).
+void linear_quantized_rows(const PackedWeight& weight, const TensorView& ids, const TensorView& out);
 void linear_prepare_packed(const TensorView& x, PackedWeight& weight, const TensorView& bias, Activation act,
                            GemmPlan& plan, void* stream = nullptr);
 

@@ -168,13 +168,18 @@ class GPT2LMHeadModel(Pretrained, nn.Module):
         if not c.tie_word_embeddings or "lm_head.weight" in tensors:
             lm_head = Q.pack_head(nn.StateDict(tensors, "", dtype=dtype, origin=origin)("lm_head.weight", (V, E)))
         wte = t("wte.weight", (V, E))
-        if lm_head is None and Q.quantize_spec() is not None:
-            lm_head = Q.pack_head(wte)                        # tied, and the head quantized: a quantized copy
+        if lm_head is None and (Q.quantize_spec() is not None or isinstance(wte, Q.QTensor)):
+            lm_head = Q.pack_head(wte)                        # tied, and the head quantized (or stored so):
+            wte = Q.tied_embedding(wte, lm_head)              # the lookup reads the quantized head, no float copy
         return cls(c, wte, t("wpe.weight", (c.n_positions, E)), blocks, norm("ln_f"), lm_head)
 
     def _checkpoint_tensors(self):
         """(name, array) in the Hugging Face layout (save_pretrained); float Conv1D weights (in, out)."""
-        yield "transformer.wte.weight", self.wte
+        if isinstance(self.wte, Q.QuantizedEmbedding):    # tied to a quantized head: stored once, quantized
+            for suffix, arr in Q.to_checkpoint(self.wte.head).items():
+                yield "transformer.wte." + suffix, arr
+        else:
+            yield "transformer.wte.weight", self.wte
         yield "transformer.wpe.weight", self.wpe
         yield "transformer.ln_f.weight", self.ln_f.weight
         yield "transformer.ln_f.bias", self.ln_f.bias
@@ -198,7 +203,7 @@ class GPT2LMHeadModel(Pretrained, nn.Module):
                 for suffix, arr in Q.to_checkpoint(w, transpose=True).items():
                     yield p + "mlp." + n + "." + suffix, arr
                 yield p + "mlp." + n + ".bias", bias
-        if self.lm_head is not self.wte:
+        if self.lm_head is not self.wte and getattr(self.wte, "head", None) is not self.lm_head:
             head = self.lm_head if isinstance(self.lm_head, F.PackedLinear) else F.PackedLinear(self.lm_head)
             for suffix, arr in Q.to_checkpoint(head).items():
                 yield "lm_head." + suffix, arr

@@ -239,14 +239,19 @@ class LlamaForCausalLM(Pretrained, nn.Module):
             lm_head = Q.pack_head(nn.StateDict(tensors, "", dtype=dtype, origin=origin)("lm_head.weight", (V, E)),
                                   packed=True)
         else:
-            lm_head = Q.pack_head(embed)                      # tied: the embedding table, read in place (or quantized)
+            lm_head = Q.pack_head(embed)                      # tied: the embedding table, read in place (or quantized,
+            embed = Q.tied_embedding(embed, lm_head)          # then the lookup reads the quantized head: no float copy)
         return cls(c, embed, layers, t("norm.weight", (E,)), lm_head)
 
     def _checkpoint_tensors(self):
         """(name, array) in the Hugging Face layout (save_pretrained)."""
         c = self.config
         Hq, Hk, Dh = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        yield "model.embed_tokens.weight", self.embed
+        if isinstance(self.embed, Q.QuantizedEmbedding):  # tied to a quantized head: stored once, quantized
+            for suffix, a in Q.to_checkpoint(self.embed.head).items():
+                yield "model.embed_tokens." + suffix, a
+        else:
+            yield "model.embed_tokens.weight", self.embed
         yield "model.norm.weight", self.norm
         for i, layer in enumerate(self.layers):
             p = f"model.layers.{i}."
@@ -272,7 +277,7 @@ class LlamaForCausalLM(Pretrained, nn.Module):
                 yield f"{p}mlp.down_proj.{suffix}", a
             if layer.down.bias is not None:
                 yield f"{p}mlp.down_proj.bias", layer.down.bias
-        if self.lm_head is not self.embed:
+        if self.lm_head is not self.embed and getattr(self.embed, "head", None) is not self.lm_head:
             for suffix, a in Q.to_checkpoint(self.lm_head).items():
                 yield f"lm_head.{suffix}", a
 
