@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import nn
 from .. import quant as Q
-from ..nn.layers import AttentionMask
+from ..nn.masks import AttentionMask
 from ._checkpoint import SIZE_MAX, SPECIAL_TOKEN_IDS, Pretrained, check_fields, field, read_fields, special_token_ids
 
 __all__ = ["BertConfig", "BertEmbeddings", "BertModel"]

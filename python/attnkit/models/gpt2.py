@@ -20,8 +20,8 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from .. import quant as Q
-from ..nn.layers import AttentionMask
-from ..nn.transformer import sublayer_connections
+from ..nn.masks import AttentionMask
+from ..nn.stacks import sublayer_connections
 from ._checkpoint import SIZE_MAX, Pretrained, check_fields, field, read_fields, special_token_ids
 
 __all__ = ["GPT2Config", "GPT2Block", "GPT2LMHeadModel"]
@@ -116,9 +116,9 @@ class GPT2LMHeadModel(Pretrained, nn.Module):
         self.blocks, self.ln_f = list(blocks), ln_f
         self.lm_head = wte if lm_head is None else lm_head   # (V, E): logits = h @ lm_head^T
 
-    @classmethod
-    def from_config(cls, config: GPT2Config, *, rng=None, std: float = 0.02, dtype=np.float32) -> "GPT2LMHeadModel":
-        """A model with random weights N(0, std) (LayerNorms at 1, 0), built through the checkpoint layout."""
+    @staticmethod
+    def random_state_dict(config: GPT2Config, *, rng=None, std: float = 0.02) -> dict:
+        """Random tensors in the Hugging Face checkpoint layout: weights N(0, std), LayerNorms at 1, 0."""
         rng = np.random.default_rng(rng)
         c = config
         E, Fd = c.n_embd, c.n_inner or 4 * c.n_embd
@@ -133,7 +133,13 @@ class GPT2LMHeadModel(Pretrained, nn.Module):
             tensors[f"{name}.weight"], tensors[f"{name}.bias"] = np.ones(E, np.float32), np.zeros(E, np.float32)
         if not c.tie_word_embeddings:
             tensors["lm_head.weight"] = rng.standard_normal((c.vocab_size, E), dtype=np.float32) * np.float32(std)
-        return cls.from_state_dict(tensors, c, dtype=dtype, origin="random weights")
+        return tensors
+
+    @classmethod
+    def from_config(cls, config: GPT2Config, *, rng=None, std: float = 0.02, dtype=np.float32) -> "GPT2LMHeadModel":
+        """A model with random weights N(0, std) (LayerNorms at 1, 0), built through the checkpoint layout."""
+        return cls.from_state_dict(cls.random_state_dict(config, rng=rng, std=std), config, dtype=dtype,
+                                   origin="random weights")
 
     @classmethod
     def from_state_dict(cls, tensors: dict, config: GPT2Config, *, dtype=np.float32,

@@ -23,16 +23,17 @@ their options), ``stream`` yields its tokens step by step.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field as dc_field
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 
 from .. import nn
 from ..nn.generation import GenerationConfig
 from ._checkpoint import field, load_config, load_tensors
+from ._seq2seq_stack import build_bart_like, build_t5, random_state_dict
+from ._tokenizers import load_tokenizer
 
 __all__ = ["Seq2SeqConfig", "Seq2SeqLM", "MarianMTModel", "BartForConditionalGeneration",
            "MBartForConditionalGeneration", "M2M100ForConditionalGeneration", "T5ForConditionalGeneration"]
@@ -224,7 +225,7 @@ class Seq2SeqLM(nn.Module):
                                  f"generate")
         model = cls._for(config.model_type).from_state_dict(load_tensors(directory), config, dtype=dtype,
                                                             origin=os.path.join(directory, "model.safetensors"))
-        model.tokenizer = _load_tokenizer(directory, config)
+        model.tokenizer = load_tokenizer(directory, config)
         return model
 
     @staticmethod
@@ -237,10 +238,16 @@ class Seq2SeqLM(nn.Module):
     def from_state_dict(cls, tensors: dict, config: Seq2SeqConfig, *, dtype=np.float32, origin="state dict"):
         """Build the stack from a Hugging Face state dict (names as ``save_pretrained`` writes them)."""
         if config.model_type == "t5":
-            model = _build_t5(tensors, config, dtype, origin)
+            model = build_t5(tensors, config, dtype, origin)
         else:
-            model = _build_bart_like(tensors, config, dtype, origin)
+            model = build_bart_like(tensors, config, dtype, origin)
         return cls._for(config.model_type)(config, model)
+
+    @classmethod
+    def from_config(cls, config: Seq2SeqConfig, *, rng=None, std: float = 0.02, dtype=np.float32) -> "Seq2SeqLM":
+        """A model with random weights N(0, std) (norms at 1, 0), built through the checkpoint layout."""
+        return cls.from_state_dict(random_state_dict(config, rng=rng, std=std), config, dtype=dtype,
+                                   origin="random weights")
 
     @property
     def dtype(self):
@@ -412,10 +419,6 @@ class T5ForConditionalGeneration(Seq2SeqLM):
     model_types = ("t5",)
 
 
-# --------------------------------------------------------------------------------------------------
-# Building the stack from the checkpoint's tensors
-# --------------------------------------------------------------------------------------------------
-
 def _ids(name, value) -> np.ndarray:
     ids = np.asarray(value)
     if ids.ndim == 1:
@@ -426,236 +429,3 @@ def _ids(name, value) -> np.ndarray:
         raise ValueError(f"{name}: token ids must be >= 0")
     return ids.astype(np.int64, copy=False)
 
-
-def _marian_table(n: int, d: int) -> np.ndarray:
-    """Marian's sinusoidal table: sin of the even-indexed angles in the first half, cos of the odd in the second."""
-    j = np.arange(d)
-    angles = np.arange(n)[:, None] / np.power(10000, 2 * (j // 2) / d)[None, :]   # (n, d) float64
-    half = d // 2 + d % 2
-    out = np.empty((n, d))
-    out[:, :half] = np.sin(angles[:, 0::2])
-    out[:, half:] = np.cos(angles[:, 1::2])
-    return out.astype(np.float32)
-
-
-def _m2m_table(n: int, d: int, padding_idx: Optional[int]) -> np.ndarray:
-    """M2M100's (fairseq's) sinusoidal table, computed in float32 as there; the padding row is zero."""
-    half = d // 2
-    step = np.float32(math.log(10000) / (half - 1))
-    freq = np.exp(np.arange(half, dtype=np.float32) * -step)
-    angles = np.arange(n, dtype=np.float32)[:, None] * freq[None, :]
-    out = np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
-    if d % 2:
-        out = np.concatenate([out, np.zeros((n, 1), np.float32)], axis=1)
-    if padding_idx is not None:
-        out[padding_idx] = 0
-    return out.astype(np.float32)
-
-
-def _check_unused(t: nn.StateDict, origin: str, ignore=()) -> None:
-    unused = [k for k in t.unused() if not any(k.endswith(s) for s in ignore)]
-    if unused:
-        shown = ", ".join(f"'{k}'" for k in unused[:6])
-        raise ValueError(f"{origin}: tensors not part of the model as configured: {shown}"
-                         f"{' ...' if len(unused) > 6 else ''}")
-
-
-def _count_layers(t: nn.StateDict, prefix: str) -> int:
-    n = 0
-    while any(k.startswith(f"{prefix}{n}.") for k in t.tensors):
-        n += 1
-    return n
-
-
-def _build_bart_like(tensors, c: Seq2SeqConfig, dtype, origin) -> nn.Transformer:
-    p = "model." if any(k.startswith("model.") for k in tensors) else ""
-    t = nn.StateDict(tensors, "", dtype=dtype, origin=origin)
-    E, H, Dh = c.d_model, c.encoder_heads, c.head_dim
-    V = c.vocab_size
-    Vd = c.decoder_vocab_size or V
-
-    def norm(name):
-        return nn.LayerNorm(t(f"{name}.weight", (E,)), t(f"{name}.bias", (E,)), c.eps)
-
-    def attention(name):
-        w = np.concatenate([t(f"{name}.{x}_proj.weight", (E, E)) for x in "qkv"])
-        b = np.concatenate([t(f"{name}.{x}_proj.bias", (E,)) for x in "qkv"])
-        return nn.MultiHeadAttention(w, b, t(f"{name}.out_proj.weight", (E, E)), t(f"{name}.out_proj.bias", (E,)), H)
-
-    def ffn(name, d_ff):
-        return nn.FeedForward(t(f"{name}fc1.weight", (d_ff, E)), t(f"{name}fc1.bias", (d_ff,)),
-                              t(f"{name}fc2.weight", (E, d_ff)), t(f"{name}fc2.bias", (E,)), c.activation)
-
-    for stack, n in (("encoder", c.encoder_layers), ("decoder", c.decoder_layers)):
-        found = _count_layers(t, f"{p}{stack}.layers.")
-        if found != n:
-            raise ValueError(f"{origin}: {found} {stack} layers, config.json says {n} ({stack}_layers)")
-    enc_layers = [nn.EncoderLayer(attention(f"{p}encoder.layers.{i}.self_attn"),
-                                  ffn(f"{p}encoder.layers.{i}.", c.encoder_ffn),
-                                  norm(f"{p}encoder.layers.{i}.self_attn_layer_norm"),
-                                  norm(f"{p}encoder.layers.{i}.final_layer_norm"), norm_first=c.norm_first)
-                  for i in range(c.encoder_layers)]
-    dec_layers = [nn.DecoderLayer(attention(f"{p}decoder.layers.{i}.self_attn"),
-                                  attention(f"{p}decoder.layers.{i}.encoder_attn"),
-                                  ffn(f"{p}decoder.layers.{i}.", c.decoder_ffn),
-                                  norm(f"{p}decoder.layers.{i}.self_attn_layer_norm"),
-                                  norm(f"{p}decoder.layers.{i}.encoder_attn_layer_norm"),
-                                  norm(f"{p}decoder.layers.{i}.final_layer_norm"), norm_first=c.norm_first)
-                  for i in range(c.decoder_layers)]
-    encoder = nn.Encoder(enc_layers, norm(f"{p}encoder.layer_norm") if c.final_norm else None)
-    decoder = nn.Decoder(dec_layers, norm(f"{p}decoder.layer_norm") if c.final_norm else None)
-
-    def table(name, key):
-        if key in tensors:
-            if c.positions == "learned" or c.model_type == "marian":
-                return t(key, (None, E))
-        if c.positions == "learned":
-            return t(key, (c.max_position_embeddings + c.position_offset, E))     # raises: missing
-        if c.positions == "sinusoidal_marian":
-            return _marian_table(c.max_position_embeddings, E)
-        return _m2m_table(c.max_position_embeddings + c.position_offset, E, c.pad_token_id)
-
-    def embedding(stack, weight, vocab):
-        if t.has(f"{p}{stack}.embed_tokens.weight"):             # a stack's own table wins (untied files)
-            weight = t(f"{p}{stack}.embed_tokens.weight", (vocab, E))
-        pos = table(stack, f"{p}{stack}.embed_positions.weight")
-        return nn.Embeddings(weight, positions="learned", position_weight=pos,
-                             scale=math.sqrt(E) if c.scale_embedding else 1.0, position_offset=c.position_offset,
-                             padding_idx=c.pad_token_id if c.positions == "sinusoidal_m2m" else None,
-                             norm=norm(f"{p}{stack}.layernorm_embedding") if c.layernorm_embedding else None)
-
-    shared = None
-    if c.share_embeddings and t.has(f"{p}shared.weight"):
-        shared = t(f"{p}shared.weight", (V, E))
-    src_embed = embedding("encoder", shared, V)
-    tgt_embed = embedding("decoder", shared, Vd)
-    if c.tie_word_embeddings or not t.has("lm_head.weight"):
-        if not c.tie_word_embeddings:
-            raise ValueError(f"{origin}: missing tensor 'lm_head.weight' (tie_word_embeddings is false)")
-        head = tgt_embed.weight
-    else:
-        head = t("lm_head.weight", (Vd, E))
-    bias = None
-    if c.final_logits_bias and t.has(f"{'' if 'final_logits_bias' in tensors else p}final_logits_bias"):
-        bias = t("final_logits_bias" if "final_logits_bias" in tensors else f"{p}final_logits_bias",
-                 (1, Vd)).reshape(Vd)
-    generator = nn.Generator(head, bias)
-    _check_unused(t, origin, ignore=("embed_tokens.weight", "embed_positions.weight", "shared.weight",
-                                     "lm_head.weight", "final_logits_bias"))
-    return nn.Transformer(encoder, decoder, src_embed=src_embed, tgt_embed=tgt_embed, generator=generator)
-
-
-def _build_t5(tensors, c: Seq2SeqConfig, dtype, origin) -> nn.Transformer:
-    t = nn.StateDict(tensors, "", dtype=dtype, origin=origin)
-    E, H, Dk = c.d_model, c.encoder_heads, c.head_dim
-    inner = H * Dk
-
-    def norm(name):
-        return nn.RMSNorm(t(f"{name}.weight", (E,)), c.eps)
-
-    def attention(name):
-        w = np.concatenate([t(f"{name}.{x}.weight", (inner, E)) for x in "qkv"])
-        return nn.MultiHeadAttention(w, None, t(f"{name}.o.weight", (E, inner)), None, H, head_dim=Dk, scale=1.0)
-
-    def ffn(name, d_ff):
-        if c.gated:
-            return nn.FeedForward(t(f"{name}.wi_0.weight", (d_ff, E)), None, t(f"{name}.wo.weight", (E, d_ff)),
-                                  None, c.activation, w_up=t(f"{name}.wi_1.weight", (d_ff, E)))
-        return nn.FeedForward(t(f"{name}.wi.weight", (d_ff, E)), None, t(f"{name}.wo.weight", (E, d_ff)), None,
-                              c.activation)
-
-    for stack, n in (("encoder", c.encoder_layers), ("decoder", c.decoder_layers)):
-        found = _count_layers(t, f"{stack}.block.")
-        if found != n:
-            raise ValueError(f"{origin}: {found} {stack} blocks, config.json says {n}")
-
-    def bias(stack, bidirectional):
-        w = t(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", (c.relative_buckets, H))
-        return nn.RelativePositionBias(w, bidirectional=bidirectional, max_distance=c.relative_max_distance)
-
-    enc = [nn.EncoderLayer(attention(f"encoder.block.{i}.layer.0.SelfAttention"),
-                           ffn(f"encoder.block.{i}.layer.1.DenseReluDense", c.encoder_ffn),
-                           norm(f"encoder.block.{i}.layer.0.layer_norm"), norm(f"encoder.block.{i}.layer.1.layer_norm"),
-                           norm_first=True) for i in range(c.encoder_layers)]
-    dec = [nn.DecoderLayer(attention(f"decoder.block.{i}.layer.0.SelfAttention"),
-                           attention(f"decoder.block.{i}.layer.1.EncDecAttention"),
-                           ffn(f"decoder.block.{i}.layer.2.DenseReluDense", c.decoder_ffn),
-                           norm(f"decoder.block.{i}.layer.0.layer_norm"), norm(f"decoder.block.{i}.layer.1.layer_norm"),
-                           norm(f"decoder.block.{i}.layer.2.layer_norm"), norm_first=True)
-           for i in range(c.decoder_layers)]
-    encoder = nn.Encoder(enc, norm("encoder.final_layer_norm"),
-                         position_bias=bias("encoder", True) if c.encoder_layers else None)
-    decoder = nn.Decoder(dec, norm("decoder.final_layer_norm"), position_bias=bias("decoder", False))
-    V = c.vocab_size
-    key = "shared.weight" if t.has("shared.weight") else "encoder.embed_tokens.weight"
-    shared = t(key, (V, E))
-    embed = nn.Embeddings(shared, positions="none", scale=1.0)
-    if c.tie_word_embeddings or not t.has("lm_head.weight"):
-        head = shared
-    else:
-        head = t("lm_head.weight", (V, E))
-    generator = nn.Generator(head, None, input_scale=c.output_scale)
-    _check_unused(t, origin, ignore=("embed_tokens.weight", "shared.weight", "lm_head.weight",
-                                     "EncDecAttention.relative_attention_bias.weight"))
-    return nn.Transformer(encoder, decoder, src_embed=embed, tgt_embed=embed, generator=generator)
-
-
-# --------------------------------------------------------------------------------------------------
-# Tokenizers
-# --------------------------------------------------------------------------------------------------
-
-class _HFTokenizer:
-    """tokenizer.json through the ``tokenizers`` package: encode with the special tokens it adds (eos),
-    decode skipping special tokens."""
-
-    def __init__(self, path: str):
-        from tokenizers import Tokenizer
-        self.tok = Tokenizer.from_file(path)
-
-    def encode(self, text: str) -> List[int]:
-        return self.tok.encode(text).ids
-
-    def decode(self, ids) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=True)
-
-
-class MarianTokenizer:
-    """Marian's tokenizer: SentencePiece pieces (source.spm to encode, target.spm to decode) mapped through
-    vocab.json, an eos appended. Needs the optional ``sentencepiece`` package."""
-
-    def __init__(self, directory: str, eos_token_id: int, pad_token_id: Optional[int], unk: str = "<unk>"):
-        try:
-            import sentencepiece as spm
-        except ImportError:
-            raise ImportError("Marian's tokenizer needs the 'sentencepiece' package: pip install 'attnkit[marian]' "
-                              "(or pip install sentencepiece)") from None
-        self.source = spm.SentencePieceProcessor(model_file=os.path.join(directory, "source.spm"))
-        target = os.path.join(directory, "target.spm")
-        self.target = spm.SentencePieceProcessor(model_file=target) if os.path.isfile(target) else self.source
-        with open(os.path.join(directory, "vocab.json"), encoding="utf-8") as fh:
-            self.vocab = json.load(fh)
-        self.pieces = {i: p for p, i in self.vocab.items()}
-        self.eos, self.pad, self.unk = eos_token_id, pad_token_id, self.vocab.get(unk, 1)
-        self.special = {i for p, i in self.vocab.items() if p in ("<pad>", "</s>", "<unk>")} | {eos_token_id}
-
-    def encode(self, text: str) -> List[int]:
-        pieces = self.source.encode(text, out_type=str)
-        return [self.vocab.get(p, self.unk) for p in pieces] + [self.eos]
-
-    def decode(self, ids) -> str:
-        pieces = [self.pieces[i] for i in ids if i in self.pieces and i not in self.special and i != self.pad]
-        return self.target.decode_pieces(pieces)
-
-
-def _load_tokenizer(directory: str, config: Seq2SeqConfig):
-    path = os.path.join(directory, "tokenizer.json")
-    if os.path.isfile(path):
-        try:
-            return _HFTokenizer(path)
-        except ImportError:
-            return None
-    if os.path.isfile(os.path.join(directory, "source.spm")) and os.path.isfile(os.path.join(directory, "vocab.json")):
-        eos = config.generation.get("eos_token_id", 0)
-        eos = eos[0] if isinstance(eos, list) else eos
-        return MarianTokenizer(directory, int(eos), config.pad_token_id)
-    return None

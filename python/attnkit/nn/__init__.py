@@ -13,10 +13,12 @@ One class per box of the paper's Figure 1 (weights are NumPy arrays held by the 
 
 from .cache import KVCache, LayerKVCache
 from .generation import GenerationConfig, beam_search, greedy_search
-from .layers import (AttentionMask, Embeddings, FeedForward, Generator, LayerNorm, MultiHeadAttention,
-                     RelativePositionBias, RMSNorm, sinusoidal_positional_encoding)
+from .embeddings import Embeddings, Generator, RelativePositionBias, sinusoidal_positional_encoding
+from .layers import FeedForward, LayerNorm, MultiHeadAttention, RMSNorm
+from .masks import AttentionMask
 from .module import Module, StateDict
-from .transformer import Decoder, DecoderLayer, Encoder, EncoderLayer, Transformer, TransformerConfig
+from .stacks import Decoder, DecoderLayer, Encoder, EncoderLayer
+from .transformer import Transformer, TransformerConfig
 
 __all__ = [
     "Module", "LayerNorm", "FeedForward", "MultiHeadAttention", "AttentionMask", "Embeddings", "Generator",

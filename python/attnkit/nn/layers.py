@@ -3,8 +3,9 @@
     LayerNorm            "Add & Norm"                       (section 3.1; the residual add is fused in the kernel)
     FeedForward          "Feed Forward"                     (section 3.3)
     MultiHeadAttention   "(Masked) Multi-Head Attention"    (section 3.2.2)
-    Embeddings           "Input/Output Embedding" + "Positional Encoding"   (sections 3.4, 3.5)
-    Generator            "Linear" + "Softmax" on top of the decoder
+
+Embeddings, Generator and T5's RelativePositionBias are in embeddings.py, AttentionMask in masks.py (both
+re-exported here).
 
 Shapes: B batch, L (query) length, S (key/memory) length, E = d_model, H heads, Dh = E / H head size.
 Every layer computes in the dtype of its weights (float32 or float64); the arithmetic runs in attnkit's C++ kernels.
@@ -13,14 +14,15 @@ Every layer computes in the dtype of its weights (float32 or float64); the arith
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
 
 from .. import functional as F
 from ..quant import pack as _pack
-from .module import Module, as_float_array
+from .embeddings import Embeddings, Generator, RelativePositionBias, sinusoidal_positional_encoding
+from .masks import NO_MASK, AttentionMask
+from .module import Module, as_float_array, glorot_uniform, small_normal, weight_dtype
 
 __all__ = [
     "AttentionMask", "LayerNorm", "FeedForward", "MultiHeadAttention",
@@ -32,119 +34,6 @@ ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_tanh", "silu":
 
 
 # --------------------------------------------------------------------------------------------------
-# Masks
-# --------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class AttentionMask:
-    """Which keys each query may see, in the terms of ``attnkit.scaled_dot_product_attention``.
-
-    Built once per forward pass and shared by every layer (no per-layer mask work):
-      attn_mask        None, bool (True = may attend) or additive float, broadcastable to (B, H, L, S)
-      is_causal        key j visible to query i iff j <= i (+ offset, see causal_alignment)
-      causal_alignment "top_left" (full sequences) or "bottom_right" (new queries at the end of a KV cache)
-      kv_lengths       None or (B,) ints: keys j >= kv_lengths[b] are invisible (right padding, cache fill)
-    """
-
-    attn_mask: Optional[np.ndarray] = None
-    is_causal: bool = False
-    causal_alignment: str = "top_left"
-    kv_lengths: Optional[np.ndarray] = None
-
-    @classmethod
-    def from_torch(cls, attn_mask=None, key_padding_mask=None, is_causal: bool = False, *,
-                   batch_size: int, num_heads: int, q_len: int, k_len: int, dtype) -> "AttentionMask":
-        """Translate PyTorch's ``nn.MultiheadAttention`` / ``nn.Transformer`` mask conventions.
-
-        attn_mask: (L, S) or (B*H, L, S); bool True = NOT allowed to attend, or float added to the scores.
-        key_padding_mask: (B, S); bool True = padding (ignored key), or float added to the scores.
-        is_causal: apply the causal mask (PyTorch treats it as a hint that attn_mask is causal; here it is
-            honoured even when attn_mask is None). A 2-D attn_mask that *is* the causal mask is recognised and
-            replaced by the kernel's causal path.
-        Right-padded bool key padding masks become ``kv_lengths`` (no mask array at all).
-        """
-        mask = None
-        if attn_mask is not None:
-            mask = np.asarray(attn_mask)
-            if mask.ndim == 2:
-                if mask.shape != (q_len, k_len):
-                    raise ValueError(f"attn_mask: has shape {mask.shape}, expected ({q_len}, {k_len})")
-                if _is_causal_mask(mask):
-                    mask, is_causal = None, True
-            elif mask.ndim == 3:
-                if mask.shape != (batch_size * num_heads, q_len, k_len):
-                    raise ValueError(f"attn_mask: has shape {mask.shape}, "
-                                     f"expected ({batch_size * num_heads}, {q_len}, {k_len})")
-                mask = mask.reshape(batch_size, num_heads, q_len, k_len)       # (B, H, L, S)
-            else:
-                raise ValueError(f"attn_mask: must be 2-D (L, S) or 3-D (B*H, L, S), got shape {mask.shape}")
-            if mask is not None:
-                mask = ~mask if mask.dtype == bool else mask.astype(dtype, copy=False)
-
-        kv_lengths = None
-        if key_padding_mask is not None:
-            pad = np.asarray(key_padding_mask)
-            if pad.shape != (batch_size, k_len):
-                raise ValueError(f"key_padding_mask: has shape {pad.shape}, expected ({batch_size}, {k_len})")
-            if pad.dtype == bool:
-                lengths = k_len - pad.sum(axis=1)
-                if np.array_equal(pad, np.arange(k_len) >= lengths[:, None]):   # right padding
-                    kv_lengths = lengths.astype(np.int64)
-                else:
-                    keep = ~pad[:, None, None, :]                                # (B, 1, 1, S)
-                    if mask is None:
-                        mask = keep
-                    elif mask.dtype == bool:
-                        mask = mask & keep
-                    else:
-                        mask = np.where(keep, mask, mask.dtype.type(-np.inf))
-            else:
-                add = pad.astype(dtype, copy=False)[:, None, None, :]           # (B, 1, 1, S)
-                if mask is None:
-                    mask = add
-                elif mask.dtype == bool:
-                    mask = np.where(mask, add, add.dtype.type(-np.inf))
-                else:
-                    mask = mask + add
-        return cls(mask, bool(is_causal), "top_left", kv_lengths)
-
-    def with_bias(self, bias: Optional[np.ndarray]) -> "AttentionMask":
-        """This mask plus an additive per-head bias (1 or B, H, L, S) (T5's relative positions): the bias becomes
-        the float mask, a bool mask folds in as -inf where a key may not be seen; kv_lengths stay."""
-        if bias is None:
-            return self
-        mask = self.attn_mask
-        if mask is None:
-            mask = bias
-        elif mask.dtype == bool:
-            mask = np.where(mask, bias, bias.dtype.type(-np.inf))
-        else:
-            mask = mask + bias
-        return AttentionMask(mask, self.is_causal, self.causal_alignment, self.kv_lengths)
-
-    def select_rows(self, rows: np.ndarray) -> "AttentionMask":
-        """The same mask for the batch rows ``rows`` (beam search duplicates rows)."""
-        mask = self.attn_mask
-        if mask is not None and mask.ndim == 4 and mask.shape[0] != 1:
-            mask = mask[rows]
-        lengths = None if self.kv_lengths is None else self.kv_lengths[rows]
-        return AttentionMask(mask, self.is_causal, self.causal_alignment, lengths)
-
-
-NO_MASK = AttentionMask()
-
-
-def _is_causal_mask(mask: np.ndarray) -> bool:
-    """True when the (L, L) PyTorch-convention mask is exactly the causal mask."""
-    if mask.shape[0] != mask.shape[1]:
-        return False
-    future = np.triu(np.ones(mask.shape, dtype=bool), k=1)
-    if mask.dtype == bool:
-        return bool(np.array_equal(mask, future))
-    return bool(np.all(mask[future] == -np.inf) and np.all(mask[~future] == 0))
-
-
-# --------------------------------------------------------------------------------------------------
 # Add & Norm
 # --------------------------------------------------------------------------------------------------
 
@@ -152,7 +41,7 @@ class LayerNorm(Module):
     """LayerNorm(x + residual) over the last dimension; the residual add is fused into the kernel."""
 
     def __init__(self, weight, bias, eps: float = 1e-5):
-        self.weight = as_float_array(weight, _float_dtype(weight), "LayerNorm.weight")
+        self.weight = as_float_array(weight, weight_dtype(weight), "LayerNorm.weight")
         if self.weight.ndim != 1:
             raise ValueError(f"LayerNorm.weight: must be 1-D, got shape {self.weight.shape}")
         self.bias = as_float_array(bias, self.weight.dtype, "LayerNorm.bias", self.weight.shape)
@@ -173,7 +62,7 @@ class RMSNorm(Module):
     :class:`LayerNorm`, so a stack takes either."""
 
     def __init__(self, weight, eps: float = 1e-6):
-        self.weight = as_float_array(weight, _float_dtype(weight), "RMSNorm.weight")
+        self.weight = as_float_array(weight, weight_dtype(weight), "RMSNorm.weight")
         if self.weight.ndim != 1:
             raise ValueError(f"RMSNorm.weight: must be 1-D, got shape {self.weight.shape}")
         self.eps = float(eps)
@@ -197,7 +86,7 @@ class FeedForward(Module):
     def __init__(self, w1, b1, w2, b2, activation: str = "relu", *, w_up=None):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        dtype = _float_dtype(w1)
+        dtype = weight_dtype(w1)
         w1 = as_float_array(w1, dtype, "FeedForward.w1", (None, None))
         d_ff, d_model = w1.shape
         self.b1 = None if b1 is None else as_float_array(b1, dtype, "FeedForward.b1", (d_ff,))
@@ -210,8 +99,8 @@ class FeedForward(Module):
     @classmethod
     def init(cls, d_model: int, d_ff: int, activation: str = "relu", *, rng=None, dtype=np.float32):
         rng = np.random.default_rng(rng)
-        return cls(_uniform(rng, (d_ff, d_model), dtype), _small(rng, d_ff, dtype),
-                   _uniform(rng, (d_model, d_ff), dtype), _small(rng, d_model, dtype), activation)
+        return cls(glorot_uniform(rng, (d_ff, d_model), dtype), small_normal(rng, d_ff, dtype),
+                   glorot_uniform(rng, (d_model, d_ff), dtype), small_normal(rng, d_model, dtype), activation)
 
     def __call__(self, x):
         h = F.linear(x, self.w1, self.b1, activation=ACTIVATIONS[self.activation])   # (B, L, F)
@@ -241,7 +130,7 @@ class MultiHeadAttention(Module):
 
     def __init__(self, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads: int,
                  *, num_kv_heads: Optional[int] = None, scale: Optional[float] = None, head_dim: Optional[int] = None):
-        dtype = _float_dtype(in_proj_weight)
+        dtype = weight_dtype(in_proj_weight)
         in_proj_weight = as_float_array(in_proj_weight, dtype, "MultiHeadAttention.in_proj_weight", (None, None))
         rows, d_model = in_proj_weight.shape
         H, Hk = int(num_heads), int(num_heads if num_kv_heads is None else num_kv_heads)
@@ -283,8 +172,8 @@ class MultiHeadAttention(Module):
              dtype=np.float32) -> "MultiHeadAttention":
         rng = np.random.default_rng(rng)
         rows = (num_heads + 2 * (num_kv_heads or num_heads)) * (d_model // num_heads)   # (H + 2 Hk) * Dh
-        return cls(_uniform(rng, (rows, d_model), dtype), _small(rng, rows, dtype),
-                   _uniform(rng, (d_model, d_model), dtype), _small(rng, d_model, dtype), num_heads,
+        return cls(glorot_uniform(rng, (rows, d_model), dtype), small_normal(rng, rows, dtype),
+                   glorot_uniform(rng, (d_model, d_model), dtype), small_normal(rng, d_model, dtype), num_heads,
                    num_kv_heads=num_kv_heads)
 
     @property
@@ -361,182 +250,3 @@ class MultiHeadAttention(Module):
             bias = bias[..., :keys.shape[2]]                   # the S keys now in view
         mask = AttentionMask(bias, is_causal=True, causal_alignment="bottom_right", kv_lengths=lengths)
         return self.attend(q, keys, values, mask)
-
-
-# --------------------------------------------------------------------------------------------------
-# Embeddings and positional encoding
-# --------------------------------------------------------------------------------------------------
-
-def sinusoidal_positional_encoding(max_len: int, d_model: int, dtype=np.float32) -> np.ndarray:
-    """PE(pos, 2i) = sin(pos / 10000^(2i/d)),  PE(pos, 2i+1) = cos(pos / 10000^(2i/d))  -> (max_len, d)."""
-    position = np.arange(max_len, dtype=np.float64)[:, None]                   # (max_len, 1)
-    inv_freq = np.exp(-math.log(10000.0) * np.arange(0, d_model, 2) / d_model)   # (ceil(d/2),)
-    angles = position * inv_freq                                               # (max_len, ceil(d/2))
-    pe = np.empty((max_len, d_model), dtype=np.float64)
-    pe[:, 0::2] = np.sin(angles)
-    pe[:, 1::2] = np.cos(angles[:, : d_model // 2])
-    return pe.astype(dtype)
-
-
-class Embeddings(Module):
-    """Token embedding scaled by sqrt(d_model) plus a positional encoding (sections 3.4 and 3.5).
-
-    positions: "sinusoidal" (the paper; a fixed table), "learned" (``position_weight`` (max_len, E), also any
-    fixed table a checkpoint family defines) or "none". The families differ only in configuration:
-      scale            sqrt(d_model) (default; Marian, M2M100), 1.0 (BART without scale_embedding, T5)
-      position_offset  table row of position 0 (BART's learned positions and M2M100's start at row 2)
-      padding_idx      M2M100: padding tokens take row padding_idx and are not counted as positions
-      norm             a LayerNorm after the sum (BART's and mBART's layernorm_embedding)
-    """
-
-    def __init__(self, weight, *, positions: str = "sinusoidal", position_weight=None, max_len: int = 1024,
-                 scale: Optional[float] = None, position_offset: int = 0, padding_idx: Optional[int] = None,
-                 norm=None):
-        self.weight = as_float_array(weight, _float_dtype(weight), "Embeddings.weight", (None, None))
-        d_model = self.weight.shape[1]
-        if positions == "sinusoidal":
-            self.position_weight = sinusoidal_positional_encoding(max_len, d_model, self.weight.dtype)
-        elif positions == "learned":
-            self.position_weight = as_float_array(position_weight, self.weight.dtype,
-                                                  "Embeddings.position_weight", (None, d_model))
-        elif positions == "none":
-            self.position_weight = None
-        else:
-            raise ValueError(f"positions: expected 'sinusoidal', 'learned' or 'none', got {positions!r}")
-        self.positions = positions
-        self.scale = math.sqrt(d_model) if scale is None else float(scale)
-        self.position_offset = int(position_offset)
-        self.padding_idx = None if padding_idx is None else int(padding_idx)
-        self.norm = norm
-
-    @classmethod
-    def init(cls, vocab_size: int, d_model: int, *, positions: str = "sinusoidal", max_len: int = 1024,
-             rng=None, dtype=np.float32) -> "Embeddings":
-        rng = np.random.default_rng(rng)
-        learned = rng.normal(0, 0.02, (max_len, d_model)).astype(dtype) if positions == "learned" else None
-        return cls(rng.normal(0, d_model ** -0.5, (vocab_size, d_model)).astype(dtype),
-                   positions=positions, position_weight=learned, max_len=max_len)
-
-    def __call__(self, ids, start=0) -> np.ndarray:
-        """ids (B, L) ints; start: first position, an int or (B,) per sequence -> (B, L, E)."""
-        x = self._sum(ids, start)
-        return x if self.norm is None else self.norm(x)
-
-    def _sum(self, ids, start) -> np.ndarray:
-        ids = np.asarray(ids)
-        B, L = ids.shape
-        if ids.size and (ids.min() < 0 or ids.max() >= self.weight.shape[0]):
-            raise ValueError(f"ids: token ids must lie in [0, {self.weight.shape[0]})")
-        x = self.weight[ids]                                                       # (B, L, E)
-        if self.scale != 1.0:
-            x *= x.dtype.type(self.scale)
-        if self.position_weight is not None:
-            if self.padding_idx is None:
-                positions = np.asarray(start).reshape(-1, 1) + np.arange(L)       # (B or 1, L)
-            else:                                                                 # padding is not counted
-                real = ids != self.padding_idx
-                positions = np.where(real, np.asarray(start).reshape(-1, 1) + np.cumsum(real, axis=1) - 1,
-                                     self.padding_idx - self.position_offset)
-            positions = positions + self.position_offset
-            if positions.max(initial=0) >= len(self.position_weight):
-                if self.positions != "sinusoidal":
-                    raise ValueError(f"position {int(positions.max())} is beyond the {len(self.position_weight)} "
-                                     f"learned positions")
-                self.position_weight = sinusoidal_positional_encoding(
-                    2 * int(positions.max()) + 1, self.weight.shape[1], self.weight.dtype)
-            x += self.position_weight[positions]                                   # (B, L, E)
-        return x
-
-
-class Generator(Module):
-    """The final "Linear" (d_model -> vocabulary) whose softmax gives next-token probabilities.
-
-    bias: Marian's and BART's final_logits_bias too. input_scale: multiplies the input first (T5 with a head
-    tied to its embeddings scales the decoder output by d_model ** -0.5)."""
-
-    def __init__(self, weight, bias=None, *, input_scale: Optional[float] = None):
-        weight = as_float_array(weight, _float_dtype(weight), "Generator.weight", (None, None))
-        self.bias = None if bias is None else as_float_array(bias, weight.dtype, "Generator.bias", (weight.shape[0],))
-        self.weight = _pack(weight)   # packed once, only the packed copy kept
-        self.input_scale = None if input_scale is None else float(input_scale)
-
-    @classmethod
-    def init(cls, d_model: int, vocab_size: int, *, rng=None, dtype=np.float32) -> "Generator":
-        rng = np.random.default_rng(rng)
-        return cls(_uniform(rng, (vocab_size, d_model), dtype), _small(rng, vocab_size, dtype))
-
-    def __call__(self, x) -> np.ndarray:
-        """x (..., E) -> logits (..., V). ``attnkit.softmax`` of them gives the probabilities."""
-        if self.input_scale is not None:
-            x = x * x.dtype.type(self.input_scale)
-        return F.linear(x, self.weight, self.bias)
-
-
-class RelativePositionBias(Module):
-    """T5's relative position bias: a learned scalar per head for each bucket of key position - query position,
-    added to the attention scores of every layer of a stack (computed once per length, then sliced).
-
-    weight (num_buckets, H). Buckets: exact offsets below max_exact = num_buckets / 2 (/ 4 when bidirectional,
-    where the sign takes half the buckets), then logarithmic up to max_distance, beyond it the last bucket.
-    """
-
-    def __init__(self, weight, *, bidirectional: bool, max_distance: int = 128):
-        self.weight = as_float_array(weight, _float_dtype(weight), "RelativePositionBias.weight", (None, None))
-        self.bidirectional, self.max_distance = bool(bidirectional), int(max_distance)
-        self._table = None                                   # bias (1, H, n, n) of the longest length asked so far
-
-    @property
-    def num_buckets(self) -> int:
-        return self.weight.shape[0]
-
-    def buckets(self, relative: np.ndarray) -> np.ndarray:
-        """relative positions (key - query) -> bucket indices, same shape."""
-        n = self.num_buckets
-        out = np.zeros(relative.shape, dtype=np.int64)
-        if self.bidirectional:
-            n //= 2
-            out += (relative > 0) * n
-            distance = np.abs(relative)
-        else:
-            distance = -np.minimum(relative, 0)
-        exact = n // 2
-        with np.errstate(divide="ignore"):
-            log_ratio = np.log(np.maximum(distance, 1).astype(np.float32) / np.float32(exact))
-        large = exact + (log_ratio / np.float32(math.log(self.max_distance / exact)) * np.float32(n - exact)).astype(np.int64)
-        large = np.minimum(large, n - 1)
-        return out + np.where(distance < exact, distance, large)
-
-    def __call__(self, q_len: int, k_len: int, q_start: int = 0) -> np.ndarray:
-        """The bias (1, H, q_len, k_len) for queries at positions q_start.. over keys 0..k_len-1, a view of a table
-        computed once per length (decoding steps slice one row of it)."""
-        n = max(q_start + q_len, k_len)
-        if self._table is None or self._table.shape[2] < n:
-            n = max(n, 2 * (0 if self._table is None else self._table.shape[2]))
-            rel = np.arange(n)[None, :] - np.arange(n)[:, None]                     # (n, n) key - query
-            values = self.weight[self.buckets(rel)]                                 # (n, n, H)
-            self._table = np.ascontiguousarray(values.transpose(2, 0, 1))[None]     # (1, H, n, n)
-        return self._table[:, :, q_start:q_start + q_len, :k_len]
-
-
-# --------------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------------
-
-def _float_dtype(array) -> np.dtype:
-    """float64, float16 and bfloat16 (ml_dtypes) weights keep their dtype (half precision is stored in half and
-    computed in float32 by the kernels); everything else computes in float32."""
-    dt = getattr(array, "dtype", None)
-    if isinstance(dt, np.dtype) and dt.name in ("float64", "float16", "bfloat16"):
-        return dt
-    return np.dtype(np.float64) if "float64" in str(dt) else np.dtype(np.float32)
-
-
-def _uniform(rng, shape, dtype):
-    """Xavier/Glorot uniform, as PyTorch initialises attention projections."""
-    bound = math.sqrt(6.0 / (shape[0] + shape[1]))
-    return rng.uniform(-bound, bound, shape).astype(dtype)
-
-
-def _small(rng, n, dtype):
-    """Small random biases (zero in PyTorch's init; random here so tests exercise them)."""
-    return rng.normal(0.0, 0.02, n).astype(dtype)

@@ -9,6 +9,7 @@ reader of named tensors (torch.nn.Transformer state dicts and Hugging Face check
 from __future__ import annotations
 
 import copy
+import math
 import os
 from typing import Iterator, List, Set, Tuple
 
@@ -49,6 +50,26 @@ def float_dtype(dtype) -> np.dtype:
     if dt is None or dt.name not in FLOAT_NAMES:
         raise ValueError(f"dtype: float32, float64, float16 or bfloat16, got {dtype!r}")
     return dt
+
+
+def weight_dtype(array) -> np.dtype:
+    """float64, float16 and bfloat16 (ml_dtypes) weights keep their dtype (half precision is stored in half and
+    computed in float32 by the kernels); everything else computes in float32."""
+    dt = getattr(array, "dtype", None)
+    if isinstance(dt, np.dtype) and dt.name in ("float64", "float16", "bfloat16"):
+        return dt
+    return np.dtype(np.float64) if "float64" in str(dt) else np.dtype(np.float32)
+
+
+def glorot_uniform(rng, shape, dtype):
+    """Xavier/Glorot uniform, as PyTorch initialises attention projections."""
+    bound = math.sqrt(6.0 / (shape[0] + shape[1]))
+    return rng.uniform(-bound, bound, shape).astype(dtype)
+
+
+def small_normal(rng, n, dtype):
+    """Small random biases (zero in PyTorch's init; random here so tests exercise them)."""
+    return rng.normal(0.0, 0.02, n).astype(dtype)
 
 
 def _to_numpy(value) -> np.ndarray:
