@@ -66,7 +66,7 @@ def set_num_threads(n: int) -> None:
     Raises:
         TypeError: n not an int. ValueError: n < 1.
 
-    Example:
+    Examples:
         >>> import attnkit
         >>> before = attnkit.get_num_threads()
         >>> attnkit.set_num_threads(1); attnkit.get_num_threads()
@@ -102,7 +102,7 @@ def set_isa(name: str) -> None:
         TypeError: name not a str. ValueError: this CPU cannot run it (for 'amx_bf16' with the reason,
             also in get_config()['amx']), or an unknown name.
 
-    Example:
+    Examples:
         >>> import attnkit
         >>> before = attnkit.get_config()["isa"]
         >>> attnkit.set_isa("generic"); attnkit.get_config()["isa"]
@@ -119,10 +119,10 @@ def get_config() -> dict:
 
     Returns:
         A dict: 'version', 'isa' (the path in use), 'usable_isas' and 'compiled_isas' (lists, slowest
-        first), 'amx' (whether the amx_bf16 path can run here: 'usable', 'emulated: ...' or
-        'unusable: <why>') and 'num_threads'.
+            first), 'amx' (whether the amx_bf16 path can run here: 'usable', 'emulated: ...' or
+            'unusable: <why>') and 'num_threads'.
 
-    Example:
+    Examples:
         >>> import attnkit
         >>> "generic" in attnkit.get_config()["usable_isas"]
         True

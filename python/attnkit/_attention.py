@@ -86,7 +86,7 @@ def scaled_dot_product_attention(
 
     Returns:
         The output (..., Hq, Lq, Ev) in the inputs' dtype (``out`` when given), or (output, lse) with
-        ``return_lse``.
+            ``return_lse``.
 
     Raises:
         TypeError: an argument of the wrong type (arrays of different dtypes, a non-bool flag).
@@ -94,7 +94,7 @@ def scaled_dot_product_attention(
             ``out`` overlapping an input; each message names the argument.
         MemoryError: the workspace could not be allocated.
 
-    Example:
+    Examples:
         >>> import numpy as np, attnkit
         >>> q = np.random.default_rng(0).standard_normal((2, 8, 16, 32), dtype=np.float32)
         >>> attnkit.scaled_dot_product_attention(q, q, q, is_causal=True).shape

@@ -27,7 +27,7 @@ class PackedLinear:
         TypeError: weight or bias not a numpy.ndarray (or weight already packed).
         ValueError: a weight that is not 2-D, a bias of another length.
 
-    Example:
+    Examples:
         >>> import numpy as np, attnkit
         >>> w = np.ones((3, 4), np.float32)
         >>> packed = attnkit.pack_linear(w)
@@ -145,7 +145,7 @@ def pack_swiglu(gate_weight: np.ndarray, up_weight: np.ndarray, gate_bias: Optio
         TypeError: a weight that is not a numpy.ndarray. ValueError: weights of different shapes, a bias
             of another length or only one bias.
 
-    Example:
+    Examples:
         >>> import numpy as np, attnkit
         >>> g, u = np.ones((2, 3), np.float32), np.full((2, 3), 2.0, np.float32)
         >>> y = attnkit.linear(np.ones((1, 3), np.float32), attnkit.pack_swiglu(g, u))
@@ -182,7 +182,7 @@ def linear(x: np.ndarray, weight, bias: Optional[np.ndarray] = None, *, activati
         TypeError: arguments of the wrong type or dtype. ValueError: shapes that do not match, an
             unknown activation, a bias given twice, ``out`` overlapping an input.
 
-    Example:
+    Examples:
         >>> import numpy as np, attnkit
         >>> x, w, b = np.ones((2, 4), np.float32), np.ones((3, 4), np.float32), np.arange(3, dtype=np.float32)
         >>> attnkit.linear(x, w, b, activation="relu").tolist()

@@ -29,7 +29,7 @@ def softmax(x: np.ndarray, axis: int = -1, mask: Optional[np.ndarray] = None) ->
         TypeError: ``axis`` not an int, a mask that is not bool. ValueError: an axis or mask shape that
             does not fit x.
 
-    Example:
+    Examples:
         >>> import numpy as np, attnkit
         >>> attnkit.softmax(np.array([[0.0, 0.0]], np.float32)).tolist()
         [[0.5, 0.5]]
@@ -71,7 +71,7 @@ def layer_norm(
         TypeError: arguments of the wrong type. ValueError: normalized_shape other than the last dim,
             shapes that do not match, eps negative or not finite.
 
-    Example:
+    Examples:
         >>> import numpy as np, attnkit
         >>> attnkit.layer_norm(np.array([[1.0, 3.0]], np.float32), 2).round(3).tolist()
         [[-1.0, 1.0]]
@@ -116,7 +116,7 @@ def rms_norm(
         TypeError: arguments of the wrong type or a GPU array (CPU only). ValueError: shapes that do not
             match.
 
-    Example:
+    Examples:
         >>> import numpy as np, attnkit
         >>> attnkit.rms_norm(np.array([[3.0, 4.0]], np.float32), eps=0.0).astype(float).round(3).tolist()
         [[0.849, 1.131]]
@@ -139,7 +139,7 @@ def silu(x: np.ndarray) -> np.ndarray:
     Raises:
         TypeError: x not a numpy.ndarray of a supported dtype.
 
-    Example:
+    Examples:
         >>> import numpy as np, attnkit
         >>> attnkit.silu(np.array([0.0], np.float32)).tolist()
         [0.0]
@@ -171,7 +171,7 @@ def apply_rotary(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, positions, *, 
         TypeError: arguments of the wrong type. ValueError: shapes that do not match, a position outside
             the tables.
 
-    Example:
+    Examples:
         >>> import numpy as np, attnkit
         >>> from attnkit.rope import rope_tables
         >>> cos, sin = rope_tables(8, 16, 10000.0)
@@ -207,7 +207,7 @@ def gelu(x: np.ndarray, approximate: str = "none") -> np.ndarray:
     Raises:
         TypeError: x not an array of a supported dtype.
 
-    Example:
+    Examples:
         >>> import numpy as np, attnkit
         >>> attnkit.gelu(np.array([0.0, 10.0], np.float32)).tolist()
         [0.0, 10.0]
@@ -230,7 +230,7 @@ def relu(x: np.ndarray) -> np.ndarray:
     Raises:
         TypeError: x not an array of a supported dtype.
 
-    Example:
+    Examples:
         >>> import numpy as np, attnkit
         >>> attnkit.relu(np.array([-1.0, 2.0], np.float32)).tolist()
         [0.0, 2.0]

@@ -85,7 +85,7 @@ def multi_head_attention(
         TypeError: arguments of the wrong type. ValueError: shapes or head counts that do not fit, each
             naming the argument.
 
-    Example:
+    Examples:
         >>> import numpy as np, attnkit
         >>> rng = np.random.default_rng(0)
         >>> x = rng.standard_normal((2, 5, 16), dtype=np.float32)

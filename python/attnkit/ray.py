@@ -45,9 +45,9 @@ def worker_cpus() -> Optional[int]:
 
     Returns:
         The whole number of CPUs in ``ray.get_runtime_context().get_assigned_resources()`` (at least
-        1), or None when Ray is not installed, not initialised, or this is the driver.
+            1), or None when Ray is not installed, not initialised, or this is the driver.
 
-    Example:
+    Examples:
         >>> from attnkit.ray import worker_cpus
         >>> worker_cpus() is None   # not inside a Ray worker
         True
@@ -200,7 +200,7 @@ class Embedder(_Runner):
         TypeError, ValueError: bad arguments, each naming the argument; a missing ``text_column``.
         ImportError: ``tokenizers`` is not installed.
 
-    Example:
+    Examples:
         >>> import ray                                               # doctest: +SKIP
         >>> ds = ray.data.from_items([{"text": "a b c"}, {"text": "c d"}])      # doctest: +SKIP
         >>> ds.map_batches(Embedder, fn_constructor_args=(model_dir,), concurrency=2,
@@ -297,7 +297,7 @@ class Generator(_Runner):
         TypeError, ValueError: bad arguments, each naming it (a model without ``generate``, such as a
         BERT checkpoint: ValueError naming model_dir); a missing ``prompt_column``.
 
-    Example:
+    Examples:
         >>> ds.map_batches(Generator, fn_constructor_args=(model_dir,),                 # doctest: +SKIP
         ...                fn_constructor_kwargs={"max_new_tokens": 16}, concurrency=2, num_cpus=1)
     """
