@@ -29,8 +29,33 @@ _BY_MODEL_TYPE = {"bert": BertModel, "roberta": BertModel, "xlm-roberta": BertMo
 
 
 def from_pretrained(directory, **kwargs):
-    """The model class for config.json's ``model_type`` (bert, roberta, xlm-roberta, gpt2, llama, qwen2,
-    mistral, marian, bart, mbart, m2m_100, t5), loaded from ``directory``."""
+    """Load a Hugging Face checkpoint directory with the class its config.json's ``model_type`` names.
+
+    bert, roberta, xlm-roberta: BertModel; gpt2: GPT2LMHeadModel; llama, qwen2, mistral: LlamaForCausalLM and
+    its subclasses; marian, bart, mbart, m2m_100, t5: the Seq2SeqLM families.
+
+    Args:
+        directory (str or os.PathLike): the checkpoint (config.json, model.safetensors or its shards).
+        **kwargs (Any): the class's ``from_pretrained`` options (dtype; quantize, group_size, quantize_lm_head for
+            the decoder-only and BERT families).
+
+    Returns:
+        model (BertModel or GPT2LMHeadModel or LlamaForCausalLM or Seq2SeqLM): The model.
+
+    Raises:
+        ValueError: a model_type attnkit does not support (the message lists those it does), and whatever the
+            class's from_pretrained raises.
+
+    Examples:
+        >>> import json, os, tempfile
+        >>> from attnkit.models import from_pretrained
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     with open(os.path.join(d, "config.json"), "w") as f:
+        ...         json.dump({"model_type": "gptj"}, f)
+        ...     from_pretrained(d)
+        Traceback (most recent call last):
+        ValueError: config.json: field 'model_type' = 'gptj' is not supported (supported: ['bart', ...])
+    """
     from ._checkpoint import load_config
     mt = load_config(directory).get("model_type")
     if mt not in _BY_MODEL_TYPE:

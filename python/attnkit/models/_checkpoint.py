@@ -16,8 +16,8 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["load_config", "load_tensors", "load_pretrained", "field", "read_fields", "check_fields", "Pretrained", "SIZE_MAX",
-           "SPECIAL_TOKEN_IDS", "special_token_ids"]
+__all__ = ["load_config", "load_tensors", "load_pretrained", "field", "read_fields", "check_fields", "CheckpointConfig",
+           "StateDictModel", "Pretrained", "SIZE_MAX", "SPECIAL_TOKEN_IDS", "special_token_ids"]
 
 _MISSING = object()
 
@@ -250,23 +250,157 @@ def check_fields(obj, spec: Dict[str, tuple], where: str) -> None:
             field(values, name, kind, choices=choices[0] if choices else None, where=where, low=low, high=high)
 
 
-class Pretrained:
-    """``from_pretrained(directory)`` for a model class with a ``config_class`` (having ``from_dict``) and a
-    ``from_state_dict(tensors, config, *, dtype, origin)`` constructor; ``save_pretrained(directory)`` for
-    one with ``_checkpoint_tensors()`` (its weights under the checkpoint's names)."""
+class CheckpointConfig:
+    """``from_dict``, the one way every family's config dataclass reads a config.json; a family implements
+    ``_read(config, where)``."""
+
+    @classmethod
+    def from_dict(cls, config: dict, *, where: str = "config.json"):
+        """Read a Hugging Face config.json dict; a setting attnkit cannot compute raises, naming the field.
+
+        Args:
+            config: the parsed config.json.
+            where: what error messages name (the file).
+
+        Returns:
+            config (BertConfig or GPT2Config or LlamaConfig or Seq2SeqConfig): of the class it is called on, the
+                family's settings filled in.
+
+        Raises:
+            KeyError: a missing field. ValueError: a field out of range, unsupported (a decoder BERT, another
+                activation, a sliding window on Qwen2, ...) or inconsistent (heads that do not divide the width),
+                naming it.
+
+        Examples:
+            >>> from attnkit.models import LlamaConfig
+            >>> hf = {"model_type": "mistral", "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
+            ...       "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "sliding_window": 32}
+            >>> c = LlamaConfig.from_dict(hf)
+            >>> c.head_dim, c.sliding_window
+            (16, 32)
+        """
+        return cls._read(config, where)
+
+
+class StateDictModel:
+    """The constructors every model family shares: ``from_state_dict`` (a Hugging Face state dict) and
+    ``random_state_dict`` / ``from_config`` (random weights in that layout). A family implements
+    ``_from_tensors(tensors, config, dtype, origin)`` and ``_random_tensors(config, rng, std)``."""
+
+    @classmethod
+    def from_state_dict(cls, tensors: dict, config, *, dtype=np.float32, origin: str = "state dict"):
+        """Build the model from a state dict in its family's Hugging Face layout (names with or without the
+        checkpoint's prefix: 'bert.' or 'roberta.', 'transformer.', 'model.').
+
+        Args:
+            tensors: names to NumPy arrays or torch tensors (a quantized checkpoint's q and scales too).
+            config (BertConfig or GPT2Config or LlamaConfig or Seq2SeqConfig): the hyperparameters the tensors
+                were made for.
+            dtype (numpy.dtype or str): float32, float64, float16 or bfloat16.
+            origin: what error messages name (a file path).
+
+        Returns:
+            model (BertModel or GPT2LMHeadModel or LlamaForCausalLM or Seq2SeqLM): of the class it is called on
+                (Seq2SeqLM: the config's family class).
+
+        Raises:
+            KeyError: a missing tensor. ValueError: a tensor of another shape, more layers than configured.
+
+        Examples:
+            >>> from attnkit.models import BertConfig, BertModel
+            >>> cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+            >>> tensors = {"bert." + k: v for k, v in BertModel.random_state_dict(cfg, rng=0).items()}
+            >>> BertModel.from_state_dict(tensors, cfg).config.hidden_size
+            16
+        """
+        return cls._from_tensors(tensors, config, dtype, origin)
+
+    @classmethod
+    def random_state_dict(cls, config, *, rng=None, std: float = 0.02) -> Dict[str, np.ndarray]:
+        """Random tensors under the names and shapes a checkpoint of ``config`` has: weights N(0, std), norms
+        at 1 (and 0).
+
+        Args:
+            config (BertConfig or GPT2Config or LlamaConfig or Seq2SeqConfig): the hyperparameters.
+            rng (int or numpy.random.Generator or None): the randomness.
+            std: the weights' standard deviation.
+
+        Returns:
+            Checkpoint names to float32 arrays, as [from_state_dict][attnkit.models.BertModel.from_state_dict]
+                reads them (and a model.safetensors holds them).
+        """
+        return cls._random_tensors(config, np.random.default_rng(rng), std)
+
+    @classmethod
+    def from_config(cls, config, *, rng=None, std: float = 0.02, dtype=np.float32):
+        """A model with random weights N(0, std) (norms at 1, 0), built through the checkpoint layout.
+
+        Args:
+            config (BertConfig or GPT2Config or LlamaConfig or Seq2SeqConfig): the hyperparameters.
+            rng (int or numpy.random.Generator or None): the randomness.
+            std: the weights' standard deviation.
+            dtype (numpy.dtype or str): float32, float64, float16 or bfloat16.
+
+        Returns:
+            model (BertModel or GPT2LMHeadModel or LlamaForCausalLM or Seq2SeqLM): of the class it is called on
+                (Seq2SeqLM: the config's family class).
+
+        Examples:
+            >>> import numpy as np
+            >>> from attnkit.models import LlamaConfig, LlamaForCausalLM
+            >>> cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            ...                   num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+            >>> LlamaForCausalLM.from_config(cfg, rng=0, dtype=np.float64).dtype
+            dtype('float64')
+        """
+        return cls.from_state_dict(cls.random_state_dict(config, rng=rng, std=std), config, dtype=dtype,
+                                   origin="random weights")
+
+
+class Pretrained(StateDictModel):
+    """``from_pretrained(directory)`` for a model class with a ``config_class`` (a CheckpointConfig) and the
+    StateDictModel constructors; ``save_pretrained(directory)`` for one with ``_checkpoint_tensors()`` (its
+    weights under the checkpoint's names)."""
 
     config_class: Any = None
 
     @classmethod
     def from_pretrained(cls, directory, *, dtype=np.float32, quantize: Optional[str] = None,
                         group_size: Optional[int] = None, quantize_lm_head=None):
-        """Load ``directory``/config.json + model.safetensors (as written by ``save_pretrained``).
+        """Load a Hugging Face checkpoint directory: config.json and model.safetensors (or its shards).
 
-        quantize: 'int8' or 'int4' quantizes every linear layer as it is packed (``attnkit.quantize_linear``;
-        int4 in groups of ``group_size`` inputs, default 128), the LM head to ``quantize_lm_head``: 'int8'
-        (default, for int4 models too), 'int4', True (as the layers) or False (float); embeddings and norms stay in ``dtype``, the activations' dtype (float32 or
-        bfloat16). A checkpoint that ``save_pretrained`` wrote quantized (its config.json has a
-        ``quantization_config``) loads as stored, with nothing quantized again."""
+        A checkpoint that ``save_pretrained`` wrote quantized (its config.json has a ``quantization_config``)
+        loads as stored, with nothing quantized again.
+
+        Args:
+            directory (str or os.PathLike): the checkpoint.
+            dtype (numpy.dtype or str): the weights' and activations' dtype: float32 (default), float64,
+                float16 or bfloat16; embeddings and norms stay in it when the layers are quantized.
+            quantize: 'int8' or 'int4' quantizes every linear layer as it is packed
+                (``attnkit.quantize_linear``).
+            group_size: int4's group of inputs (default 128).
+            quantize_lm_head (str or bool or None): the LM head's: 'int8' (default, for int4 models too),
+                'int4', True (as the layers) or False (float).
+
+        Returns:
+            model (Pretrained): The model, of the class it was called on.
+
+        Raises:
+            FileNotFoundError: no config.json or weights. ValueError: an unsupported config field, a missing or
+                misshapen tensor, a stored quantization other than ``quantize``; each named.
+
+        Examples:
+            >>> import dataclasses, json, pathlib, tempfile
+            >>> from safetensors.numpy import save_file
+            >>> from attnkit.models import BertConfig, BertModel
+            >>> cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     _ = pathlib.Path(d, "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+            ...     save_file(BertModel.random_state_dict(cfg), str(pathlib.Path(d, "model.safetensors")))
+            ...     model = BertModel.from_pretrained(d, quantize="int8")
+            >>> type(model.encoder.layers[0].feed_forward.w1).__name__
+            'QuantizedLinear'
+        """
         from .. import quant as Q
         config = load_config(directory)
         where = os.path.join(os.fspath(directory), "config.json")
@@ -292,10 +426,33 @@ class Pretrained:
         return model
 
     def save_pretrained(self, directory) -> None:
-        """Write config.json and model.safetensors to ``directory`` (made if missing), in the checkpoint
-        layout ``from_pretrained`` reads. Quantized layers are written as q ('name.weight': int8 (out, in),
-        or int4 two a byte as uint8 (out, ceil(in / 2))) and 'name.weight_scale' (float32 (out,) or
-        (out, groups)), with a ``quantization_config`` in config.json; float tensors in the model's dtype."""
+        """Write config.json and model.safetensors in the checkpoint layout ``from_pretrained`` reads.
+
+        Quantized layers are written as q ('name.weight': int8 (out, in), or int4 two a byte as uint8
+        (out, ceil(in / 2))) and 'name.weight_scale' (float32 (out,) or (out, groups)), with a
+        ``quantization_config`` in config.json; float tensors in the model's dtype.
+
+        Args:
+            directory (str or os.PathLike): where to write (made if missing).
+
+        Raises:
+            ValueError: a model not loaded with from_pretrained (its config.json is what is written back).
+
+        Examples:
+            >>> import json, os, tempfile
+            >>> from safetensors.numpy import save_file
+            >>> from attnkit.models import GPT2Config, GPT2LMHeadModel, from_pretrained
+            >>> hf = {"model_type": "gpt2", "vocab_size": 64, "n_positions": 16, "n_embd": 32, "n_layer": 1,
+            ...       "n_head": 2}
+            >>> tensors = GPT2LMHeadModel.random_state_dict(GPT2Config.from_dict(hf), rng=0)
+            >>> with tempfile.TemporaryDirectory() as src, tempfile.TemporaryDirectory() as dst:
+            ...     with open(os.path.join(src, "config.json"), "w") as f:
+            ...         json.dump(hf, f)
+            ...     save_file(tensors, os.path.join(src, "model.safetensors"))
+            ...     GPT2LMHeadModel.from_pretrained(src, quantize="int4", group_size=32).save_pretrained(dst)
+            ...     sorted(os.listdir(dst)), from_pretrained(dst).blocks[0].mlp.w1.dtype
+            (['config.json', 'model.safetensors'], 'int4')
+        """
         from safetensors.numpy import save_file
         from ..quant import QuantizedLinear
         hf = getattr(self, "_hf_config", None)

@@ -20,7 +20,8 @@ import numpy as np
 from .. import nn
 from .. import quant as Q
 from ..nn.masks import AttentionMask
-from ._checkpoint import SIZE_MAX, SPECIAL_TOKEN_IDS, Pretrained, check_fields, field, read_fields, special_token_ids
+from ._checkpoint import (SIZE_MAX, SPECIAL_TOKEN_IDS, CheckpointConfig, Pretrained, check_fields, field, read_fields,
+                          special_token_ids)
 
 __all__ = ["BertConfig", "BertEmbeddings", "BertModel"]
 
@@ -30,7 +31,31 @@ _MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 
 
 @dataclass
-class BertConfig:
+class BertConfig(CheckpointConfig):
+    """A BERT-family encoder's hyperparameters (Hugging Face's config.json names; defaults: bert-base).
+
+    Args:
+        vocab_size: V.
+        hidden_size: E.
+        num_hidden_layers: encoder layers.
+        num_attention_heads: H, a divisor of E.
+        intermediate_size: the feed-forward width.
+        hidden_act: "gelu", "relu", "gelu_new" or "gelu_pytorch_tanh".
+        max_position_embeddings: learned positions.
+        type_vocab_size: segment (token type) ids.
+        layer_norm_eps: the LayerNorms' eps.
+        pad_token_id: BERT: metadata; RoBERTa: its positions are numbered after it.
+        model_type: "bert", "roberta" or "xlm-roberta".
+
+    Raises:
+        ValueError: a field out of range or inconsistent (heads that do not divide E), naming it.
+
+    Examples:
+        >>> from attnkit.models import BertConfig
+        >>> BertConfig(vocab_size=1000, hidden_size=64, num_attention_heads=4).intermediate_size
+        3072
+    """
+
     vocab_size: int
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -40,7 +65,7 @@ class BertConfig:
     max_position_embeddings: int = 512
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
-    pad_token_id: Optional[int] = 0        # BERT: metadata; RoBERTa: its positions are numbered after it
+    pad_token_id: Optional[int] = 0
     model_type: str = "bert"
 
     def __post_init__(self):
@@ -48,9 +73,8 @@ class BertConfig:
         _check_consistency(self, "BertConfig")
 
     @classmethod
-    def from_dict(cls, config: dict, *, where: str = "config.json") -> "BertConfig":
-        """Read a Hugging Face config.json dict; unsupported or impossible settings raise, naming the field
-        and ``where`` (the file)."""
+    def _read(cls, config: dict, where: str) -> "BertConfig":
+        """from_dict's reading of a config.json dict."""
         model_type = field(config, "model_type", str, "bert", choices=_MODEL_TYPES, where=where)
         field(config, "position_embedding_type", str, "absolute", choices=("absolute",), where=where)
         if field(config, "is_decoder", bool, False, where=where) or field(config, "add_cross_attention", bool, False,
@@ -138,7 +162,23 @@ class BertEmbeddings(nn.Module):
 
 
 class BertModel(Pretrained, nn.Module):
-    """A BERT-family encoder. ``model(input_ids, attention_mask=None, token_type_ids=None)`` -> (B, L, hidden)."""
+    """A BERT-family encoder (BERT, RoBERTa, XLM-RoBERTa): ``model(input_ids, attention_mask)`` -> (B, L, hidden).
+
+    Load one with [from_pretrained][attnkit.models.BertModel.from_pretrained], or build one with random
+    weights with [from_config][attnkit.models.BertModel.from_config].
+
+    Args:
+        config: the hyperparameters.
+        embeddings: word + position + token type embeddings and their LayerNorm.
+        encoder: the layers (an [attnkit.nn.Encoder][attnkit.nn.Encoder], post-LN, GELU).
+
+    Examples:
+        >>> from attnkit.models import BertConfig, BertModel
+        >>> cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        ...                  intermediate_size=64)
+        >>> len(BertModel.from_config(cfg, rng=0).encoder.layers)
+        2
+    """
 
     config_class = BertConfig
 
@@ -146,9 +186,8 @@ class BertModel(Pretrained, nn.Module):
         self.config, self.embeddings, self.encoder = config, embeddings, encoder
 
     @staticmethod
-    def random_state_dict(config: BertConfig, *, rng=None, std: float = 0.02) -> dict:
-        """Random tensors in the Hugging Face checkpoint layout: weights N(0, std), LayerNorms at 1, 0."""
-        rng = np.random.default_rng(rng)
+    def _random_tensors(config: BertConfig, rng: np.random.Generator, std: float) -> dict:
+        """BERT's checkpoint names and shapes (random_state_dict)."""
         c = config
         E, F = c.hidden_size, c.intermediate_size
         shapes = {"embeddings.word_embeddings.weight": (c.vocab_size, E),
@@ -169,14 +208,8 @@ class BertModel(Pretrained, nn.Module):
         return tensors
 
     @classmethod
-    def from_config(cls, config: BertConfig, *, rng=None, std: float = 0.02, dtype=np.float32) -> "BertModel":
-        """A model with random weights N(0, std) (LayerNorms at 1, 0), built through the checkpoint layout."""
-        return cls.from_state_dict(cls.random_state_dict(config, rng=rng, std=std), config, dtype=dtype,
-                                   origin="random weights")
-
-    @classmethod
-    def from_state_dict(cls, tensors: dict, config: BertConfig, *, dtype=np.float32,
-                        origin: str = "state dict") -> "BertModel":
+    def _from_tensors(cls, tensors: dict, config: BertConfig, dtype, origin: str) -> "BertModel":
+        """from_state_dict: names with or without 'bert.' / 'roberta.'; old 'gamma' / 'beta' LayerNorm names."""
         c = config
         prefix = next((p for p in ("", "bert.", "roberta.", f"{c.model_type}.")
                        if f"{p}embeddings.word_embeddings.weight" in tensors), None)
@@ -256,7 +289,7 @@ class BertModel(Pretrained, nn.Module):
         Raises:
             ValueError: ids outside the vocabulary, shapes that do not match, each naming the argument.
 
-        Example:
+        Examples:
             >>> import numpy as np
             >>> from attnkit.models import BertConfig, BertModel
             >>> cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

@@ -22,7 +22,7 @@ from .. import nn
 from .. import quant as Q
 from ..nn.masks import AttentionMask
 from ..nn.stacks import sublayer_connections
-from ._checkpoint import SIZE_MAX, Pretrained, check_fields, field, read_fields, special_token_ids
+from ._checkpoint import SIZE_MAX, CheckpointConfig, Pretrained, check_fields, field, read_fields, special_token_ids
 
 __all__ = ["GPT2Config", "GPT2Block", "GPT2LMHeadModel"]
 
@@ -30,13 +30,39 @@ _ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu
 
 
 @dataclass
-class GPT2Config:
+class GPT2Config(CheckpointConfig):
+    """A GPT-2 decoder's hyperparameters (Hugging Face's config.json names; defaults: gpt2 small).
+
+    Args:
+        vocab_size: V.
+        n_positions: learned positions (the longest sequence).
+        n_embd: E.
+        n_layer: blocks.
+        n_head: H, a divisor of E.
+        n_inner: the MLP width (None: 4 E).
+        activation_function: "gelu_new", "gelu_pytorch_tanh", "gelu" or "relu".
+        layer_norm_epsilon: the LayerNorms' eps.
+        scale_attn_weights: scores scaled by 1 / sqrt(Dh).
+        scale_attn_by_inverse_layer_idx: block i's scores further divided by i + 1.
+        tie_word_embeddings: the LM head is the token embedding.
+        eos_token_id: metadata (``generate`` stops only at an eos it is given).
+        pad_token_id: metadata.
+
+    Raises:
+        ValueError: a field out of range or inconsistent, naming it.
+
+    Examples:
+        >>> from attnkit.models import GPT2Config
+        >>> GPT2Config(n_embd=64, n_head=4).n_layer
+        12
+    """
+
     vocab_size: int = 50257
     n_positions: int = 1024
     n_embd: int = 768
     n_layer: int = 12
     n_head: int = 12
-    n_inner: Optional[int] = None           # None: 4 * n_embd
+    n_inner: Optional[int] = None
     activation_function: str = "gelu_new"
     layer_norm_epsilon: float = 1e-5
     scale_attn_weights: bool = True
@@ -50,9 +76,8 @@ class GPT2Config:
         _check_consistency(self, "GPT2Config")
 
     @classmethod
-    def from_dict(cls, config: dict, *, where: str = "config.json") -> "GPT2Config":
-        """Read a Hugging Face config.json dict; unsupported or impossible settings raise, naming the field
-        and ``where`` (the file)."""
+    def _read(cls, config: dict, where: str) -> "GPT2Config":
+        """from_dict's reading of a config.json dict."""
         field(config, "model_type", str, "gpt2", choices=("gpt2",), where=where)
         if field(config, "add_cross_attention", bool, False, where=where):
             raise ValueError(f"{where}: field 'add_cross_attention' = True is not supported")
@@ -106,7 +131,25 @@ class GPT2Block(nn.Module):
 
 
 class GPT2LMHeadModel(Pretrained, nn.Module):
-    """GPT-2 language model. ``model(input_ids)`` -> logits (B, L, vocab); ``model.generate(...)`` decodes."""
+    """GPT-2 language model: ``model(input_ids)`` -> logits (B, L, vocab); ``model.generate(...)`` decodes.
+
+    Load one with [from_pretrained][attnkit.models.GPT2LMHeadModel.from_pretrained], or build one with random
+    weights with [from_config][attnkit.models.GPT2LMHeadModel.from_config].
+
+    Args:
+        config: the hyperparameters.
+        wte (numpy.ndarray): (V, E) token embeddings.
+        wpe (numpy.ndarray): (n_positions, E) position embeddings.
+        blocks (list of GPT2Block): the pre-LN blocks.
+        ln_f: the final LayerNorm.
+        lm_head (PackedLinear or numpy.ndarray or None): (V, E) or packed; None: tied to wte.
+
+    Examples:
+        >>> from attnkit.models import GPT2Config, GPT2LMHeadModel
+        >>> m = GPT2LMHeadModel.from_config(GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=2, n_head=2))
+        >>> len(m.blocks), m.lm_head is m.wte
+        (2, True)
+    """
 
     config_class = GPT2Config
 
@@ -117,9 +160,8 @@ class GPT2LMHeadModel(Pretrained, nn.Module):
         self.lm_head = wte if lm_head is None else lm_head   # (V, E): logits = h @ lm_head^T
 
     @staticmethod
-    def random_state_dict(config: GPT2Config, *, rng=None, std: float = 0.02) -> dict:
-        """Random tensors in the Hugging Face checkpoint layout: weights N(0, std), LayerNorms at 1, 0."""
-        rng = np.random.default_rng(rng)
+    def _random_tensors(config: GPT2Config, rng: np.random.Generator, std: float) -> dict:
+        """GPT-2's checkpoint names and shapes, Conv1D weights (in, out) (random_state_dict)."""
         c = config
         E, Fd = c.n_embd, c.n_inner or 4 * c.n_embd
         shapes = {"wte.weight": (c.vocab_size, E), "wpe.weight": (c.n_positions, E)}
@@ -136,14 +178,8 @@ class GPT2LMHeadModel(Pretrained, nn.Module):
         return tensors
 
     @classmethod
-    def from_config(cls, config: GPT2Config, *, rng=None, std: float = 0.02, dtype=np.float32) -> "GPT2LMHeadModel":
-        """A model with random weights N(0, std) (LayerNorms at 1, 0), built through the checkpoint layout."""
-        return cls.from_state_dict(cls.random_state_dict(config, rng=rng, std=std), config, dtype=dtype,
-                                   origin="random weights")
-
-    @classmethod
-    def from_state_dict(cls, tensors: dict, config: GPT2Config, *, dtype=np.float32,
-                        origin: str = "state dict") -> "GPT2LMHeadModel":
+    def _from_tensors(cls, tensors: dict, config: GPT2Config, dtype, origin: str) -> "GPT2LMHeadModel":
+        """from_state_dict: names with or without 'transformer.'."""
         c = config
         prefix = "transformer." if "transformer.wte.weight" in tensors else ""
         t = nn.StateDict(tensors, prefix, dtype=dtype, origin=origin)
@@ -216,11 +252,20 @@ class GPT2LMHeadModel(Pretrained, nn.Module):
 
     # -- forward -------------------------------------------------------------------------------------
     def hidden_states(self, input_ids, attention_mask=None, position_ids=None, *, cache=None) -> np.ndarray:
-        """input_ids (B, L) -> final hidden states LN_f(x) (B, L, E).
+        """The final hidden states LN_f(x), before the LM head.
 
-        attention_mask (B, L): 1 = token, 0 = padding (padded keys are ignored). position_ids default to
-        0..L-1. With a ``cache`` (a KVCache), the L new positions continue each sequence's cached part,
-        attend causally to it and are added to it (the cache advances by L; attention_mask is not used).
+        Args:
+            input_ids (numpy.ndarray): (B, L) integer token ids.
+            attention_mask (numpy.ndarray or None): (B, L), 1 = token, 0 = padding (padded keys are ignored).
+            position_ids (numpy.ndarray or None): (L,) or (B, L); default 0..L-1 (after the cache's part).
+            cache (KVCache or None): the L new positions continue each sequence's cached part, attend causally
+                to it and are added to it (the cache advances by L; attention_mask is not used).
+
+        Returns:
+            (B, L, E) in the model's dtype.
+
+        Raises:
+            ValueError: ids outside the vocabulary, positions beyond n_positions.
         """
         ids = np.asarray(input_ids)
         B, L = ids.shape
@@ -246,11 +291,38 @@ class GPT2LMHeadModel(Pretrained, nn.Module):
         return self.ln_f(x)
 
     def logits(self, hidden) -> np.ndarray:
-        """hidden (..., E) -> logits (..., V) through the (tied) output embedding."""
+        """Logits through the (tied) output embedding.
+
+        Args:
+            hidden (numpy.ndarray): (..., E), e.g. [hidden_states][attnkit.models.GPT2LMHeadModel.hidden_states]'s.
+
+        Returns:
+            (..., V) logits.
+        """
         return F.linear(hidden, self.lm_head)
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None) -> np.ndarray:
-        """input_ids (B, L) -> logits (B, L, vocab)."""
+        """Next-token logits at every position.
+
+        Args:
+            input_ids (numpy.ndarray): (B, L) or (L,) integer token ids.
+            attention_mask (numpy.ndarray or None): (B, L), 1 = token, 0 = padding.
+            position_ids (numpy.ndarray or None): default 0..L-1.
+
+        Returns:
+            (B, L, V) logits in the model's dtype.
+
+        Raises:
+            ValueError: ids that are not (B, L) integers in the vocabulary.
+
+        Examples:
+            >>> import numpy as np
+            >>> from attnkit.models import GPT2Config, GPT2LMHeadModel
+            >>> cfg = GPT2Config(vocab_size=50, n_positions=8, n_embd=16, n_layer=1, n_head=2)
+            >>> m = GPT2LMHeadModel.from_config(cfg)
+            >>> m(np.array([[1, 2, 3], [4, 5, 6]]), attention_mask=np.array([[1, 1, 1], [0, 1, 1]])).shape
+            (2, 3, 50)
+        """
         ids = np.asarray(input_ids)
         if ids.ndim == 1:
             ids = ids[None]
@@ -260,6 +332,15 @@ class GPT2LMHeadModel(Pretrained, nn.Module):
 
     # -- generation ----------------------------------------------------------------------------------
     def new_cache(self, batch_size: int, max_len: int) -> nn.KVCache:
+        """An empty KV cache for this model.
+
+        Args:
+            batch_size: sequences.
+            max_len: positions per sequence at most.
+
+        Returns:
+            A [KVCache][attnkit.nn.KVCache] for ``hidden_states(..., cache=...)``.
+        """
         first = self.blocks[0].attn
         return nn.KVCache(len(self.blocks), batch_size, first.num_kv_heads, first.head_dim, max_len, self.dtype)
 
@@ -290,7 +371,7 @@ class GPT2LMHeadModel(Pretrained, nn.Module):
         Raises:
             ValueError: input_ids not (B, L) integers, max_new_tokens < 0, a mask of another shape.
 
-        Example:
+        Examples:
             >>> import numpy as np
             >>> from attnkit.models import GPT2Config, GPT2LMHeadModel
             >>> m = GPT2LMHeadModel.from_config(GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2))

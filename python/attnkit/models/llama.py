@@ -24,7 +24,7 @@ from .. import functional as F
 from .. import nn
 from ..nn.sampling import SamplingConfig, choose, process_logits
 from ..rope import rope_parameters
-from ._checkpoint import SIZE_MAX, Pretrained, field, load_config, special_token_ids
+from ._checkpoint import SIZE_MAX, CheckpointConfig, Pretrained, field, load_config, special_token_ids
 from ._llama_stack import build, checkpoint_tensors, random_state_dict
 from .gpt2 import _compact_prompts
 
@@ -32,7 +32,37 @@ __all__ = ["LlamaConfig", "LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCau
 
 
 @dataclass
-class LlamaConfig:
+class LlamaConfig(CheckpointConfig):
+    """A Llama-family decoder's hyperparameters (defaults: Llama 2 7B); ``from_dict`` reads a config.json.
+
+    Args:
+        vocab_size: V.
+        hidden_size: E.
+        intermediate_size: the SwiGLU MLP's width.
+        num_hidden_layers: decoder layers.
+        num_attention_heads: query heads Hq.
+        num_key_value_heads: KV heads Hk, a divisor of Hq (grouped-query attention).
+        head_dim: Dh.
+        max_position_embeddings: the rotary tables' first size (they grow on demand).
+        rms_norm_eps: the RMSNorms' eps.
+        rope (dict): the rotary parameters (``attnkit.rope.rope_parameters``: rope_type, rope_theta, scaling).
+        partial_rotary_factor: the fraction of each head's dims that rotate.
+        attention_bias: biases on q, k and v (Qwen2: True).
+        o_bias: a bias on the output projection (Llama's attention_bias sets both).
+        mlp_bias: biases in the MLP.
+        tie_word_embeddings: the LM head is the token embedding.
+        sliding_window: Mistral's attention window (None: full causal attention).
+        eos_token_id (list of int or None): ends generation by default.
+        bos_token_id: metadata.
+        pad_token_id: metadata.
+        model_type: "llama", "qwen2" or "mistral".
+
+    Examples:
+        >>> from attnkit.models import LlamaConfig
+        >>> LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16).rope["rope_theta"]
+        10000.0
+    """
+
     vocab_size: int = 32000
     hidden_size: int = 4096
     intermediate_size: int = 11008
@@ -44,20 +74,19 @@ class LlamaConfig:
     rms_norm_eps: float = 1e-6
     rope: dict = dc_field(default_factory=lambda: {"rope_type": "default", "rope_theta": 10000.0})
     partial_rotary_factor: float = 1.0
-    attention_bias: bool = False          # Qwen2: True (q, k, v; not o)
+    attention_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
     tie_word_embeddings: bool = False
-    sliding_window: Optional[int] = None  # Mistral
+    sliding_window: Optional[int] = None
     eos_token_id: Optional[List[int]] = None
     bos_token_id: Optional[int] = None
     pad_token_id: Optional[int] = None
     model_type: str = "llama"
 
     @classmethod
-    def from_dict(cls, config: dict, *, where: str = "config.json") -> "LlamaConfig":
-        """Read a Hugging Face config.json dict (llama, qwen2, mistral); unsupported settings raise,
-        naming the field and ``where`` (the file)."""
+    def _read(cls, config: dict, where: str) -> "LlamaConfig":
+        """from_dict's reading of a config.json dict."""
         def f(name, kind, *default, **kw):
             return field(config, name, kind, *default, where=where, **kw)
 
@@ -112,7 +141,27 @@ class LlamaConfig:
 
 
 class LlamaForCausalLM(Pretrained, nn.Module):
-    """``model(input_ids, attention_mask=None)`` -> logits (B, L, vocab) float32; ``generate`` / ``stream``."""
+    """A Llama-family decoder: ``model(input_ids, attention_mask)`` -> logits (B, L, vocab) float32;
+    ``generate`` / ``stream`` decode (text too, with the checkpoint's tokenizer).
+
+    Load one with [from_pretrained][attnkit.models.LlamaForCausalLM.from_pretrained], or build one with random
+    weights with [from_config][attnkit.models.LlamaForCausalLM.from_config].
+
+    Args:
+        config: the hyperparameters.
+        embed (numpy.ndarray): (V, E) token embeddings (or the quantized head's rows when tied and quantized).
+        layers (list): the decoder layers.
+        norm (numpy.ndarray): (E,) the final RMSNorm's weight.
+        lm_head (PackedLinear or numpy.ndarray or None): the packed LM head (the embedding table when tied).
+        tokenizer (tokenizers.Tokenizer or None): a ``tokenizers.Tokenizer`` or None.
+
+    Examples:
+        >>> from attnkit.models import LlamaConfig, LlamaForCausalLM
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        ...                   num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+        >>> len(LlamaForCausalLM.from_config(cfg, rng=0).layers)
+        2
+    """
 
     config_class = LlamaConfig
     model_types = ("llama",)
@@ -140,6 +189,20 @@ class LlamaForCausalLM(Pretrained, nn.Module):
         Raises:
             ValueError: a config.json whose model_type is not this class's, an unsupported field, a missing
                 or misshapen tensor, each named.
+
+        Examples:
+            >>> import json, os, tempfile
+            >>> from safetensors.numpy import save_file
+            >>> from attnkit.models import LlamaConfig, Qwen2ForCausalLM
+            >>> hf = {"model_type": "qwen2", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
+            ...       "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2}
+            >>> tensors = Qwen2ForCausalLM.random_state_dict(LlamaConfig.from_dict(hf))
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     json.dump(hf, open(os.path.join(d, "config.json"), "w"))
+            ...     save_file(tensors, os.path.join(d, "model.safetensors"))
+            ...     model = Qwen2ForCausalLM.from_pretrained(d, dtype="bfloat16")
+            >>> model.dtype.name, model.tokenizer is None
+            ('bfloat16', True)
         """
         config = load_config(directory)
         mt = config.get("model_type", "llama")
@@ -157,7 +220,8 @@ class LlamaForCausalLM(Pretrained, nn.Module):
         return model
 
     @classmethod
-    def from_state_dict(cls, tensors: dict, config: LlamaConfig, *, dtype=np.float32, origin="state dict"):
+    def _from_tensors(cls, tensors: dict, config: LlamaConfig, dtype, origin: str):
+        """from_state_dict: names with or without 'model.'; a quantized checkpoint's q and scales too."""
         return cls(config, *build(tensors, config, dtype, origin))
 
     def _checkpoint_tensors(self):
@@ -165,24 +229,32 @@ class LlamaForCausalLM(Pretrained, nn.Module):
         return checkpoint_tensors(self)
 
     @staticmethod
-    def random_state_dict(config: LlamaConfig, *, rng=None, std: float = 0.02) -> dict:
-        """Random tensors in the Hugging Face checkpoint layout: weights N(0, std), norms at 1."""
+    def _random_tensors(config: LlamaConfig, rng: np.random.Generator, std: float) -> dict:
+        """The Llama family's checkpoint names and shapes (random_state_dict)."""
         return random_state_dict(config, rng=rng, std=std)
-
-    @classmethod
-    def from_config(cls, config: LlamaConfig, *, rng=None, std: float = 0.02, dtype=np.float32):
-        """Random weights N(0, std) (norms at 1), built through the checkpoint layout."""
-        return cls.from_state_dict(random_state_dict(config, rng=rng, std=std), config, dtype=dtype,
-                                   origin="random weights")
 
     @property
     def dtype(self):
+        """The weights' and activations' dtype (the embedding table's)."""
         return self.embed.dtype
 
     # -- forward ----------------------------------------------------------------------------------
     def hidden_states(self, input_ids, attention_mask=None, position_ids=None, *, cache=None) -> np.ndarray:
-        """input_ids (B, L) -> RMSNorm(final stream) (B, L, E). attention_mask (B, L): 1 = token, 0 = padding
-        (padded keys ignored). With a ``cache`` (KVCache) the L new tokens continue each cached sequence."""
+        """The final hidden states RMSNorm(x), before the LM head.
+
+        Args:
+            input_ids (numpy.ndarray): (B, L) integer token ids.
+            attention_mask (numpy.ndarray or None): (B, L), 1 = token, 0 = padding (padded keys ignored; not
+                used with a cache).
+            position_ids (numpy.ndarray or None): (B, L); default 0..L-1 (after the cache's part).
+            cache (KVCache or None): the L new tokens continue each cached sequence (the cache advances by L).
+
+        Returns:
+            (B, L, E) in the model's dtype.
+
+        Raises:
+            ValueError: ids outside the vocabulary.
+        """
         ids = np.asarray(input_ids)
         B, L = ids.shape
         if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
@@ -208,15 +280,52 @@ class LlamaForCausalLM(Pretrained, nn.Module):
         return h
 
     def logits(self, hidden) -> np.ndarray:
+        """Logits through the LM head.
+
+        Args:
+            hidden (numpy.ndarray): (..., E), e.g. [hidden_states][attnkit.models.LlamaForCausalLM.hidden_states]'s.
+
+        Returns:
+            (..., V) logits in the model's dtype.
+        """
         return F.linear(hidden, self.lm_head)
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None) -> np.ndarray:
-        """input_ids (B, L) -> logits (B, L, vocab), float32."""
+        """Next-token logits at every position.
+
+        Args:
+            input_ids (numpy.ndarray): (B, L) or (L,) integer token ids.
+            attention_mask (numpy.ndarray or None): (B, L), 1 = token, 0 = padding.
+            position_ids (numpy.ndarray or None): (B, L); default 0..L-1.
+
+        Returns:
+            (B, L, V) float32 logits.
+
+        Raises:
+            ValueError: ids that are not non-empty (B, L) integers in the vocabulary.
+
+        Examples:
+            >>> import numpy as np
+            >>> from attnkit.models import LlamaConfig, LlamaForCausalLM
+            >>> cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            ...                   num_attention_heads=2, num_key_value_heads=2, head_dim=16)
+            >>> LlamaForCausalLM.from_config(cfg, dtype="bfloat16")(np.array([[1, 2, 3, 4]])).dtype
+            dtype('float32')
+        """
         ids = _token_ids(input_ids)
         return self.logits(self.hidden_states(ids, attention_mask, position_ids)).astype(np.float32, copy=False)
 
     # -- generation -------------------------------------------------------------------------------
     def new_cache(self, batch_size: int, max_len: int) -> nn.KVCache:
+        """An empty KV cache for this model (its grouped KV heads).
+
+        Args:
+            batch_size: sequences.
+            max_len: positions per sequence at most.
+
+        Returns:
+            A [KVCache][attnkit.nn.KVCache] for ``hidden_states(..., cache=...)``.
+        """
         c = self.config
         return nn.KVCache(c.num_hidden_layers, batch_size, c.num_key_value_heads, c.head_dim, max_len, self.dtype)
 
@@ -232,9 +341,31 @@ class LlamaForCausalLM(Pretrained, nn.Module):
         Args:
             input_ids (numpy.ndarray): (B, L) integer token ids.
             max_new_tokens: steps at most (>= 0).
+            attention_mask (numpy.ndarray or None): as generate's.
+            do_sample: as generate's.
+            temperature: as generate's.
+            top_k: as generate's.
+            top_p: as generate's.
+            repetition_penalty: as generate's.
+            seed (int or numpy.random.Generator or None): as generate's.
+            eos_token_id: one id or several; None: none (generate passes the config's).
+            use_cache: as generate's.
 
         Yields:
             numpy.ndarray: (B,) int64, the step's token per row (-1 once the row has ended).
+
+        Raises:
+            ValueError: as generate's.
+
+        Examples:
+            >>> import numpy as np
+            >>> from attnkit.models import LlamaConfig, LlamaForCausalLM
+            >>> cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            ...                   num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+            >>> model = LlamaForCausalLM.from_config(cfg, rng=0)
+            >>> steps = model.stream(np.array([[1, 2], [3, 4]]), 3, do_sample=True, top_k=10, seed=0)
+            >>> [tokens.shape for tokens in steps]
+            [(2,), (2,), (2,)]
         """
         cfg = SamplingConfig(do_sample, temperature, top_k, top_p, repetition_penalty, seed)
         ids = _token_ids(input_ids)
@@ -313,7 +444,7 @@ class LlamaForCausalLM(Pretrained, nn.Module):
             TypeError: a str prompt without a tokenizer. ValueError: bad token ids, mask or sampling
                 parameters, each naming the argument.
 
-        Example:
+        Examples:
             >>> import numpy as np
             >>> from attnkit.models import LlamaConfig, LlamaForCausalLM
             >>> cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -352,7 +483,19 @@ class LlamaForCausalLM(Pretrained, nn.Module):
         return out
 
     def stream_text(self, prompt: str, max_new_tokens: int = 20, **kwargs) -> Iterator[str]:
-        """Yield the decoded text of each new token of one prompt (needs a tokenizer)."""
+        """Yield the decoded text of each new token of one prompt (needs a tokenizer).
+
+        Args:
+            prompt: the text.
+            max_new_tokens: tokens at most.
+            **kwargs (Any): [stream][attnkit.models.LlamaForCausalLM.stream]'s options (do_sample, temperature, ...).
+
+        Yields:
+            str: the text each token adds.
+
+        Raises:
+            TypeError: a model without a tokenizer.
+        """
         if self.tokenizer is None:
             raise TypeError("prompt: streaming text needs a tokenizer (tokenizer.json and 'tokenizers')")
         ids = np.array([self.tokenizer.encode(prompt).ids], dtype=np.int64)
@@ -368,12 +511,29 @@ class LlamaForCausalLM(Pretrained, nn.Module):
 
 
 class Qwen2ForCausalLM(LlamaForCausalLM):
-    """Qwen2 / Qwen2.5: Llama with biases on q, k and v (embeddings often tied)."""
+    """Qwen2 / Qwen2.5: Llama with biases on q, k and v (embeddings often tied).
+
+    Examples:
+        >>> from attnkit.models import LlamaConfig, Qwen2ForCausalLM
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...                   num_attention_heads=4, num_key_value_heads=2, head_dim=8, attention_bias=True)
+        >>> Qwen2ForCausalLM.from_config(cfg).layers[0].attn.qkv.bias.shape
+        (64,)
+    """
     model_types = ("qwen2",)
 
 
 class MistralForCausalLM(LlamaForCausalLM):
-    """Mistral: Llama with sliding-window attention (config.sliding_window)."""
+    """Mistral: Llama with sliding-window attention (config.sliding_window).
+
+    Examples:
+        >>> import numpy as np
+        >>> from attnkit.models import LlamaConfig, MistralForCausalLM
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...                   num_attention_heads=4, num_key_value_heads=1, head_dim=8, sliding_window=4)
+        >>> MistralForCausalLM.from_config(cfg, rng=0).generate(np.arange(1, 9)[None], 3).shape
+        (1, 11)
+    """
     model_types = ("mistral",)
 
 

@@ -24,174 +24,40 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field as dc_field
-from typing import Any, Dict, Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 
 from .. import nn
 from ..nn.generation import GenerationConfig
-from ._checkpoint import field, load_config, load_tensors
+from ._checkpoint import StateDictModel, load_config, load_tensors
+from ._seq2seq_config import GENERATION_DEFAULTS, GENERATION_FIELDS, UNSUPPORTED_GENERATION, Seq2SeqConfig
 from ._seq2seq_stack import build_bart_like, build_t5, random_state_dict
 from ._tokenizers import load_tokenizer
 
 __all__ = ["Seq2SeqConfig", "Seq2SeqLM", "MarianMTModel", "BartForConditionalGeneration",
            "MBartForConditionalGeneration", "M2M100ForConditionalGeneration", "T5ForConditionalGeneration"]
 
-_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-                "gelu_fast": None, "swish": "silu", "silu": "silu"}
 
-# the options of generate that generation_config.json / config.json may set (Hugging Face's names)
-_GENERATION_FIELDS = ("max_length", "max_new_tokens", "min_length", "min_new_tokens", "num_beams", "do_sample",
-                      "temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ngram_size",
-                      "bad_words_ids", "forced_bos_token_id", "forced_eos_token_id", "eos_token_id",
-                      "pad_token_id", "decoder_start_token_id", "length_penalty", "early_stopping",
-                      "num_return_sequences")
-# Hugging Face's defaults for what neither file sets
-_GENERATION_DEFAULTS = {"max_length": 20, "min_length": 0, "num_beams": 1, "do_sample": False, "temperature": 1.0,
-                        "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
-                        "length_penalty": 1.0, "early_stopping": False, "num_return_sequences": 1}
-# generation options this loop does not have: refused by name when a call or a file sets them
-_UNSUPPORTED_GENERATION = ("num_beam_groups", "diversity_penalty", "penalty_alpha", "typical_p", "min_p",
-                           "epsilon_cutoff", "eta_cutoff", "encoder_repetition_penalty",
-                           "encoder_no_repeat_ngram_size", "exponential_decay_length_penalty", "suppress_tokens",
-                           "begin_suppress_tokens", "sequence_bias", "constraints", "force_words_ids",
-                           "guidance_scale", "renormalize_logits", "remove_invalid_values", "top_h")
+class Seq2SeqLM(StateDictModel, nn.Module):
+    """An encoder-decoder language model: ``model(input_ids, attention_mask, decoder_input_ids)`` -> logits
+    (B, T, V) float32; ``generate(...)`` as transformers' (token ids, or text with a tokenizer); ``stream(...)``.
 
+    Loading or building one picks the family's class (MarianMTModel, BartForConditionalGeneration, ...).
 
-@dataclass
-class Seq2SeqConfig:
-    """The family-neutral hyperparameters of one encoder-decoder (read from config.json by :meth:`from_dict`)."""
+    Args:
+        config: the hyperparameters.
+        transformer: the stack (an [attnkit.nn.Transformer][attnkit.nn.Transformer] with embeddings and
+            generator).
+        tokenizer (HFTokenizer or MarianTokenizer or None): text in and out (a tokenizer.json's, or Marian's
+            SentencePiece), or None.
 
-    model_type: str
-    vocab_size: int
-    d_model: int
-    encoder_layers: int
-    decoder_layers: int
-    encoder_heads: int
-    decoder_heads: int
-    encoder_ffn: int
-    decoder_ffn: int
-    head_dim: int
-    activation: str = "gelu"             # attnkit.nn activation name
-    gated: bool = False                  # T5 v1.1: act(x W_0) * (x W_1)
-    norm: str = "layer"                  # "layer" | "rms"
-    norm_first: bool = False             # pre-LN (mbart, m2m_100, t5)
-    final_norm: bool = False             # a norm after each stack
-    layernorm_embedding: bool = False    # bart, mbart
-    eps: float = 1e-5
-    positions: str = "learned"           # "learned" | "sinusoidal_marian" | "sinusoidal_m2m" | "relative"
-    position_offset: int = 0
-    max_position_embeddings: int = 1024
-    scale_embedding: bool = False
-    tie_word_embeddings: bool = True
-    share_embeddings: bool = True        # one embedding table for encoder and decoder
-    decoder_vocab_size: Optional[int] = None
-    final_logits_bias: bool = False
-    output_scale: Optional[float] = None  # T5 with a tied head: d_model ** -0.5
-    attention_bias: bool = True
-    attention_scale: Optional[float] = None   # None: 1/sqrt(head_dim); T5: 1.0
-    relative_buckets: int = 32
-    relative_max_distance: int = 128
-    pad_token_id: Optional[int] = None
-    generation: Dict[str, Any] = dc_field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, config: dict, *, where: str = "config.json") -> "Seq2SeqConfig":
-        """Parse a Hugging Face config.json dict; what attnkit cannot compute raises, naming the field."""
-        def f(name, kind, *default, **kw):
-            return field(config, name, kind, *default, where=where, **kw)
-
-        mt = f("model_type", str, choices=("marian", "bart", "mbart", "m2m_100", "t5"))
-        if mt == "t5":
-            return cls._t5(config, f, where)
-        # fields of older (fairseq-era) configs that transformers' classes ignore: a value that asks for another
-        # computation than the family's own is refused rather than silently dropped
-        own = {"normalize_before": mt in ("mbart", "m2m_100"), "add_final_layer_norm": mt in ("mbart", "m2m_100"),
-               "static_position_embeddings": mt in ("marian", "m2m_100"),
-               "normalize_embedding": mt in ("bart", "mbart"), "add_bias_logits": False}
-        for name, value in own.items():
-            if config.get(name) is not None and bool(config[name]) != value:
-                raise ValueError(f"{where}: field '{name}' = {config[name]!r} is not supported ({mt} computes "
-                                 f"with {name} = {value}, as transformers does)")
-        act_name = f("activation_function", str, "gelu")
-        act = _ACTIVATIONS.get(act_name)
-        if act is None:
-            raise ValueError(f"{where}: field 'activation_function' = {act_name!r} is not supported "
-                             f"(supported: {sorted(k for k, v in _ACTIVATIONS.items() if v)})")
-        E = f("d_model", int, low=1)
-        He, Hd = f("encoder_attention_heads", int, low=1), f("decoder_attention_heads", int, low=1)
-        if E % He or E % Hd:
-            raise ValueError(f"{where}: fields 'encoder_attention_heads' / 'decoder_attention_heads' must divide "
-                             f"d_model = {E}")
-        if He != Hd:
-            raise ValueError(f"{where}: fields 'encoder_attention_heads' = {He} and 'decoder_attention_heads' = "
-                             f"{Hd} differ (cross attention would have no single head count)")
-        V = f("vocab_size", int, low=1)
-        share = True
-        dec_vocab = None
-        if mt == "marian":
-            share = f("share_encoder_decoder_embeddings", bool, True)
-            dec_vocab = f("decoder_vocab_size", int, V, low=1)
-            if share and dec_vocab != V:
-                raise ValueError(f"{where}: field 'decoder_vocab_size' = {dec_vocab} differs from vocab_size = {V} "
-                                 f"with shared embeddings")
-        pre = mt in ("mbart", "m2m_100")
-        positions = {"marian": "sinusoidal_marian", "bart": "learned", "mbart": "learned",
-                     "m2m_100": "sinusoidal_m2m"}[mt]
-        return cls(model_type=mt, vocab_size=V, d_model=E, encoder_layers=f("encoder_layers", int, low=0),
-                   decoder_layers=f("decoder_layers", int, low=1), encoder_heads=He, decoder_heads=Hd,
-                   encoder_ffn=f("encoder_ffn_dim", int, low=1), decoder_ffn=f("decoder_ffn_dim", int, low=1),
-                   head_dim=E // He, activation=act, norm_first=pre, final_norm=pre,
-                   layernorm_embedding=mt in ("bart", "mbart"), eps=1e-5, positions=positions,
-                   position_offset=0 if mt == "marian" else 2,
-                   max_position_embeddings=f("max_position_embeddings", int, 1024, low=1),
-                   scale_embedding=f("scale_embedding", bool, False),
-                   tie_word_embeddings=f("tie_word_embeddings", bool, True), share_embeddings=share,
-                   decoder_vocab_size=dec_vocab, final_logits_bias=mt in ("marian", "bart", "mbart"),
-                   pad_token_id=f("pad_token_id", int, None), generation=_generation_from_config(config))
-
-    @classmethod
-    def _t5(cls, config, f, where) -> "Seq2SeqConfig":
-        proj = f("feed_forward_proj", str, "relu")
-        parts = proj.split("-")
-        if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
-            raise ValueError(f"{where}: field 'feed_forward_proj' = {proj!r} is not supported (expected "
-                             f"'ACT' or 'gated-ACT')")
-        act_name = "gelu_new" if proj == "gated-gelu" else parts[-1]
-        act = _ACTIVATIONS.get(act_name)
-        if act is None:
-            raise ValueError(f"{where}: field 'feed_forward_proj' = {proj!r}: activation {act_name!r} is not "
-                             f"supported (supported: {sorted(k for k, v in _ACTIVATIONS.items() if v)})")
-        E, H, Dk = f("d_model", int, low=1), f("num_heads", int, low=1), f("d_kv", int, low=1)
-        n_enc = f("num_layers", int, low=0)
-        buckets = f("relative_attention_num_buckets", int, 32, low=4)
-        # transformers 5 writes scale_decoder_outputs (and ties the head always); older files say
-        # tie_word_embeddings: false for v1.1 / Flan-T5, which then have an lm_head.weight of their own
-        tied = config.get("tie_word_embeddings", None) is not False
-        scaled = f("scale_decoder_outputs", bool, tied)
-        return cls(model_type="t5", vocab_size=f("vocab_size", int, low=1), d_model=E, encoder_layers=n_enc,
-                   decoder_layers=f("num_decoder_layers", int, n_enc, low=1), encoder_heads=H, decoder_heads=H,
-                   encoder_ffn=f("d_ff", int, low=1), decoder_ffn=f("d_ff", int, low=1), head_dim=Dk,
-                   activation=act, gated=len(parts) == 2, norm="rms", norm_first=True, final_norm=True,
-                   eps=f("layer_norm_epsilon", float, 1e-6, low=0.0), positions="relative", scale_embedding=False,
-                   tie_word_embeddings=tied, output_scale=E ** -0.5 if scaled else None, attention_bias=False,
-                   attention_scale=1.0, relative_buckets=buckets,
-                   relative_max_distance=f("relative_attention_max_distance", int, 128, low=buckets // 2 + 1),
-                   pad_token_id=f("pad_token_id", int, 0), generation=_generation_from_config(config))
-
-
-def _generation_from_config(config: dict) -> Dict[str, Any]:
-    """The generation options a config.json carries (transformers reads them when there is no
-    generation_config.json)."""
-    return {k: config[k] for k in _GENERATION_FIELDS if config.get(k) is not None}
-
-
-class Seq2SeqLM(nn.Module):
-    """An encoder-decoder language model: ``transformer`` (an attnkit.nn.Transformer) and its configuration.
-
-    ``model(input_ids, attention_mask=None, decoder_input_ids=...)`` -> logits (B, T, V) float32;
-    ``generate(...)`` as transformers' (token ids, or text with a tokenizer); ``stream(...)``."""
+    Examples:
+        >>> from attnkit.models import Seq2SeqConfig, Seq2SeqLM
+        >>> cfg = Seq2SeqConfig("bart", 64, 32, 1, 1, 4, 4, 64, 64, 8)   # vocab, d_model, layers, heads, ffn, head_dim
+        >>> type(Seq2SeqLM.from_config(cfg, rng=0)).__name__
+        'BartForConditionalGeneration'
+    """
 
     model_types: tuple = ()
 
@@ -201,7 +67,37 @@ class Seq2SeqLM(nn.Module):
     # -- loading ----------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, directory, *, dtype=np.float32) -> "Seq2SeqLM":
-        """Load ``directory``/config.json (+ generation_config.json) + model.safetensors (or shards)."""
+        """Load a Hugging Face checkpoint directory: config.json, generation_config.json (the defaults of
+        ``generate``), model.safetensors (or its shards; bfloat16 files too) and a tokenizer when there is one
+        (tokenizer.json with ``tokenizers``, or Marian's source.spm / vocab.json with ``sentencepiece``).
+
+        Args:
+            directory (str or os.PathLike): the checkpoint.
+            dtype (numpy.dtype or str): float32 (default), float64, float16 or bfloat16.
+
+        Returns:
+            The family's model (called on Seq2SeqLM, the class config.json's model_type names).
+
+        Raises:
+            ValueError: a model_type that is not this class's, a field or generation option attnkit cannot
+                compute, a missing or misshapen tensor; each named.
+
+        Examples:
+            >>> import json, os, tempfile
+            >>> from safetensors.numpy import save_file
+            >>> from attnkit.models import Seq2SeqConfig, T5ForConditionalGeneration
+            >>> hf = {"model_type": "t5", "vocab_size": 64, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1,
+            ...       "num_heads": 4, "feed_forward_proj": "gated-gelu", "decoder_start_token_id": 0}
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     for name, value in (("config.json", hf), ("generation_config.json", {"num_beams": 4})):
+            ...         with open(os.path.join(d, name), "w") as f:
+            ...             json.dump(value, f)
+            ...     save_file(T5ForConditionalGeneration.random_state_dict(Seq2SeqConfig.from_dict(hf)),
+            ...               os.path.join(d, "model.safetensors"))
+            ...     model = T5ForConditionalGeneration.from_pretrained(d)
+            >>> model.config.gated, model.generation_config().num_beams
+            (True, 4)
+        """
         directory = os.fspath(directory)
         raw = load_config(directory)
         mt = raw.get("model_type")
@@ -218,8 +114,8 @@ class Seq2SeqLM(nn.Module):
                     raise ValueError(f"{gen_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
             if not isinstance(gen, dict):
                 raise ValueError(f"{gen_path}: expected a JSON object")
-            config.generation = {k: gen[k] for k in _GENERATION_FIELDS if gen.get(k) is not None}
-            bad = [k for k in _UNSUPPORTED_GENERATION if gen.get(k) not in (None, False, 1.0, 0, 0.0)]
+            config.generation = {k: gen[k] for k in GENERATION_FIELDS if gen.get(k) is not None}
+            bad = [k for k in UNSUPPORTED_GENERATION if gen.get(k) not in (None, False, 1.0, 0, 0.0)]
             if bad:
                 raise ValueError(f"{gen_path}: field '{bad[0]}' = {gen[bad[0]]!r} is not supported by attnkit's "
                                  f"generate")
@@ -235,33 +131,65 @@ class Seq2SeqLM(nn.Module):
                 "t5": T5ForConditionalGeneration}[model_type]
 
     @classmethod
-    def from_state_dict(cls, tensors: dict, config: Seq2SeqConfig, *, dtype=np.float32, origin="state dict"):
-        """Build the stack from a Hugging Face state dict (names as ``save_pretrained`` writes them)."""
+    def _from_tensors(cls, tensors: dict, config: Seq2SeqConfig, dtype, origin: str) -> "Seq2SeqLM":
+        """from_state_dict: the stack of config.model_type's family, as that family's class."""
         if config.model_type == "t5":
             model = build_t5(tensors, config, dtype, origin)
         else:
             model = build_bart_like(tensors, config, dtype, origin)
         return cls._for(config.model_type)(config, model)
 
-    @classmethod
-    def from_config(cls, config: Seq2SeqConfig, *, rng=None, std: float = 0.02, dtype=np.float32) -> "Seq2SeqLM":
-        """A model with random weights N(0, std) (norms at 1, 0), built through the checkpoint layout."""
-        return cls.from_state_dict(random_state_dict(config, rng=rng, std=std), config, dtype=dtype,
-                                   origin="random weights")
+    @staticmethod
+    def _random_tensors(config: Seq2SeqConfig, rng: np.random.Generator, std: float) -> dict:
+        """The family's checkpoint names and shapes (random_state_dict)."""
+        return random_state_dict(config, rng=rng, std=std)
 
     @property
     def dtype(self):
+        """The weights' and activations' dtype."""
         return self.transformer.dtype
 
     # -- forward ----------------------------------------------------------------------------------
     def encode(self, input_ids, attention_mask=None) -> np.ndarray:
-        """input_ids (B, S) -> encoder output (B, S, E)."""
+        """The encoder output, e.g. to pass as ``encoder_outputs`` to several calls.
+
+        Args:
+            input_ids (numpy.ndarray): (B, S) integer token ids.
+            attention_mask (numpy.ndarray or None): (B, S), 1 = token, 0 = padding.
+
+        Returns:
+            (B, S, E) in the model's dtype.
+
+        Raises:
+            ValueError: ids or a mask that do not fit.
+        """
         ids, padding = self._inputs(input_ids, attention_mask)
         return self.transformer.encode(ids, src_key_padding_mask=padding)
 
     def __call__(self, input_ids, attention_mask=None, decoder_input_ids=None, *, encoder_outputs=None) -> np.ndarray:
-        """input_ids (B, S), attention_mask (B, S) 1 = token / 0 = padding, decoder_input_ids (B, T)
-        -> logits (B, T, V) float32."""
+        """Next-token logits for each target position, as transformers' ``forward``.
+
+        Args:
+            input_ids (numpy.ndarray): (B, S) integer source token ids.
+            attention_mask (numpy.ndarray or None): (B, S), 1 = token, 0 = padding.
+            decoder_input_ids (numpy.ndarray): (B, T) the target so far, starting with the decoder start token
+                (required).
+            encoder_outputs (numpy.ndarray or None): (B, S, E) from [encode][attnkit.models.Seq2SeqLM.encode],
+                to skip the encoder.
+
+        Returns:
+            (B, T, V) float32 logits.
+
+        Raises:
+            ValueError: no decoder_input_ids, ids outside the vocabulary, batches or a mask that do not fit.
+
+        Examples:
+            >>> import numpy as np
+            >>> from attnkit.models import Seq2SeqConfig, Seq2SeqLM
+            >>> model = Seq2SeqLM.from_config(Seq2SeqConfig("mbart", 64, 32, 1, 1, 4, 4, 64, 64, 8, norm_first=True))
+            >>> model(np.array([[5, 6, 7, 2]]), decoder_input_ids=np.array([[2, 9]])).shape
+            (1, 2, 64)
+        """
         ids, padding = self._inputs(input_ids, attention_mask)
         if decoder_input_ids is None:
             raise ValueError("decoder_input_ids: required (the target so far, starting with the decoder start "
@@ -293,18 +221,28 @@ class Seq2SeqLM(nn.Module):
 
     # -- generation -------------------------------------------------------------------------------
     def _gen(self, name):
-        return self.config.generation.get(name, _GENERATION_DEFAULTS.get(name))
+        return self.config.generation.get(name, GENERATION_DEFAULTS.get(name))
 
     def generation_config(self, **options) -> GenerationConfig:
         """The options of a generate call: the call's, else generation_config.json's (or config.json's),
-        else transformers' defaults. max_new_tokens wins over max_length."""
+        else transformers' defaults. max_new_tokens wins over max_length.
+
+        Args:
+            **options (Any): generate's options (max_new_tokens, num_beams, ...; None leaves one unset).
+
+        Returns:
+            A [GenerationConfig][attnkit.nn.GenerationConfig].
+
+        Raises:
+            TypeError: an unknown option. ValueError: an option attnkit does not support, or out of range.
+        """
         for name in options:
-            if name in _UNSUPPORTED_GENERATION:
+            if name in UNSUPPORTED_GENERATION:
                 raise ValueError(f"{name}: not supported by attnkit's generate")
-            if name not in _GENERATION_FIELDS and name != "seed":
+            if name not in GENERATION_FIELDS and name != "seed":
                 raise TypeError(f"generate: unexpected option {name!r}")
         given = {k: v for k, v in options.items() if v is not None}
-        merged = {**{k: v for k, v in _GENERATION_DEFAULTS.items()}, **self.config.generation, **given}
+        merged = {**{k: v for k, v in GENERATION_DEFAULTS.items()}, **self.config.generation, **given}
         max_new = merged.pop("max_new_tokens", None)
         if "max_new_tokens" in given or ("max_length" not in given and max_new is not None):
             max_new = given.get("max_new_tokens", max_new)
@@ -335,16 +273,36 @@ class Seq2SeqLM(nn.Module):
 
     def generate(self, input_ids=None, attention_mask=None, *, decoder_start_token_id=None, use_cache: bool = True,
                  **options):
-        """Hugging Face's ``generate`` for input_ids (B, S): returns (B * num_return_sequences, L) token ids,
-        each starting with the decoder start token -- or, given a str (or a list of str) and a tokenizer,
-        the translated text.
+        """Hugging Face's ``generate``: greedy search, sampling or beam search with its options.
 
-        options: max_new_tokens, max_length, min_length, min_new_tokens, num_beams, length_penalty,
-        early_stopping (True / False / "never"), num_return_sequences, no_repeat_ngram_size,
-        repetition_penalty, bad_words_ids, forced_bos_token_id, forced_eos_token_id, eos_token_id,
-        pad_token_id, do_sample, temperature, top_k, top_p, seed (an int or numpy Generator: sampling is
-        reproducible with it, not equal to torch's draws). Unset options come from generation_config.json
-        (or config.json), else transformers' defaults.
+        Unset options come from generation_config.json (or config.json), else transformers' defaults.
+
+        Args:
+            input_ids (numpy.ndarray or str or list of str): (B, S) integer token ids, or text (needs a
+                tokenizer).
+            attention_mask (numpy.ndarray or None): (B, S), 1 = token, 0 = padding.
+            decoder_start_token_id (int or None): the first target token (default: the config's).
+            use_cache: keep a KV cache (one position per step); False recomputes the prefix (the same tokens).
+            **options (Any): max_new_tokens, max_length, min_length, min_new_tokens, num_beams, length_penalty,
+                early_stopping (True / False / "never"), num_return_sequences, no_repeat_ngram_size,
+                repetition_penalty, bad_words_ids, forced_bos_token_id, forced_eos_token_id, eos_token_id,
+                pad_token_id, do_sample, temperature, top_k, top_p, seed (an int or numpy Generator: sampling
+                is reproducible with it, not equal to torch's draws).
+
+        Returns:
+            out (numpy.ndarray or str or list): (B * num_return_sequences, L) int64 token ids, each starting
+                with the decoder start token; for text, the decoded text (a str for one str).
+
+        Raises:
+            TypeError: text without a tokenizer, an unknown option. ValueError: ids, a mask or an option that
+                do not fit, no decoder start token.
+
+        Examples:
+            >>> import numpy as np
+            >>> from attnkit.models import Seq2SeqConfig, Seq2SeqLM
+            >>> model = Seq2SeqLM.from_config(Seq2SeqConfig("marian", 64, 32, 1, 1, 4, 4, 64, 64, 8), rng=0)
+            >>> model.generate(np.array([[5, 6, 7, 0]]), decoder_start_token_id=63, max_new_tokens=5, num_beams=2).shape
+            (1, 6)
         """
         text, ids, attention_mask = self._text_in(input_ids, attention_mask)
         cfg = self.generation_config(**options)
@@ -358,8 +316,29 @@ class Seq2SeqLM(nn.Module):
 
     def stream(self, input_ids, attention_mask=None, *, decoder_start_token_id=None, use_cache: bool = True,
                **options) -> Iterator[np.ndarray]:
-        """Yield each step's new tokens (B,) of greedy search or sampling (as generate would pick them); a row
-        that has finished yields -1."""
+        """Yield each step's new tokens of greedy search or sampling, as generate would pick them.
+
+        Args:
+            input_ids (numpy.ndarray or str or list of str): as generate's.
+            attention_mask (numpy.ndarray or None): as generate's.
+            decoder_start_token_id (int or None): as generate's.
+            use_cache: as generate's.
+            **options (Any): generate's options (num_beams 1).
+
+        Yields:
+            numpy.ndarray: (B * num_return_sequences,) int64, each step's token per row (-1 once it has ended).
+
+        Raises:
+            ValueError: num_beams > 1, and as generate.
+
+        Examples:
+            >>> import numpy as np
+            >>> from attnkit.models import Seq2SeqConfig, Seq2SeqLM
+            >>> model = Seq2SeqLM.from_config(Seq2SeqConfig("bart", 64, 32, 1, 1, 4, 4, 64, 64, 8), rng=0)
+            >>> steps = model.stream(np.array([[5, 6], [7, 8]]), decoder_start_token_id=2, max_new_tokens=3)
+            >>> [tokens.shape for tokens in steps]
+            [(2,), (2,), (2,)]
+        """
         _, ids, attention_mask = self._text_in(input_ids, attention_mask)
         cfg = self.generation_config(**options)
         _, padding = self._inputs(ids, attention_mask)
@@ -387,35 +366,81 @@ class Seq2SeqLM(nn.Module):
         return None, input_ids, attention_mask
 
     def decode(self, ids) -> str:
-        """Token ids -> text, special tokens skipped (needs a tokenizer)."""
+        """Token ids to text, special tokens skipped (needs a tokenizer).
+
+        Args:
+            ids (Sequence of int): one row, e.g. of generate's output (negative ids are skipped).
+
+        Returns:
+            The text.
+
+        Raises:
+            TypeError: a model without a tokenizer.
+        """
         if self.tokenizer is None:
             raise TypeError("decode: needs a tokenizer")
         return self.tokenizer.decode([int(t) for t in ids if int(t) >= 0])
 
 
 class MarianMTModel(Seq2SeqLM):
-    """Marian / OPUS-MT: post-LN, sinusoidal positions (sin | cos halves), swish, final_logits_bias."""
+    """Marian / OPUS-MT: post-LN, sinusoidal positions (sin | cos halves), swish, final_logits_bias.
+
+    Examples:
+        >>> from attnkit.models import MarianMTModel, Seq2SeqConfig
+        >>> cfg = Seq2SeqConfig("marian", 64, 32, 1, 1, 4, 4, 64, 64, 8, positions="sinusoidal_marian")
+        >>> MarianMTModel.from_config(cfg).transformer.src_embed.position_weight.shape
+        (1024, 32)
+    """
     model_types = ("marian",)
 
 
 class BartForConditionalGeneration(Seq2SeqLM):
-    """BART: post-LN with a LayerNorm on the embeddings, learned positions from row 2, GELU."""
+    """BART: post-LN with a LayerNorm on the embeddings, learned positions from row 2, GELU.
+
+    Examples:
+        >>> from attnkit.models import BartForConditionalGeneration, Seq2SeqConfig
+        >>> cfg = Seq2SeqConfig("bart", 64, 32, 1, 1, 4, 4, 64, 64, 8, layernorm_embedding=True, position_offset=2)
+        >>> BartForConditionalGeneration.from_config(cfg).transformer.tgt_embed.norm is not None
+        True
+    """
     model_types = ("bart",)
 
 
 class MBartForConditionalGeneration(Seq2SeqLM):
-    """mBART: BART pre-LN with a final LayerNorm after each stack."""
+    """mBART: BART pre-LN with a final LayerNorm after each stack.
+
+    Examples:
+        >>> from attnkit.models import MBartForConditionalGeneration, Seq2SeqConfig
+        >>> cfg = Seq2SeqConfig("mbart", 64, 32, 1, 1, 4, 4, 64, 64, 8, norm_first=True, final_norm=True)
+        >>> MBartForConditionalGeneration.from_config(cfg).transformer.encoder.norm.weight.shape
+        (32,)
+    """
     model_types = ("mbart",)
 
 
 class M2M100ForConditionalGeneration(Seq2SeqLM):
-    """M2M100 and NLLB: pre-LN, sinusoidal positions from row 2 that skip padding, ReLU, tied head."""
+    """M2M100 and NLLB: pre-LN, sinusoidal positions from row 2 that skip padding, ReLU, tied head.
+
+    Examples:
+        >>> from attnkit.models import M2M100ForConditionalGeneration, Seq2SeqConfig
+        >>> cfg = Seq2SeqConfig("m2m_100", 64, 32, 1, 1, 4, 4, 64, 64, 8, activation="relu", positions="sinusoidal_m2m",
+        ...                     position_offset=2, pad_token_id=1)
+        >>> M2M100ForConditionalGeneration.from_config(cfg).transformer.src_embed.padding_idx
+        1
+    """
     model_types = ("m2m_100",)
 
 
 class T5ForConditionalGeneration(Seq2SeqLM):
     """T5 (v1.0: ReLU, head tied and scaled by d^-0.5) and T5 v1.1 / Flan-T5 (gated GELU, own head): pre-RMSNorm,
-    relative position buckets as a bias per head, no score scaling."""
+    relative position buckets as a bias per head, no score scaling.
+
+    Examples:
+        >>> from attnkit.models import Seq2SeqConfig, T5ForConditionalGeneration
+        >>> cfg = Seq2SeqConfig("t5", 64, 32, 1, 1, 4, 4, 64, 64, 8, norm="rms", positions="relative", gated=True)
+        >>> T5ForConditionalGeneration.from_config(cfg).transformer.encoder.position_bias.num_buckets
+        32
+    """
     model_types = ("t5",)
 
 

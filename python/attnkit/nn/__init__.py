@@ -2,13 +2,13 @@
 
 One class per box of the paper's Figure 1 (weights are NumPy arrays held by the modules):
 
-    LayerNorm, FeedForward, MultiHeadAttention, Embeddings, Generator     the boxes
-    RMSNorm, RelativePositionBias                                         T5's norm and position bias
-    EncoderLayer, DecoderLayer, Encoder, Decoder                          the stacks
-    Transformer, TransformerConfig                                        the encoder-decoder
-    KVCache, AttentionMask                                                incremental decoding, masks
-    StateDict                                                             named tensors of a checkpoint
-    greedy_search, beam_search, GenerationConfig                          generation loops (Hugging Face's)
+    LayerNorm, RMSNorm, FeedForward, MultiHeadAttention    the boxes                          layers.py
+    Embeddings, Generator, RelativePositionBias           embeddings, output, T5's bias      embeddings.py
+    EncoderLayer, DecoderLayer, Encoder, Decoder          the stacks                         stacks.py
+    Transformer, TransformerConfig                        the encoder-decoder                transformer.py
+    AttentionMask, KVCache                                masks, incremental decoding        masks.py, cache.py
+    Module, StateDict                                     the base, named checkpoint tensors module.py
+    greedy_search, beam_search, GenerationConfig          generation loops (Hugging Face's)  generation.py
 """
 
 from .cache import KVCache, LayerKVCache

@@ -20,7 +20,31 @@ __all__ = ["KVCache", "LayerKVCache"]
 
 
 class KVCache:
-    """Preallocated keys and values for every self-attention layer of a decoder."""
+    """Preallocated keys and values for every self-attention layer of a decoder, filled in place.
+
+    ``keys`` and ``values`` are (num_layers, B, H, max_len, Dh); ``lengths`` (B,) int64 counts each sequence's
+    filled positions, so a ragged batch decodes together. A model's ``new_cache`` sizes one for it.
+
+    Args:
+        num_layers: self-attention layers.
+        batch_size: sequences (B).
+        num_heads: KV heads (H; fewer than the query heads with grouped-query attention).
+        head_dim: Dh.
+        max_len: positions per sequence at most (prompt and new tokens).
+        dtype (numpy.dtype): the model's dtype (float32, float64, float16 or bfloat16).
+
+    Raises:
+        ValueError: a size that is not positive.
+
+    Examples:
+        >>> import numpy as np
+        >>> from attnkit.nn import KVCache
+        >>> cache = KVCache(num_layers=2, batch_size=1, num_heads=4, head_dim=8, max_len=16)
+        >>> k = np.ones((1, 4, 3, 8), np.float32)
+        >>> keys, values, lengths = cache.append(0, k, k)
+        >>> keys.shape, lengths.tolist()
+        ((1, 4, 3, 8), [3])
+    """
 
     def __init__(self, num_layers: int, batch_size: int, num_heads: int, head_dim: int, max_len: int,
                  dtype=np.float32):
@@ -34,21 +58,42 @@ class KVCache:
 
     @property
     def batch_size(self) -> int:
+        """B, the sequences held (beam search may change it with [reorder][attnkit.nn.KVCache.reorder])."""
         return self.keys.shape[1]
 
     @property
     def max_len(self) -> int:
+        """Positions per sequence at most."""
         return self.keys.shape[3]
 
     def layer(self, index: int) -> "LayerKVCache":
+        """One layer's view of this cache, as ``MultiHeadAttention.cached`` takes it.
+
+        Args:
+            index: the layer, 0-based.
+
+        Returns:
+            A [LayerKVCache][attnkit.nn.LayerKVCache].
+        """
         return LayerKVCache(self, index)
 
     def append(self, layer: int, k: np.ndarray, v: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Write n new positions k, v (B, H, n, Dh) of ``layer`` after each sequence's filled part.
+        """Write n new positions of ``layer`` after each sequence's filled part.
 
-        Returns views (B, H, S, Dh) of the layer's keys and values, S = the longest new length, and the new
-        lengths (B,) to hand to attention as kv_lengths. ``lengths`` itself moves on in :meth:`advance`, once
-        every layer has written its step.
+        ``lengths`` itself moves on in [advance][attnkit.nn.KVCache.advance], once every layer has written its
+        step.
+
+        Args:
+            layer: the layer, 0-based.
+            k: (B, H, n, Dh) new keys, of the cache's dtype.
+            v: (B, H, n, Dh) new values.
+
+        Returns:
+            (keys, values, lengths): views (B, H, S, Dh) of the layer's keys and values, S the longest new
+                length, and the new lengths (B,) int64 to hand to attention as kv_lengths.
+
+        Raises:
+            ValueError: k, v of another shape than the cache's, or more positions than max_len.
         """
         B, H, n, Dh = k.shape
         if k.shape != v.shape or (B, H, Dh) != (self.batch_size, self.keys.shape[2], self.keys.shape[4]):
@@ -72,7 +117,15 @@ class KVCache:
         return keys[:, :, :S], values[:, :, :S], end
 
     def advance(self, n) -> None:
-        """Count n new positions (an int, or (B,) per sequence) as filled in every layer."""
+        """Count new positions as filled in every layer (after each layer has appended them).
+
+        Args:
+            n (int or numpy.ndarray): the new positions, one count for all or (B,) per sequence (negative
+                counts give positions back).
+
+        Raises:
+            ValueError: a length would leave [0, max_len].
+        """
         n = np.asarray(n, dtype=np.int64)
         new = self.lengths + n
         if new.min(initial=0) < 0 or new.max(initial=0) > self.max_len:
@@ -80,9 +133,15 @@ class KVCache:
         self.lengths = new
 
     def reorder(self, rows) -> None:
-        """Keep batch rows ``rows`` (B',) in that order -- beam search's reorder, or an expansion to B' beams.
+        """Keep the batch rows ``rows`` in that order: beam search's reorder, or an expansion to B' beams.
 
         Only the filled part is copied, into a second preallocated buffer that then becomes the cache.
+
+        Args:
+            rows (array-like of int): (B',) row indices < batch_size, repeats allowed.
+
+        Raises:
+            ValueError: rows empty, not 1-D or out of range.
         """
         rows = np.asarray(rows, dtype=np.int64)
         if rows.ndim != 1 or rows.size == 0 or rows.min() < 0 or rows.max() >= self.batch_size:
@@ -106,7 +165,19 @@ class KVCache:
 
 
 class LayerKVCache:
-    """One layer's view of a :class:`KVCache` (what ``MultiHeadAttention.cached`` takes)."""
+    """One layer's view of a [KVCache][attnkit.nn.KVCache] (what ``MultiHeadAttention.cached`` takes).
+
+    Args:
+        cache: the KVCache.
+        index: the layer, 0-based.
+
+    Examples:
+        >>> import numpy as np
+        >>> from attnkit.nn import KVCache
+        >>> view = KVCache(2, 1, 4, 8, 16).layer(1)
+        >>> view.append(np.ones((1, 4, 2, 8), np.float32), np.ones((1, 4, 2, 8), np.float32))[2].tolist()
+        [2]
+    """
 
     __slots__ = ("cache", "index")
 
@@ -114,4 +185,13 @@ class LayerKVCache:
         self.cache, self.index = cache, index
 
     def append(self, k, v):
+        """[KVCache.append][attnkit.nn.KVCache.append] for this layer.
+
+        Args:
+            k (numpy.ndarray): (B, H, n, Dh) new keys.
+            v (numpy.ndarray): (B, H, n, Dh) new values.
+
+        Returns:
+            (tuple): (keys, values, lengths) as there.
+        """
         return self.cache.append(self.index, k, v)

@@ -76,7 +76,36 @@ def _ids(name, value) -> List[int]:
 class GenerationConfig:
     """The options of ``generate`` (Hugging Face's names and meanings), checked once; errors name the option.
 
-    max_length counts the whole output sequence, the decoder prompt (the decoder start token) included.
+    Args:
+        max_length: the whole output sequence at most, the decoder prompt (the start token) included.
+        num_beams: 1: greedy search or sampling; more: beam search.
+        do_sample: sample from the processed distribution instead of taking the most likely token.
+        temperature: divides the logits when sampling (> 0).
+        top_k: sample among the k most likely tokens (None: all).
+        top_p: sample among the smallest set of tokens of probability >= top_p (None: all).
+        repetition_penalty: Hugging Face's (None: off).
+        no_repeat_ngram_size: no n-gram of this size occurs twice (0: off).
+        min_length: no eos before this many tokens (the prompt included).
+        min_new_tokens: no eos before this many new tokens.
+        bad_words_ids: token sequences that are never generated (list of lists of ids).
+        forced_bos_token_id: the first generated token.
+        forced_eos_token_id: the last token when max_length is reached (one id or several).
+        eos_token_id: ends a row (one id or several).
+        pad_token_id: fills a finished row.
+        length_penalty: beam scores are sum(log p) / length ** length_penalty.
+        early_stopping: beam search stops when num_beams hypotheses are done (True), when no better one can
+            come by the heuristic (False), or never before max_length ("never").
+        num_return_sequences: sequences per input row (at most num_beams without sampling).
+        seed (int or numpy.random.Generator or None): the sampling's randomness.
+
+    Raises:
+        TypeError: bad_words_ids or an id list of the wrong type. ValueError: an option out of range.
+
+    Examples:
+        >>> from attnkit.nn import GenerationConfig
+        >>> cfg = GenerationConfig(max_length=20, num_beams=4, eos_token_id=[2, 3], pad_token_id=0)
+        >>> cfg.eos, cfg.pad
+        ([2, 3], 0)
     """
 
     max_length: int
@@ -349,10 +378,29 @@ def beam_steps(state: DecodingState, logits: np.ndarray, prompt: np.ndarray, cfg
 
 def greedy_search(state: DecodingState, logits: np.ndarray, max_new_tokens: int, *,
                   eos_token_id: Optional[int] = None, pad_token_id: Optional[int] = None) -> np.ndarray:
-    """Pick the most likely token at every step. Returns the new tokens (R, max_new_tokens).
+    """Pick the most likely token at every step.
 
     A row that has produced ``eos_token_id`` is continued with ``pad_token_id`` (default: eos) and the loop
     stops early once every row has finished (the rest filled the same way).
+
+    Args:
+        state: the model's decoding state: ``step(tokens (R,)) -> logits (R, V)`` and ``reorder(rows)``.
+        logits: (R, V), the logits the prompt produced.
+        max_new_tokens: tokens to pick per row.
+        eos_token_id: ends a row.
+        pad_token_id: fills a finished row (default: eos).
+
+    Returns:
+        (R, max_new_tokens) int64 token ids.
+
+    Examples:
+        >>> import numpy as np
+        >>> from attnkit.nn import greedy_search
+        >>> class Counting:                  # a decoding state whose next token is always the last one + 1
+        ...     def step(self, tokens): return np.eye(10)[(tokens + 1) % 10]
+        ...     def reorder(self, rows): pass
+        >>> greedy_search(Counting(), np.eye(10)[[3]], 5, eos_token_id=6, pad_token_id=0).tolist()
+        [[3, 4, 5, 6, 0]]
     """
     cfg = GenerationConfig(max_length=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
     R = logits.shape[0]
@@ -365,9 +413,34 @@ def greedy_search(state: DecodingState, logits: np.ndarray, max_new_tokens: int,
 def beam_search(state: DecodingState, logits: np.ndarray, max_new_tokens: int, num_beams: int, *,
                 eos_token_id: Optional[int] = None, pad_token_id: Optional[int] = None,
                 length_penalty: float = 1.0) -> np.ndarray:
-    """Keep the ``num_beams`` most likely continuations of every row (:func:`beam_steps`, early_stopping
-    False). Returns the best one (R, max_new_tokens), continued with ``pad_token_id`` (default eos) after its
-    eos. With num_beams=1 and no eos this is greedy search."""
+    """Keep the ``num_beams`` most likely continuations of every row (Hugging Face's beam search, early_stopping
+    False). With num_beams=1 and no eos this is greedy search.
+
+    Args:
+        state: the model's decoding state: ``step(tokens (R * num_beams,)) -> logits`` and ``reorder(rows)``
+            (beam search expands and reorders its rows).
+        logits: (R, V), the logits the prompt produced.
+        max_new_tokens: tokens per row at most.
+        num_beams: hypotheses kept per row (>= 1).
+        eos_token_id: ends a hypothesis.
+        pad_token_id: fills the best hypothesis after its eos (default: eos).
+        length_penalty: scores are sum(log p) / length ** length_penalty.
+
+    Returns:
+        (R, max_new_tokens) int64: the best hypothesis of each row.
+
+    Raises:
+        ValueError: num_beams < 1.
+
+    Examples:
+        >>> import numpy as np
+        >>> from attnkit.nn import beam_search
+        >>> class Repeating:                 # a decoding state that prefers repeating the last token
+        ...     def step(self, tokens): return 4.0 * np.eye(5)[tokens]
+        ...     def reorder(self, rows): pass
+        >>> beam_search(Repeating(), np.eye(5)[[2]], 3, num_beams=2).tolist()
+        [[2, 2, 2]]
+    """
     if num_beams < 1:
         raise ValueError(f"num_beams: must be >= 1, got {num_beams}")
     cfg = GenerationConfig(max_length=max_new_tokens, num_beams=num_beams, eos_token_id=eos_token_id,

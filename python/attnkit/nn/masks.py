@@ -13,13 +13,26 @@ __all__ = ["AttentionMask", "NO_MASK"]
 
 @dataclass(frozen=True)
 class AttentionMask:
-    """Which keys each query may see, in the terms of ``attnkit.scaled_dot_product_attention``.
+    """Which keys each query may see, in the terms of
+    [scaled_dot_product_attention][attnkit.scaled_dot_product_attention].
 
-    Built once per forward pass and shared by every layer (no per-layer mask work):
-      attn_mask        None, bool (True = may attend) or additive float, broadcastable to (B, H, L, S)
-      is_causal        key j visible to query i iff j <= i (+ offset, see causal_alignment)
-      causal_alignment "top_left" (full sequences) or "bottom_right" (new queries at the end of a KV cache)
-      kv_lengths       None or (B,) ints: keys j >= kv_lengths[b] are invisible (right padding, cache fill)
+    Built once per forward pass and shared by every layer (no per-layer mask work); frozen.
+
+    Args:
+        attn_mask (numpy.ndarray or None): bool (True = may attend) or additive float of the model's dtype,
+            broadcastable to (B, H, L, S).
+        is_causal: key j visible to query i iff j <= i (+ an offset, see causal_alignment).
+        causal_alignment: "top_left" (full sequences) or "bottom_right" (new queries at the end of a KV cache).
+        kv_lengths (numpy.ndarray or None): (B,) ints: keys j >= kv_lengths[b] are invisible (right padding,
+            the filled part of a cache).
+
+    Examples:
+        >>> import numpy as np
+        >>> from attnkit.nn import AttentionMask
+        >>> m = AttentionMask.from_torch(key_padding_mask=np.array([[False, False, True]]), batch_size=1,
+        ...                              num_heads=2, q_len=3, k_len=3, dtype=np.float32)
+        >>> m.attn_mask is None, m.kv_lengths.tolist()
+        (True, [2])
     """
 
     attn_mask: Optional[np.ndarray] = None
@@ -32,12 +45,27 @@ class AttentionMask:
                    batch_size: int, num_heads: int, q_len: int, k_len: int, dtype) -> "AttentionMask":
         """Translate PyTorch's ``nn.MultiheadAttention`` / ``nn.Transformer`` mask conventions.
 
-        attn_mask: (L, S) or (B*H, L, S); bool True = NOT allowed to attend, or float added to the scores.
-        key_padding_mask: (B, S); bool True = padding (ignored key), or float added to the scores.
-        is_causal: apply the causal mask (PyTorch treats it as a hint that attn_mask is causal; here it is
-            honoured even when attn_mask is None). A 2-D attn_mask that *is* the causal mask is recognised and
-            replaced by the kernel's causal path.
-        Right-padded bool key padding masks become ``kv_lengths`` (no mask array at all).
+        A 2-D attn_mask that *is* the causal mask is recognised and replaced by the kernel's causal path;
+        right-padded bool key padding masks become ``kv_lengths`` (no mask array at all).
+
+        Args:
+            attn_mask (numpy.ndarray or None): (L, S) or (B*H, L, S); bool True = NOT allowed to attend, or
+                float added to the scores.
+            key_padding_mask (numpy.ndarray or None): (B, S); bool True = padding (an ignored key), or float
+                added to the scores.
+            is_causal: apply the causal mask (PyTorch treats it as a hint that attn_mask is causal; here it is
+                honoured even when attn_mask is None).
+            batch_size: B.
+            num_heads: H.
+            q_len: L.
+            k_len: S.
+            dtype (numpy.dtype): the model's dtype, for float masks.
+
+        Returns:
+            An AttentionMask (top-left causal alignment).
+
+        Raises:
+            ValueError: a mask of another shape, naming it.
         """
         mask = None
         if attn_mask is not None:
@@ -85,8 +113,17 @@ class AttentionMask:
         return cls(mask, bool(is_causal), "top_left", kv_lengths)
 
     def with_bias(self, bias: Optional[np.ndarray]) -> "AttentionMask":
-        """This mask plus an additive per-head bias (1 or B, H, L, S) (T5's relative positions): the bias becomes
-        the float mask, a bool mask folds in as -inf where a key may not be seen; kv_lengths stay."""
+        """This mask plus an additive per-head bias (T5's relative positions).
+
+        The bias becomes the float mask; a bool mask folds in as -inf where a key may not be seen; kv_lengths
+        and the causal flags stay.
+
+        Args:
+            bias (numpy.ndarray or None): (1 or B, H, L, S) float; None returns this mask.
+
+        Returns:
+            A new AttentionMask.
+        """
         if bias is None:
             return self
         mask = self.attn_mask
@@ -99,7 +136,14 @@ class AttentionMask:
         return AttentionMask(mask, self.is_causal, self.causal_alignment, self.kv_lengths)
 
     def select_rows(self, rows: np.ndarray) -> "AttentionMask":
-        """The same mask for the batch rows ``rows`` (beam search duplicates rows)."""
+        """The same mask for the batch rows ``rows`` (beam search duplicates rows).
+
+        Args:
+            rows (numpy.ndarray): (B',) row indices.
+
+        Returns:
+            A new AttentionMask of batch B'.
+        """
         mask = self.attn_mask
         if mask is not None and mask.ndim == 4 and mask.shape[0] != 1:
             mask = mask[rows]

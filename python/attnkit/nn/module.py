@@ -95,9 +95,24 @@ def _check_shape(array: np.ndarray, shape, what: str) -> None:
 class StateDict:
     """Hands out the tensors of a state dict by name, converted to ``dtype`` and checked against their shapes.
 
-    tensors: a mapping of names to NumPy arrays or torch tensors, or the path of a .safetensors file. Names are
-    looked up as ``prefix + name``; errors name that key after ``origin`` ("state dict", a file path). Every
-    tensor handed out is remembered, for :meth:`unused`.
+    Every tensor handed out is remembered, for [unused][attnkit.nn.StateDict.unused] (a loader's strict check).
+
+    Args:
+        tensors (Mapping or str or os.PathLike): names to NumPy arrays or (CPU) torch tensors, or the path of a
+            .safetensors file (bfloat16 files too).
+        prefix: looked up as ``prefix + name``.
+        dtype (numpy.dtype or str): float32 (default), float64, float16 or bfloat16: the dtype handed out.
+        origin: what error messages name before the key ("state dict", a file path).
+
+    Raises:
+        TypeError: tensors not a mapping. ValueError: an unsupported dtype.
+
+    Examples:
+        >>> import numpy as np
+        >>> from attnkit.nn import StateDict
+        >>> t = StateDict({"enc.w": np.ones((2, 3))}, "enc.")
+        >>> t("w", (2, None)).dtype, t.names(), t.unused()
+        (dtype('float32'), ['w'], [])
     """
 
     def __init__(self, tensors, prefix: str = "", *, dtype=np.float32, origin: str = "state dict"):
@@ -110,21 +125,53 @@ class StateDict:
         self.used: Set[str] = set()
 
     def has(self, name: str) -> bool:
+        """Whether the tensor ``prefix + name`` is there.
+
+        Args:
+            name: the name under ``prefix``.
+
+        Returns:
+            True or False.
+        """
         return self.prefix + name in self.tensors
 
     def names(self) -> List[str]:
-        """The names under ``prefix``, without it."""
+        """The names under ``prefix``, without it.
+
+        Returns:
+            A list of str, in the mapping's order.
+        """
         return [k[len(self.prefix):] for k in self.tensors if k.startswith(self.prefix)]
 
     def unused(self) -> List[str]:
-        """The keys under ``prefix`` never handed out, sorted."""
+        """The keys under ``prefix`` never handed out.
+
+        Returns:
+            A sorted list of full keys (prefix included).
+        """
         return sorted(k for k in self.tensors if k.startswith(self.prefix) and k not in self.used)
 
     def __call__(self, name: str, shape, *, transpose: bool = False) -> np.ndarray:
-        """The tensor ``prefix + name``: a C-contiguous ``dtype`` array of ``shape`` (None entries: any size).
+        """The tensor ``prefix + name``, converted to ``dtype`` and checked against ``shape``.
 
-        transpose: stored transposed (a Conv1D weight (in, out) for an (out, in) linear), so checked against
-        the reversed shape and handed out transposed.
+        Args:
+            name: the name under ``prefix``.
+            shape (tuple): the expected shape; None entries match any size.
+            transpose: the tensor is stored transposed (a Conv1D weight (in, out) for an (out, in) linear):
+                checked against the reversed shape and handed out transposed.
+
+        Returns:
+            A C-contiguous array of ``dtype`` and ``shape`` (a quantized checkpoint's weight: its packed form).
+
+        Raises:
+            KeyError: no such tensor. ValueError: another shape, or an integer tensor where a float one belongs;
+                both name the key.
+
+        Examples:
+            >>> import numpy as np
+            >>> from attnkit.nn import StateDict
+            >>> StateDict({"conv.w": np.zeros((4, 6))})("conv.w", (6, 4), transpose=True).shape
+            (6, 4)
         """
         key = self.prefix + name
         if key not in self.tensors:
@@ -148,7 +195,15 @@ class StateDict:
 
 
 class Module:
-    """Base of every layer. Subclasses keep weights as ndarray attributes and sub-layers as attributes."""
+    """Base of every layer: weights are NumPy arrays (or packed weights) held as attributes, sub-layers as
+    attributes or lists of them. There is no autograd and no registry: the attributes are walked.
+
+    Examples:
+        >>> from attnkit.nn import LayerNorm
+        >>> ln = LayerNorm.init(4)
+        >>> [name for name, _ in ln.named_parameters()], ln.num_parameters(), ln.astype("float64").dtype
+        (['weight', 'bias'], 8, dtype('float64'))
+    """
 
     def _weights(self, prefix: str = ""):
         """(dotted name, ndarray or PackedLinear) for every weight, sub-layers included (lists as ``name.i``)."""
@@ -165,13 +220,25 @@ class Module:
                         yield from item._weights(f"{prefix}{name}.{i}.")
 
     def named_parameters(self, prefix: str = "") -> Iterator[Tuple[str, np.ndarray]]:
-        """Yield ``(dotted name, array)`` for every weight, sub-layers included (lists as ``name.i``).
+        """Every weight with its dotted name, sub-layers included (lists as ``name.i``).
 
-        Packed weights (``PackedLinear``) are read back from their panels into new arrays."""
+        Packed weights ([PackedLinear][attnkit.PackedLinear]) are read back from their panels into new arrays.
+
+        Args:
+            prefix: put before every name.
+
+        Yields:
+            (name, numpy.ndarray) pairs.
+        """
         for name, value in self._weights(prefix):
             yield name, value.unpack() if isinstance(value, PackedLinear) else value
 
     def num_parameters(self) -> int:
+        """The number of weight entries, sub-layers included.
+
+        Returns:
+            An int.
+        """
         return sum(int(np.prod(a.shape)) for _, a in self._weights())
 
     @property
@@ -183,8 +250,17 @@ class Module:
         return np.dtype(np.float32)
 
     def astype(self, dtype) -> "Module":
-        """A copy of this module with every floating weight converted to ``dtype`` (float32, float64, float16 or
-        bfloat16)."""
+        """A copy of this module with every floating weight converted (sub-layers too); this one is unchanged.
+
+        Args:
+            dtype (numpy.dtype or str): float32, float64, float16 or bfloat16 (or "bfloat16").
+
+        Returns:
+            The copy, of this module's class.
+
+        Raises:
+            ValueError: another dtype.
+        """
         dtype = float_dtype(dtype)
         new = copy.copy(self)
         for name, value in vars(self).items():

@@ -31,7 +31,16 @@ Sublayer = Callable[[np.ndarray], np.ndarray]
 
 
 def sublayer_connections(x, steps: Sequence[Tuple[LayerNorm, Sublayer]], *, norm_first: bool) -> np.ndarray:
-    """x (B, L, E) through (norm, sublayer) steps, each wrapped in a residual connection -> (B, L, E).
+    """x through (norm, sublayer) steps, each wrapped in a residual connection.
+
+    Args:
+        x: (B, L, E).
+        steps: (norm, sublayer) pairs; a sublayer maps (B, L, E) to (B, L, E).
+        norm_first: pre-LN instead of the paper's post-LN.
+
+    Returns:
+        (B, L, E).
+
 
     post-LN (the paper):  x <- LN(x + Sublayer(x)) per step.
     pre-LN (norm_first):  x <- x + Sublayer(LN(x)) per step; each residual add is fused into the next
@@ -55,7 +64,22 @@ def sublayer_connections(x, steps: Sequence[Tuple[LayerNorm, Sublayer]], *, norm
 # --------------------------------------------------------------------------------------------------
 
 class EncoderLayer(Module):
-    """Self attention, then a feed-forward network; each sublayer wrapped in a residual add and a LayerNorm."""
+    """Self attention, then a feed-forward network; each sublayer wrapped in a residual add and a LayerNorm.
+
+    Args:
+        self_attn: the self attention.
+        feed_forward: the feed-forward network.
+        norm1: the norm around the attention ([LayerNorm][attnkit.nn.LayerNorm] or RMSNorm).
+        norm2: the norm around the feed-forward network.
+        norm_first: pre-LN, x + Sublayer(LN(x)), instead of the paper's post-LN, LN(x + Sublayer(x)).
+
+    Examples:
+        >>> from attnkit.nn import EncoderLayer, FeedForward, LayerNorm, MultiHeadAttention
+        >>> layer = EncoderLayer(MultiHeadAttention.init(16, 4, rng=0), FeedForward.init(16, 32, rng=0),
+        ...                      LayerNorm.init(16), LayerNorm.init(16), norm_first=True)
+        >>> layer.self_attn.num_heads
+        4
+    """
 
     def __init__(self, self_attn: MultiHeadAttention, feed_forward: FeedForward, norm1: LayerNorm,
                  norm2: LayerNorm, *, norm_first: bool = False):
@@ -64,14 +88,45 @@ class EncoderLayer(Module):
         self.norm_first = bool(norm_first)
 
     def __call__(self, x, mask: AttentionMask = NO_MASK):
-        """x (B, L, E) -> (B, L, E)."""
+        """One encoder layer.
+
+        Args:
+            x (numpy.ndarray): (B, L, E).
+            mask: which keys each position may see (padding).
+
+        Returns:
+            (numpy.ndarray): (B, L, E).
+
+        Examples:
+            >>> import numpy as np
+            >>> from attnkit.nn import Transformer, TransformerConfig
+            >>> cfg = TransformerConfig(d_model=16, nhead=4, num_encoder_layers=1, dim_feedforward=32)
+            >>> Transformer.from_config(cfg, rng=0).encoder.layers[0](np.ones((2, 5, 16), np.float32)).shape
+            (2, 5, 16)
+        """
         return sublayer_connections(x, [(self.norm1, lambda h: self.self_attn(h, mask=mask)),   # 1) attend
                                         (self.norm2, self.feed_forward)],                      # 2) feed forward
                                     norm_first=self.norm_first)
 
 
 class DecoderLayer(Module):
-    """Masked (causal) self attention, cross attention on the encoder memory, feed-forward; each with Add & Norm."""
+    """Masked (causal) self attention, cross attention on the encoder memory, feed-forward; each with Add & Norm.
+
+    Args:
+        self_attn: the (causal) self attention.
+        cross_attn: the attention on the encoder memory.
+        feed_forward: the feed-forward network.
+        norm1: the norm around the self attention.
+        norm2: the norm around the cross attention.
+        norm3: the norm around the feed-forward network.
+        norm_first: pre-LN instead of the paper's post-LN.
+
+    Examples:
+        >>> from attnkit.nn import Transformer, TransformerConfig
+        >>> cfg = TransformerConfig(d_model=16, nhead=4, num_decoder_layers=1, dim_feedforward=32)
+        >>> Transformer.from_config(cfg).decoder.layers[0].cross_attn.d_model
+        16
+    """
 
     def __init__(self, self_attn: MultiHeadAttention, cross_attn: MultiHeadAttention, feed_forward: FeedForward,
                  norm1: LayerNorm, norm2: LayerNorm, norm3: LayerNorm, *, norm_first: bool = False):
@@ -81,9 +136,26 @@ class DecoderLayer(Module):
 
     def __call__(self, x, memory_kv: Tuple[np.ndarray, np.ndarray], self_mask: AttentionMask = NO_MASK,
                  memory_mask: AttentionMask = NO_MASK, cache=None):
-        """x (B, L, E); memory_kv: K, V (B, H, S, Dh) from ``cross_attn.project_kv(memory)``.
+        """One decoder layer.
 
-        cache: a LayerKVCache; x then holds the new positions only and self attention runs over the cache.
+        Args:
+            x (numpy.ndarray): (B, L, E).
+            memory_kv: K, V (B, Hk, S, Dh) of the encoder memory, from ``cross_attn.project_kv(memory)``.
+            self_mask: which target positions each may see (causal).
+            memory_mask: which memory positions each may see (the source's padding).
+            cache (LayerKVCache or None): x then holds the new positions only and self attention runs over the
+                cache.
+
+        Returns:
+            (numpy.ndarray): (B, L, E).
+
+        Examples:
+            >>> import numpy as np
+            >>> from attnkit.nn import AttentionMask, Transformer, TransformerConfig
+            >>> layer = Transformer.from_config(TransformerConfig(d_model=16, nhead=4), rng=0).decoder.layers[0]
+            >>> kv = layer.cross_attn.project_kv(np.ones((1, 7, 16), np.float32))
+            >>> layer(np.ones((1, 3, 16), np.float32), kv, AttentionMask(is_causal=True)).shape
+            (1, 3, 16)
         """
         def cross_attention(h):
             return self.cross_attn.attend(self.cross_attn.project_q(h), *memory_kv, memory_mask)
@@ -102,7 +174,17 @@ class DecoderLayer(Module):
 class Encoder(Module):
     """N encoder layers and an optional final LayerNorm (or RMSNorm).
 
-    position_bias: a :class:`RelativePositionBias` (T5) added to every layer's self-attention scores."""
+    Args:
+        layers: the [EncoderLayer][attnkit.nn.EncoderLayer]s.
+        norm (LayerNorm or RMSNorm or None): the final norm.
+        position_bias (RelativePositionBias or None): T5's, added to every layer's self-attention scores.
+
+    Examples:
+        >>> from attnkit.nn import Encoder, Transformer, TransformerConfig
+        >>> model = Transformer.from_config(TransformerConfig(d_model=16, nhead=4, num_encoder_layers=2))
+        >>> len(Encoder(model.encoder.layers[:1]).layers)
+        1
+    """
 
     def __init__(self, layers: Sequence[EncoderLayer], norm: Optional[LayerNorm] = None, *,
                  position_bias: Optional[RelativePositionBias] = None):
@@ -110,7 +192,22 @@ class Encoder(Module):
         self.position_bias = position_bias
 
     def __call__(self, x, mask: AttentionMask = NO_MASK):
-        """x (B, S, E) -> memory (B, S, E)."""
+        """Encode a source sequence.
+
+        Args:
+            x (numpy.ndarray): (B, S, E) embedded source.
+            mask: which source positions each may see (padding).
+
+        Returns:
+            memory (numpy.ndarray): (B, S, E).
+
+        Examples:
+            >>> import numpy as np
+            >>> from attnkit.nn import AttentionMask, Transformer, TransformerConfig
+            >>> enc = Transformer.from_config(TransformerConfig(d_model=16, nhead=4, num_encoder_layers=2)).encoder
+            >>> enc(np.ones((2, 5, 16), np.float32), AttentionMask(kv_lengths=np.array([5, 3]))).shape
+            (2, 5, 16)
+        """
         if self.position_bias is not None:
             S = x.shape[1]
             mask = mask.with_bias(self.position_bias(S, S))                  # once, shared by every layer
@@ -124,17 +221,46 @@ class Encoder(Module):
                               strict: bool = True, quantize: Optional[str] = None,
                               group_size: Optional[int] = None) -> "Encoder":
         """Load a ``torch.nn.TransformerEncoder`` state dict (keys ``layers.0.self_attn.in_proj_weight`` ...).
-        quantize: 'int8' or 'int4' quantizes every linear layer (``attnkit.quantize_linear``)."""
+
+        Args:
+            state_dict (Mapping or str): names to NumPy arrays or torch tensors, or a .safetensors path.
+            nhead: the heads (not stored in a state dict).
+            prefix: the keys' prefix.
+            activation: "relu" or "gelu", as the torch model's.
+            norm_first: as the torch model's.
+            layer_norm_eps: as the torch model's.
+            dtype (numpy.dtype or str): the weights' dtype.
+            strict: a tensor under ``prefix`` that is not part of the encoder raises.
+            quantize: 'int8' or 'int4' quantizes every linear layer
+                (``attnkit.quantize_linear``).
+            group_size: int4's group of inputs (default 128).
+
+        Returns:
+            An Encoder (with its final norm when the state dict has one).
+
+        Raises:
+            KeyError: a missing or (strict) unexpected tensor. ValueError: shapes that do not fit.
+        """
         with quantizing(quantize, group_size):
             (encoder,) = load_torch_stacks(state_dict, prefix, dtype, strict, [""], nhead, activation, norm_first,
-                                     layer_norm_eps)
+                                           layer_norm_eps)
         return encoder
 
 
 class Decoder(Module):
     """N decoder layers and an optional final LayerNorm (or RMSNorm).
 
-    position_bias: a :class:`RelativePositionBias` (T5) added to every layer's self-attention scores."""
+    Args:
+        layers: the [DecoderLayer][attnkit.nn.DecoderLayer]s.
+        norm (LayerNorm or RMSNorm or None): the final norm.
+        position_bias (RelativePositionBias or None): T5's, added to every layer's self-attention scores.
+
+    Examples:
+        >>> from attnkit.nn import Decoder, Transformer, TransformerConfig
+        >>> model = Transformer.from_config(TransformerConfig(d_model=16, nhead=4, num_decoder_layers=3))
+        >>> len(Decoder(model.decoder.layers, model.decoder.norm).layers)
+        3
+    """
 
     def __init__(self, layers: Sequence[DecoderLayer], norm: Optional[LayerNorm] = None, *,
                  position_bias: Optional[RelativePositionBias] = None):
@@ -142,16 +268,45 @@ class Decoder(Module):
         self.position_bias = position_bias
 
     def project_memory(self, memory) -> MemoryKV:
-        """K and V of the encoder memory (B, S, E) for every layer's cross attention, computed once."""
+        """K and V of the encoder memory for every layer's cross attention, computed once per source.
+
+        Args:
+            memory (numpy.ndarray): (B, S, E).
+
+        Returns:
+            A list of (k, v) per layer, each (B, Hk, S, Dh).
+        """
         return [layer.cross_attn.project_kv(memory) for layer in self.layers]
 
     def __call__(self, x, memory=None, *, self_mask: AttentionMask = NO_MASK, memory_mask: AttentionMask = NO_MASK,
                  memory_kv: Optional[MemoryKV] = None, cache: Optional[KVCache] = None):
-        """x (B, L, E), memory (B, S, E) (or its ``project_memory``) -> (B, L, E).
+        """Decode target positions against a memory.
 
         With a ``cache``, x holds only the new positions: self attention appends them to the cache and runs
         causally over everything cached (only self_mask's float attn_mask, a bias over the cached keys, is
         used), and the cache advances by L.
+
+        Args:
+            x (numpy.ndarray): (B, L, E) embedded target.
+            memory (numpy.ndarray or None): (B, S, E) encoder output (or give memory_kv).
+            self_mask: which target positions each may see (causal for training-style calls).
+            memory_mask: which memory positions each may see.
+            memory_kv (list or None): [project_memory][attnkit.nn.Decoder.project_memory]'s output, reused.
+            cache (KVCache or None): the decoder's cache for incremental decoding.
+
+        Returns:
+            (numpy.ndarray): (B, L, E).
+
+        Raises:
+            ValueError: neither memory nor memory_kv; a position bias over a ragged cache.
+
+        Examples:
+            >>> import numpy as np
+            >>> from attnkit.nn import AttentionMask, Transformer, TransformerConfig
+            >>> dec = Transformer.from_config(TransformerConfig(d_model=16, nhead=4, num_decoder_layers=2)).decoder
+            >>> y, memory = np.ones((1, 4, 16), np.float32), np.ones((1, 6, 16), np.float32)
+            >>> dec(y, memory, self_mask=AttentionMask(is_causal=True)).shape
+            (1, 4, 16)
         """
         if memory_kv is None:
             if memory is None:

@@ -31,21 +31,47 @@ __all__ = ["TransformerConfig", "sublayer_connections", "EncoderLayer", "Decoder
 
 @dataclass
 class TransformerConfig:
-    """Hyperparameters; the defaults are the paper's base model (Table 3)."""
+    """Hyperparameters of [Transformer.from_config][attnkit.nn.Transformer.from_config]; the defaults are the
+    paper's base model (Table 3).
+
+    Args:
+        d_model: E.
+        nhead: H, a divisor of E.
+        num_encoder_layers: encoder layers (>= 0).
+        num_decoder_layers: decoder layers (>= 0).
+        dim_feedforward: F, the feed-forward width.
+        activation: "relu" (the paper), "gelu" (erf), "gelu_tanh" or "silu".
+        norm_first: False: post-LN, LN(x + Sublayer(x)) (the paper); True: pre-LN, x + Sublayer(LN(x)).
+        layer_norm_eps: the LayerNorms' eps.
+        final_norm: a LayerNorm after the encoder and after the decoder stacks.
+        src_vocab_size: token embeddings + positions for integer sources (None: inputs are embedded floats).
+        tgt_vocab_size: the same for targets; also sizes the Generator (logits).
+        positions: "sinusoidal", "learned" or "none".
+        max_len: rows of the positional table.
+        dtype: "float32", "float64", "float16" or "bfloat16".
+
+    Raises:
+        ValueError: a field out of range, naming it.
+
+    Examples:
+        >>> from attnkit.nn import TransformerConfig
+        >>> TransformerConfig(d_model=64, nhead=4, norm_first=True).dim_feedforward
+        2048
+    """
 
     d_model: int = 512
     nhead: int = 8
     num_encoder_layers: int = 6
     num_decoder_layers: int = 6
     dim_feedforward: int = 2048
-    activation: str = "relu"            # "relu" (paper) | "gelu" (erf) | "gelu_tanh"
-    norm_first: bool = False            # False: post-LN, LN(x + Sublayer(x)) (paper); True: x + Sublayer(LN(x))
+    activation: str = "relu"
+    norm_first: bool = False
     layer_norm_eps: float = 1e-5
-    final_norm: bool = False            # a LayerNorm after the encoder and after the decoder stacks
-    src_vocab_size: Optional[int] = None    # token embeddings + positions for integer inputs (None: none)
-    tgt_vocab_size: Optional[int] = None    # also sizes the Generator
-    positions: str = "sinusoidal"       # "sinusoidal" | "learned" | "none"
-    max_len: int = 1024                 # rows of the positional table
+    final_norm: bool = False
+    src_vocab_size: Optional[int] = None
+    tgt_vocab_size: Optional[int] = None
+    positions: str = "sinusoidal"
+    max_len: int = 1024
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -70,18 +96,27 @@ class TransformerConfig:
 # --------------------------------------------------------------------------------------------------
 
 class Transformer(Module):
-    """Encoder-decoder Transformer.
+    """Encoder-decoder Transformer, called like ``torch.nn.Transformer.forward`` with ``batch_first=True``.
 
-    Called like ``torch.nn.Transformer.forward`` with ``batch_first=True``::
+    Mask conventions are PyTorch's: key padding masks are True where padded; attention masks are bool (True =
+    NOT allowed) or float (added to the scores); see [AttentionMask.from_torch][attnkit.nn.AttentionMask.from_torch].
+    One difference: a query that may attend to nothing gets zeros, not PyTorch's NaN.
 
-        out = model(src, tgt, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None,
-                    tgt_key_padding_mask=None, memory_key_padding_mask=None, tgt_is_causal=False)
+    Args:
+        encoder: the [Encoder][attnkit.nn.Encoder].
+        decoder: the [Decoder][attnkit.nn.Decoder].
+        src_embed (Embeddings or None): embeds integer sources (None: sources come embedded).
+        tgt_embed (Embeddings or None): embeds integer targets; generate needs it.
+        generator (Generator or None): the output Linear (logits); generate needs it.
+        config (TransformerConfig or None): the hyperparameters, kept for reference.
 
-    src (B, S, E) and tgt (B, T, E) are embedded float arrays -- or integer token ids (B, S) / (B, T) when the
-    model has ``src_embed`` / ``tgt_embed``. Returns the decoder output (B, T, E) (``generator`` maps it to
-    logits). Mask conventions are PyTorch's: key padding masks are True where padded; attention masks are
-    bool (True = NOT allowed) or float (added to the scores); see :meth:`AttentionMask.from_torch`. One
-    difference: a query that may attend to nothing gets zeros, not PyTorch's NaN.
+    Examples:
+        >>> from attnkit.nn import Transformer, TransformerConfig
+        >>> cfg = TransformerConfig(d_model=32, nhead=4, num_encoder_layers=2, num_decoder_layers=2,
+        ...                         dim_feedforward=64, src_vocab_size=50, tgt_vocab_size=50)
+        >>> model = Transformer.from_config(cfg, rng=0)
+        >>> len(model.encoder.layers), model.generator.weight.shape
+        (2, (50, 32))
     """
 
     def __init__(self, encoder: Encoder, decoder: Decoder, *, src_embed: Optional[Embeddings] = None,
@@ -94,7 +129,20 @@ class Transformer(Module):
     # -- factories ----------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: TransformerConfig, *, rng=None) -> "Transformer":
-        """A model with random weights (Xavier-uniform projections, small random biases)."""
+        """A model with random weights (Xavier-uniform projections, small random biases).
+
+        Args:
+            config: the hyperparameters.
+            rng (int or numpy.random.Generator or None): the randomness.
+
+        Returns:
+            A Transformer in ``config.dtype``.
+
+        Examples:
+            >>> from attnkit.nn import Transformer, TransformerConfig
+            >>> Transformer.from_config(TransformerConfig(d_model=16, nhead=2, dtype="float64"), rng=1).dtype
+            dtype('float64')
+        """
         rng = np.random.default_rng(rng)
         c, dtype = config, float_dtype(config.dtype)
         E = c.d_model
@@ -127,18 +175,34 @@ class Transformer(Module):
                               layer_norm_eps: float = 1e-5, dtype=np.float32, prefix: str = "",
                               strict: bool = True, quantize: Optional[str] = None,
                               group_size: Optional[int] = None) -> "Transformer":
-        """Load a ``torch.nn.Transformer`` state dict: a dict of NumPy arrays (or tensors), or a .safetensors path.
+        """Load a ``torch.nn.Transformer`` state dict; the model is then called like the torch one.
 
         Sizes (d_model, layer counts, dim_feedforward, final norms) are read from the tensors; nhead,
-        activation ("relu" | "gelu"), norm_first and layer_norm_eps are not stored in a state dict and must
-        match the torch model's. Keys outside ``prefix`` are ignored; with ``strict`` an unknown key under it,
-        a missing tensor or a tensor of the wrong shape raises, naming the tensor. quantize: 'int8' or 'int4'
-        quantizes every linear layer as it is packed (``attnkit.quantize_linear``, int4 in groups of
-        ``group_size``, default 128); embeddings and norms stay in ``dtype``.
+        activation, norm_first and layer_norm_eps are not stored in a state dict and must match the torch
+        model's. Keys outside ``prefix`` are ignored.
+
+        Args:
+            state_dict (Mapping or str): names to NumPy arrays or torch tensors, or a .safetensors path.
+            nhead: the heads.
+            activation: "relu" or "gelu".
+            norm_first: the torch model's.
+            layer_norm_eps: the torch model's.
+            dtype (numpy.dtype or str): the weights' dtype.
+            prefix: the keys' prefix.
+            strict: an unknown key under ``prefix`` raises (a missing or misshapen tensor always does).
+            quantize: 'int8' or 'int4' quantizes every linear layer as it is packed
+                (``attnkit.quantize_linear``); norms stay in ``dtype``.
+            group_size: int4's group of inputs (default 128).
+
+        Returns:
+            A Transformer (no embeddings and no generator: torch.nn.Transformer has none).
+
+        Raises:
+            KeyError: a missing or (strict) unexpected tensor, named. ValueError: shapes that do not fit.
         """
         with quantizing(quantize, group_size):
             encoder, decoder = load_torch_stacks(state_dict, prefix, dtype, strict, ["encoder.", "decoder."], nhead,
-                                           activation, norm_first, layer_norm_eps)
+                                                 activation, norm_first, layer_norm_eps)
         first = encoder.layers[0] if encoder.layers else None
         config = TransformerConfig(
             d_model=decoder.layers[0].self_attn.d_model if decoder.layers else first.self_attn.d_model,
@@ -153,7 +217,35 @@ class Transformer(Module):
     def __call__(self, src, tgt, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None,
                  tgt_key_padding_mask=None, memory_key_padding_mask=None, src_is_causal=None, tgt_is_causal=None,
                  memory_is_causal=False):
-        """src (B, S[, E]), tgt (B, T[, E]) -> decoder output (B, T, E)."""
+        """Encode src and decode tgt against it (PyTorch's ``forward``).
+
+        Args:
+            src (numpy.ndarray): (B, S, E) embedded floats, or (B, S) integer ids with ``src_embed``.
+            tgt (numpy.ndarray): (B, T, E) embedded floats, or (B, T) integer ids with ``tgt_embed``.
+            src_mask (numpy.ndarray or None): (S, S) or (B*H, S, S), PyTorch's convention.
+            tgt_mask (numpy.ndarray or None): (T, T) or (B*H, T, T); the causal mask is recognised.
+            memory_mask (numpy.ndarray or None): (T, S) or (B*H, T, S).
+            src_key_padding_mask (numpy.ndarray or None): (B, S), True where padded.
+            tgt_key_padding_mask (numpy.ndarray or None): (B, T), True where padded.
+            memory_key_padding_mask (numpy.ndarray or None): (B, S), True where padded.
+            src_is_causal (bool or None): causal self attention in the encoder.
+            tgt_is_causal (bool or None): causal self attention in the decoder (without a tgt_mask).
+            memory_is_causal (bool): causal cross attention.
+
+        Returns:
+            (numpy.ndarray): The decoder output (B, T, E) (``generator`` maps it to logits).
+
+        Raises:
+            ValueError: ids without an embedding, masks or inputs of the wrong shape.
+
+        Examples:
+            >>> import numpy as np
+            >>> from attnkit.nn import Transformer, TransformerConfig
+            >>> model = Transformer.from_config(TransformerConfig(d_model=16, nhead=4, dim_feedforward=32), rng=0)
+            >>> src, tgt = np.ones((2, 7, 16), np.float32), np.ones((2, 5, 16), np.float32)
+            >>> model(src, tgt, tgt_is_causal=True).shape
+            (2, 5, 16)
+        """
         memory = self.encode(src, src_mask=src_mask, src_key_padding_mask=src_key_padding_mask,
                              src_is_causal=src_is_causal)
         return self.decode(tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
@@ -164,7 +256,17 @@ class Transformer(Module):
     forward = __call__
 
     def encode(self, src, src_mask=None, src_key_padding_mask=None, src_is_causal=None) -> np.ndarray:
-        """src (B, S, E) floats or (B, S) ids -> memory (B, S, E)."""
+        """The encoder half of ``forward``.
+
+        Args:
+            src (numpy.ndarray): (B, S, E) floats or (B, S) ids.
+            src_mask (numpy.ndarray or None): as in ``forward``.
+            src_key_padding_mask (numpy.ndarray or None): (B, S), True where padded.
+            src_is_causal (bool or None): causal self attention.
+
+        Returns:
+            memory (B, S, E).
+        """
         x = self._embed(src, self.src_embed, "src")                                # (B, S, E)
         B, S, _ = x.shape
         mask = AttentionMask.from_torch(src_mask, src_key_padding_mask, bool(src_is_causal), batch_size=B,
@@ -173,7 +275,21 @@ class Transformer(Module):
 
     def decode(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
                memory_key_padding_mask=None, tgt_is_causal=None, memory_is_causal=False) -> np.ndarray:
-        """tgt (B, T, E) floats or (B, T) ids, memory (B, S, E) -> (B, T, E)."""
+        """The decoder half of ``forward``.
+
+        Args:
+            tgt (numpy.ndarray): (B, T, E) floats or (B, T) ids.
+            memory (numpy.ndarray): (B, S, E), the encoder output.
+            tgt_mask (numpy.ndarray or None): as in ``forward``.
+            memory_mask (numpy.ndarray or None): as in ``forward``.
+            tgt_key_padding_mask (numpy.ndarray or None): (B, T), True where padded.
+            memory_key_padding_mask (numpy.ndarray or None): (B, S), True where padded.
+            tgt_is_causal (bool or None): causal self attention.
+            memory_is_causal (bool): causal cross attention.
+
+        Returns:
+            (B, T, E).
+        """
         y = self._embed(tgt, self.tgt_embed, "tgt")                                # (B, T, E)
         memory = np.asarray(memory, dtype=y.dtype)
         B, T, _ = y.shape
@@ -189,14 +305,38 @@ class Transformer(Module):
     def generate(self, src, max_new_tokens: int, *, bos_token_id: int, eos_token_id: Optional[int] = None,
                  pad_token_id: Optional[int] = None, src_key_padding_mask=None, num_beams: int = 1,
                  length_penalty: float = 1.0, use_cache: bool = True, **options) -> np.ndarray:
-        """Decode target token ids for src (B, S) ids (or (B, S, E) embedded): returns (B, 1 + max_new_tokens).
+        """Decode target token ids for a source; needs ``tgt_embed`` and ``generator``.
 
-        Starts every target with ``bos_token_id``; greedy when num_beams == 1, else beam search. With
-        ``use_cache`` the decoder keeps a KV cache and runs one position per step; without, it recomputes the
-        whole prefix each step (same tokens, for checking and benchmarking). Rows that emit ``eos_token_id``
-        continue with ``pad_token_id`` (default eos); generation stops early when all rows have finished.
-        ``options``: the other fields of :class:`attnkit.nn.generation.GenerationConfig` (no_repeat_ngram_size,
-        repetition_penalty, do_sample, ...), as in Hugging Face ``generate``.
+        Starts every target with ``bos_token_id``; greedy when num_beams == 1, else beam search. Rows that emit
+        ``eos_token_id`` continue with ``pad_token_id`` (default eos); generation stops early when all rows
+        have finished.
+
+        Args:
+            src (numpy.ndarray): (B, S) ids, or (B, S, E) embedded.
+            max_new_tokens: tokens after the start token (>= 0).
+            bos_token_id: the decoder start token.
+            eos_token_id: ends a row.
+            pad_token_id: fills a finished row (default: eos).
+            src_key_padding_mask (numpy.ndarray or None): (B, S), True where padded.
+            num_beams: 1 for greedy search, more for beam search.
+            length_penalty: beam scores are divided by length ** length_penalty.
+            use_cache: keep a KV cache (one position per step); False recomputes the whole prefix each step
+                (the same tokens, for checking and benchmarking).
+            **options (Any): other fields of [GenerationConfig][attnkit.nn.GenerationConfig] (no_repeat_ngram_size,
+                repetition_penalty, do_sample, ...), as in Hugging Face ``generate``.
+
+        Returns:
+            (B, 1 + max_new_tokens) int64 token ids, starting with bos_token_id.
+
+        Raises:
+            ValueError: max_new_tokens < 0, a model without tgt_embed or generator, a bad option.
+
+        Examples:
+            >>> import numpy as np
+            >>> from attnkit.nn import Transformer, TransformerConfig
+            >>> cfg = TransformerConfig(d_model=16, nhead=2, src_vocab_size=20, tgt_vocab_size=20)
+            >>> Transformer.from_config(cfg, rng=0).generate(np.array([[3, 4, 5]]), 6, bos_token_id=1).shape
+            (1, 7)
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens: must be >= 0, got {max_new_tokens}")
@@ -215,8 +355,17 @@ class Transformer(Module):
         """The one decoding loop of every encoder-decoder (this model and the Hugging Face families): encode src
         once, project the memory's K/V once, then greedy search / sampling / beam search as ``config`` says.
 
-        Returns (B * num_return_sequences, L) token ids starting with the decoder start token, L <= max_length
-        (Hugging Face's output: cut after the longest row)."""
+        Args:
+            src (numpy.ndarray): (B, S) ids or (B, S, E) embedded.
+            config: the generation options.
+            decoder_start_token_id: the first target token.
+            src_key_padding_mask (numpy.ndarray or None): (B, S), True where padded.
+            use_cache: keep a KV cache.
+
+        Returns:
+            (B * num_return_sequences, L) int64 token ids starting with the decoder start token,
+                L <= max_length (Hugging Face's output: cut after the longest row).
+        """
         if config.num_beams > 1:
             return beam_steps(*self._start(src, src_key_padding_mask, config, decoder_start_token_id, use_cache),
                               config)
@@ -228,8 +377,22 @@ class Transformer(Module):
 
     def stream_tokens(self, src, config: GenerationConfig, *, decoder_start_token_id: int,
                       src_key_padding_mask=None, use_cache: bool = True, out: Optional[list] = None):
-        """Greedy search or sampling one step at a time: yields the new tokens (B * num_return_sequences,),
-        -1 for rows already finished; ``out`` (a list) receives the sequences at the end."""
+        """Greedy search or sampling one step at a time.
+
+        Args:
+            src (numpy.ndarray): (B, S) ids or (B, S, E) embedded.
+            config: the generation options (num_beams 1).
+            decoder_start_token_id: the first target token.
+            src_key_padding_mask (numpy.ndarray or None): (B, S), True where padded.
+            use_cache: keep a KV cache.
+            out (list or None): receives the whole sequences at the end.
+
+        Yields:
+            tokens (numpy.ndarray): (B * num_return_sequences,) int64, each step's token per row (-1 once it has ended).
+
+        Raises:
+            ValueError: num_beams > 1.
+        """
         if config.num_beams > 1:
             raise ValueError("num_beams: streaming works for greedy search and sampling (num_beams=1)")
         state, logits, prompt = self._start(src, src_key_padding_mask, config, decoder_start_token_id, use_cache)
