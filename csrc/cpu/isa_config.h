@@ -24,11 +24,11 @@ constexpr int kMR = 6;
 #endif
 constexpr int kNV = 2;  // vectors per micro-tile row
 
-// GEMM (gemm.h): an A block of kGemmMC rows x kGemmKC depth stays in L2 while a kGemmKC x NR
+// GEMM (gemm_blocked.h): an A block of kGemmMC rows x kGemmKC depth stays in L2 while a kGemmKC x NR
 // panel of W^T stays in L1. Up to kGemvRows rows, dot products that read W once, in place.
 constexpr int64_t kGemmMC = 192, kGemmKC = 512;
 constexpr int64_t kGemvRows = 4;
-// Up to kDotRows rows with an unpacked float weight: a register tile of dot products (gemm.h,
+// Up to kDotRows rows with an unpacked float weight: a register tile of dot products (gemm_dots.h,
 // dot_rows_task), kDotA rows of A x kDotW rows of W, the depth in chunks of kDotChunkBytes.
 constexpr int64_t kDotRows = 32, kDotChunkBytes = 4096;
 #if defined(ATTNKIT_LAYOUT_AVX512)

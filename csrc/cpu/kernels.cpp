@@ -4,7 +4,8 @@
 //   isa_config.h    every per-ISA constant (vector width, micro-tile, block sizes)
 //   simd.h          vectors, exp2, activations, per-thread workspaces
 //   micro_kernel.h  the register-tile product shared by GEMM and attention
-//   gemm.h          linear: packed GEMM and the few-rows GEMV
+//   gemm.h          linear: picks the path; half precision GEMM. It includes gemm_dots.h (few rows of an
+//                   unpacked weight: dot products) and gemm_blocked.h (the packed panel GEMM)
 //   gemm_amx.h      amx_bf16 only: bfloat16 linear on AMX tiles (amx_tiles.h: the tile operations and the
 //                   block product, shared with attention_amx.h)
 //   attention.h     flash attention: work items, prefill, the split-KV merge; it includes
