@@ -248,3 +248,58 @@ def test_model_suite_imports_without_torch():
             "assert m._torch() is None and callable(m.run_model_suite)\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
+
+
+# -------------------------------------------------------------------------------------------------
+# Beam search's top-k: every class of input against a full stable sort (value down, index up)
+# -------------------------------------------------------------------------------------------------
+def _sorted_topk(x, k):
+    return np.array([np.lexsort((np.arange(x.shape[1]), -row))[:min(k, x.shape[1])] for row in x])
+
+
+_TOPK_N = (1, 5, 64, 4095, 4096, 4097, 4096 + 63, 8191, 4 * 58101)      # around the grouped path's 64 x 64 start
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "neg_inf", "all_equal", "few_finite", "pos_inf", "float64"])
+@pytest.mark.parametrize("n", _TOPK_N)
+def test_topk_matches_a_full_stable_sort(n, kind):
+    rng = np.random.default_rng(n)
+    for rows, k in ((1, 1), (3, 2), (8, 8), (2, 16), (3, 64), (2, 65), (1, 200)):
+        x = rng.standard_normal((rows, n)).astype(np.float32)
+        if kind == "ties":
+            x = np.round(x * 2) / 2                                         # many equal scores at the boundary
+        elif kind == "neg_inf":
+            x[:, ::3] = -np.inf
+        elif kind == "all_equal":
+            x[:] = 0.5
+        elif kind == "few_finite":                                         # a forced token: one finite score
+            x[:] = -np.inf
+            x[:, n // 2] = 0.0
+        elif kind == "pos_inf":
+            x[:, 7::50] = np.inf
+        elif kind == "float64":
+            x = x.astype(np.float64)
+        got = nn.generation._topk(x, k)
+        np.testing.assert_array_equal(got, _sorted_topk(x, k), err_msg=f"rows {rows}, k {k}")
+
+
+def test_topk_ranks_nan_last():
+    x = np.random.default_rng(0).standard_normal((2, 4 * 58101)).astype(np.float32)
+    x[0, 5] = np.nan
+    x[1, -1] = np.nan
+    got = nn.generation._topk(x, 8)
+    clean = np.where(np.isnan(x), -np.inf, x)
+    np.testing.assert_array_equal(got, _sorted_topk(clean, 8))
+
+
+def test_log_softmax_into_a_reused_buffer_gives_the_same_bits(rng):
+    logits = (rng.standard_normal((6, 1000)) * 5).astype(np.float32)
+    m = logits.max(axis=-1, keepdims=True)
+    ref = logits - (m + np.log(np.exp(logits - m).sum(axis=-1, keepdims=True)))
+    buf = np.full_like(logits, np.nan)
+    out = nn.generation.log_softmax(logits, np.float32, out=buf)
+    assert out is buf
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(nn.generation.log_softmax(logits, np.float32), ref)
+    exact = logits.astype(np.float64) - np.log(np.exp(logits.astype(np.float64)).sum(axis=-1, keepdims=True))
+    np.testing.assert_allclose(nn.generation.log_softmax(logits), exact, rtol=1e-12, atol=1e-12)

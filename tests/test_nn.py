@@ -397,8 +397,11 @@ def test_kv_cache_fills_in_place_and_reorders(rng):
     cache.reorder(np.array([2, 2, 0]))
     assert cache.lengths.tolist() == [3, 3, 4]
     np.testing.assert_array_equal(cache.keys[:, :, :, :3], before[:, [2, 2, 0], :, :3])
+    moved, moved_v = cache.keys[:, :, :, :4].copy(), cache.values[:, :, :, :4].copy()
     cache.reorder(np.array([0, 1, 2, 2, 1, 0]))                          # beam expansion
     assert cache.batch_size == 6 and cache.lengths.tolist() == [3, 3, 4, 4, 3, 3]
+    np.testing.assert_array_equal(cache.keys[:, :, :, :4], moved[:, [0, 1, 2, 2, 1, 0]])
+    np.testing.assert_array_equal(cache.values[:, :, :, :4], moved_v[:, [0, 1, 2, 2, 1, 0]])
     with pytest.raises(ValueError, match="max_len"):
         cache.append(0, *(2 * [np.zeros((6, 2, 5, 4), np.float32)]))
 

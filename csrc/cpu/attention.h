@@ -143,6 +143,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
     const St* vb = v + off.v + blk.hk * p.v_h;
     const int64_t n = blk.n, nqp = ceil_div(n, NR), ncols = nqp * NR, nqv = ncols / W;
     const bool amx = kAmx && n > kFewRows;
+    const bool pack_qt = !amx && n > kFewRows;  // few rows read Qr (row-major), not the Q^T panels
 
     // rows: pack Q^T (scaled; on tiles unscaled, in bfloat16), causal bounds, mask rows
     int64_t max_limit = 0, min_limit = len;
@@ -155,7 +156,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
 #if defined(ATTNKIT_AMX)
         if (amx) amx_pack_q_row(Qb, ket, rr, nullptr, 0, E);
 #endif
-        for (int64_t d = 0; d < E && !amx; ++d) dst[d * NR] = 0;
+        for (int64_t d = 0; d < E && pack_qt; ++d) dst[d * NR] = 0;
         key_limit[rr] = 0;
         key_start[rr] = 0;
         min_limit = 0;
@@ -167,7 +168,7 @@ void attn_task(void* ctx, int64_t begin, int64_t end, int tid) {
       if constexpr (kAmx)
         if (amx) amx_pack_q_row(Qb, ket, rr, qr, p.q_e, E);
 #endif
-      for (int64_t d = 0; d < E && !amx; ++d) dst[d * NR] = widen(qr[d * p.q_e]) * qscale;
+      for (int64_t d = 0; d < E && pack_qt; ++d) dst[d * NR] = widen(qr[d * p.q_e]) * qscale;
       if (n <= kFewRows) {
         for (int64_t d = 0; d < E; ++d) Qr[rr * E + d] = widen(qr[d * p.q_e]) * qscale;
         if constexpr (std::is_same<St, bf16_t>::value) {

@@ -38,12 +38,16 @@ class DecodingState(Protocol):
     def reorder(self, rows: np.ndarray) -> None: ...
 
 
-def log_softmax(logits: np.ndarray, dtype=np.float64) -> np.ndarray:
+def log_softmax(logits: np.ndarray, dtype=np.float64, out: Optional[np.ndarray] = None) -> np.ndarray:
     """log p over the last axis, in float64 by default (ranks of near-equal scores stay stable); beam search
-    asks for float32, as transformers computes it."""
+    asks for float32, as transformers computes it. ``out``: an array of the result's shape and dtype, not
+    ``logits`` itself, to write into (beam search reuses one: a fresh 7 MB temporary a step costs its page
+    faults); without it one new array is made."""
     x = np.asarray(logits, dtype=dtype)
     m = x.max(axis=-1, keepdims=True)
-    return x - (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))
+    buf = np.empty_like(x) if out is None else out
+    np.exp(np.subtract(x, m, out=buf), out=buf)
+    return np.subtract(x, m + np.log(buf.sum(axis=-1, keepdims=True)), out=buf)
 
 
 
@@ -184,13 +188,15 @@ class GenerationConfig:
 # --------------------------------------------------------------------------------------------------
 
 def process_scores(scores: np.ndarray, sequences: np.ndarray, cfg: GenerationConfig, prompt_len: int,
-                   *, warp: bool = True) -> np.ndarray:
+                   *, warp: bool = True, inplace: bool = False) -> np.ndarray:
     """scores (R, V) for the token after sequences (R, cur) -> processed scores (R, V) (float32 or float64 as given).
 
     Hugging Face's processors in its order; -inf marks a token that may not be chosen. prompt_len: the
     length of the decoder prompt within ``sequences`` (min_new_tokens counts from there). warp: apply the
-    sampling warpers (temperature, top_k, top_p) when cfg.do_sample."""
-    x = np.array(scores, dtype=np.result_type(scores.dtype, np.float32))    # float32 stays float32, as there
+    sampling warpers (temperature, top_k, top_p) when cfg.do_sample. inplace: scores itself may be changed
+    and returned (float32 or float64 scores the caller owns), else a copy is."""
+    dtype = np.result_type(scores.dtype, np.float32)                          # float32 stays float32, as there
+    x = scores if inplace and scores.dtype == dtype and scores.flags.writeable else np.array(scores, dtype=dtype)
     R, V = x.shape
     cur = sequences.shape[1]
     rows = np.arange(R)[:, None]
@@ -267,13 +273,60 @@ def sample_steps(state: DecodingState, logits: np.ndarray, prompt: np.ndarray, c
 _NEG = -1.0e9            # Hugging Face's "never pick this" score
 
 
+_TOPK_GROUPS = 64
+
+
 def _topk(x: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest entries of each row, largest first (ties: lower index first)."""
-    k = min(k, x.shape[1])
-    part = np.argpartition(-x, k - 1, axis=1)[:, :k] if k < x.shape[1] else np.tile(np.arange(x.shape[1]), (len(x), 1))
-    picked = np.take_along_axis(x, part, axis=1)
-    order = np.lexsort((part, -picked), axis=1)
-    return np.take_along_axis(part, order, axis=1)
+    """Indices of the k largest entries of each row, largest first (ties: lower index first).
+
+    Long rows through _topk_long; otherwise the k-th largest value t of each row by a partition, then one
+    pass picks the entries above t and, in index order, as many equal to t as are missing. A row holding NaN
+    is ranked by a partition of all its entries (NaN last)."""
+    R, N = x.shape
+    k = min(k, N)
+    if N >= 64 * _TOPK_GROUPS and k <= 64:
+        found = _topk_long(x, k)
+        if found is not None:
+            return found
+    if np.isnan(x).any():
+        part = np.argpartition(-x, k - 1, axis=1)[:, :k] if k < N else np.tile(np.arange(N), (R, 1))
+        order = np.lexsort((part, -np.take_along_axis(x, part, axis=1)), axis=1)
+        return np.take_along_axis(part, order, axis=1)
+    t = np.partition(x, N - k, axis=1)[:, N - k][:, None]
+    g_rows, g_cols = np.nonzero(x > t)
+    e_rows, e_cols = np.nonzero(x == t)                                  # row by row, index order within a row
+    need = k - np.bincount(g_rows, minlength=R)                            # >= 1: t itself is in every row
+    e_first = np.concatenate([[0], np.cumsum(np.bincount(e_rows, minlength=R))[:-1]])
+    keep = np.arange(len(e_rows)) - e_first[e_rows] < need[e_rows]
+    rows = np.concatenate([g_rows, e_rows[keep]])
+    cols = np.concatenate([g_cols, e_cols[keep]])
+    order = np.lexsort((cols, -x[rows, cols], rows))                       # by row, value down, index up
+    return cols[order].reshape(R, k)
+
+
+def _topk_long(x: np.ndarray, k: int) -> Optional[np.ndarray]:
+    """_topk for long rows (beam search's batch x beams x vocabulary scores) without partitioning them: each
+    row's first G * n entries (G = _TOPK_GROUPS, n = N // G) fall into n groups of G entries n apart, whose
+    maxima one strided reduction gives; the k-th largest maximum is a lower bound of the k-th largest entry (k
+    distinct groups hold an entry >= it), so the k largest entries lie in the groups whose maximum reaches
+    it, or in the last N - G * n entries: a few hundred candidates, ranked exactly. 0.7 against 6.3 ms for 8
+    rows of 4 x 58101. None (the caller ranks everything) for NaN or many groups tied at the bound."""
+    R, N = x.shape
+    n = N // _TOPK_GROUPS
+    heads = x[:, :_TOPK_GROUPS * n].reshape(R, _TOPK_GROUPS, n).max(axis=1)   # (R, n): group j = j, j + n, ...
+    tail = np.arange(_TOPK_GROUPS * n, N)
+    if np.isnan(heads).any() or np.isnan(x[:, tail]).any():
+        return None
+    bound = np.partition(heads, n - k, axis=1)[:, n - k]
+    spread = np.arange(_TOPK_GROUPS)[:, None] * n
+    out = np.empty((R, k), np.int64)
+    for r in range(R):
+        groups = np.flatnonzero(heads[r] >= bound[r])
+        if len(groups) > 16 * k:
+            return None
+        idx = np.concatenate([(spread + groups[None, :]).ravel(), tail])
+        out[r] = idx[np.lexsort((idx, -x[r, idx]))[:k]]
+    return out
 
 
 def beam_steps(state: DecodingState, logits: np.ndarray, prompt: np.ndarray, cfg: GenerationConfig) -> np.ndarray:
@@ -310,10 +363,11 @@ def beam_steps(state: DecodingState, logits: np.ndarray, prompt: np.ndarray, cfg
     logits = np.repeat(logits, K, axis=0)
     cur = P
     rng = cfg.sampling.rng
+    lp_buf = np.empty((R * K, V), f32)                                       # reused: no 7 MB page faults a step
     while cur < T:
-        lp = log_softmax(logits, f32)                                        # (R*K, V)
-        lp = process_scores(lp, running[:, :, :cur].reshape(R * K, cur), cfg, P)
-        acc = (lp.reshape(R, K, V) + run_scores[:, :, None]).reshape(R, K * V)
+        lp = log_softmax(logits, f32, out=lp_buf)                            # (R*K, V)
+        lp = process_scores(lp, running[:, :, :cur].reshape(R * K, cur), cfg, P, inplace=True)
+        acc = np.add(lp.reshape(R, K, V), run_scores[:, :, None], out=lp_buf.reshape(R, K, V)).reshape(R, K * V)
         if cfg.do_sample:
             idx = np.empty((R, keep), dtype=np.int64)
             for r in range(R):
