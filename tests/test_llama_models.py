@@ -213,3 +213,12 @@ def test_sampled_distribution_matches_processed_softmax():
     expected = n * q[q > 0]
     chi2 = ((counts[q > 0] - expected) ** 2 / expected).sum()
     assert chi2 < 25.0, (counts, expected)                                 # df <= 5: p < 1e-4 by chance
+
+
+def test_config_head_dim_defaults_as_transformers():
+    """LlamaConfig built by hand: head_dim follows hidden_size // num_attention_heads unless given (a fixed 128
+    default made a TinyLlama-shaped config, 2048 / 32 heads, twice as wide in its attention)."""
+    for E, H in ((2048, 32), (4096, 32), (64, 4), (96, 3)):
+        theirs = transformers.LlamaConfig(hidden_size=E, num_attention_heads=H, num_key_value_heads=H)
+        assert attnkit.models.LlamaConfig(hidden_size=E, num_attention_heads=H).head_dim == theirs.head_dim == E // H
+    assert attnkit.models.LlamaConfig(hidden_size=64, num_attention_heads=4, head_dim=32).head_dim == 32

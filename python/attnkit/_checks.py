@@ -10,8 +10,12 @@ from ._dtypes import is_real_scalar
 
 
 def on_gpu(*arrays) -> bool:
-    """True when any argument is a GPU array: the call then runs on attnkit.cuda."""
-    return any(a is not None and not isinstance(a, np.ndarray) and _cuda_route.is_device_array(a) for a in arrays)
+    """True when any argument is a GPU array: the call then runs on attnkit.cuda. (A loop, not any() over a
+    generator: it runs several times per layer of a decoding step.)"""
+    for a in arrays:
+        if a is not None and type(a) is not np.ndarray and _cuda_route.is_device_array(a):
+            return True
+    return False
 
 
 def check_bool(value, name: str) -> bool:

@@ -189,7 +189,7 @@ def linear(x: np.ndarray, weight, bias: Optional[np.ndarray] = None, *, activati
         [[4.0, 5.0, 6.0], [4.0, 5.0, 6.0]]
     """
     act = "none" if activation is None else activation
-    if on_gpu(x, weight, bias):
+    if on_gpu(x, None if isinstance(weight, PackedLinear) else weight, bias):
         if out is not None or isinstance(weight, PackedLinear):
             raise TypeError("linear: out= and packed weights are for NumPy arrays (the GPU path has neither)")
         return _cuda_route.linear(x, weight, bias, act)

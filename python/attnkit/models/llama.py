@@ -42,7 +42,7 @@ class LlamaConfig(CheckpointConfig):
         num_hidden_layers: decoder layers.
         num_attention_heads: query heads Hq.
         num_key_value_heads: KV heads Hk, a divisor of Hq (grouped-query attention).
-        head_dim: Dh.
+        head_dim: Dh (None: hidden_size // num_attention_heads, as transformers' LlamaConfig).
         max_position_embeddings: the rotary tables' first size (they grow on demand).
         rms_norm_eps: the RMSNorms' eps.
         rope (dict): the rotary parameters (``attnkit.rope.rope_parameters``: rope_type, rope_theta, scaling).
@@ -69,7 +69,7 @@ class LlamaConfig(CheckpointConfig):
     num_hidden_layers: int = 32
     num_attention_heads: int = 32
     num_key_value_heads: int = 32
-    head_dim: int = 128
+    head_dim: Optional[int] = None
     max_position_embeddings: int = 2048
     rms_norm_eps: float = 1e-6
     rope: dict = dc_field(default_factory=lambda: {"rope_type": "default", "rope_theta": 10000.0})
@@ -83,6 +83,10 @@ class LlamaConfig(CheckpointConfig):
     bos_token_id: Optional[int] = None
     pad_token_id: Optional[int] = None
     model_type: str = "llama"
+
+    def __post_init__(self):
+        if self.head_dim is None:   # Llama 2 7B's 4096 / 32 = 128, as the other defaults
+            self.head_dim = self.hidden_size // self.num_attention_heads
 
     @classmethod
     def _read(cls, config: dict, where: str) -> "LlamaConfig":
