@@ -215,10 +215,12 @@ inline void qdot4(const uint8_t* a, int64_t lda, const uint8_t* const* b, const 
   __m512 f[R][NP] = {};
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < NP; ++j) f[r][j] = _mm512_setzero_ps();
-  const __m512i mask = _mm512_set1_epi8(0x0f);
+  const __m512i mask = _mm512_set1_epi8(0x0f), mask_hi = _mm512_set1_epi8(static_cast<char>(0xf0));
   for (int64_t g = 0; g < ng; ++g) {
     // the low and high nibbles sum into separate registers: two dependency chains instead of one
-    // long one (1-2 rows: the chain's latency, not the loads, bounded the weight stream)
+    // long one (1-2 rows: the chain's latency, not the loads, bounded the weight stream). The high
+    // nibbles are multiplied in place (16 q, no shift: one instruction less a chunk), their sums
+    // divided by 16 once a group (exact: every term is a multiple of 16; |sum| <= 240 * 128 * K)
     __m512i c[R][NP] = {}, d[R][NP] = {};
     for (int r = 0; r < R; ++r)
       for (int j = 0; j < NP; ++j) c[r][j] = d[r][j] = _mm512_setzero_si512();
@@ -228,7 +230,7 @@ inline void qdot4(const uint8_t* a, int64_t lda, const uint8_t* const* b, const 
         const __m512i raw = _mm512_loadu_si512(b[j] + ch * 64);
         if (R <= 2) _mm_prefetch(reinterpret_cast<const char*>(b[j] + ch * 64 + kQ4Prefetch), _MM_HINT_T0);
         lo[j] = _mm512_and_si512(raw, mask);
-        hi[j] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
+        hi[j] = _mm512_and_si512(raw, mask_hi);
       }
       for (int r = 0; r < R; ++r) {
         const __m512i a0 = _mm512_set1_epi32(load_i32(a + r * lda + 8 * ch));
@@ -242,7 +244,7 @@ inline void qdot4(const uint8_t* a, int64_t lda, const uint8_t* const* b, const 
     for (int r = 0; r < R; ++r) {
       const __m512i corr = _mm512_set1_epi32(8 * asum[r * ng + g]);
       for (int j = 0; j < NP; ++j)
-        f[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(c[r][j], d[r][j]), corr)),
+        f[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(c[r][j], _mm512_srai_epi32(d[r][j], 4)), corr)),
                                   _mm512_loadu_ps(sc[j] + g * 16), f[r][j]);
     }
   }
