@@ -139,7 +139,7 @@ void dot_rows_task(void* ctx, int64_t begin, int64_t end, int tid) {
     }
     // a tile of r < RA rows wrote r * RW vectors: vector m * RW + j is row m, W row j throughout
     const int64_t nj = imin(RW, p.N - n0), used = p.M * RW;
-    for (int64_t v = used; v < dr.nacc; ++v) acc[v] = V{};
+    for (int64_t v = used; v < ceil_div(used, W) * W; ++v) acc[v] = V{};  // what the sums below read past `used`
     for (int64_t v0 = 0; v0 < used; v0 += W) {
       T sums[W];
       if constexpr (std::is_same<T, float>::value) {

@@ -187,7 +187,11 @@ def split_heads(y: np.ndarray, heads: Sequence[int], head_dim: int) -> List[np.n
     """y (B, L, sum(heads) * Dh) -> one view (B, h, L, Dh) per entry h of ``heads`` (no copies)."""
     B, L, _ = y.shape
     y = y.reshape(B, L, sum(heads), head_dim).transpose(0, 2, 1, 3)       # (B, sum(heads), L, Dh)
-    return np.split(y, np.cumsum(heads)[:-1], axis=1)                     # each (B, h, L, Dh)
+    views, start = [], 0
+    for h in heads:                                                       # slices: np.split costs ~10 us a call
+        views.append(y[:, start:start + h])                               # each (B, h, L, Dh)
+        start += h
+    return views
 
 
 def attend_heads(q: np.ndarray, k: np.ndarray, v: np.ndarray, attn_mask: Optional[np.ndarray] = None,
