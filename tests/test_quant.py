@@ -354,6 +354,20 @@ def test_extremes_are_exact(qpath, rng, qdtype, group, signs):
         assert np.abs(expect).max() == pytest.approx(K * 4.0 * 2.0)   # a row met its own signs: no cancellation
 
 
+@pytest.mark.parametrize("M", [1, 2, 5])
+def test_int4_whole_depth_group_at_the_limit(qpath, M):
+    """The largest int32 sums the int4 kernels make: one group over the deepest allowed K (131072), every
+    weight +1 (nibble 15, which the AVX-512 kernel multiplies as 16 * 15 without a shift) and x = +1: the
+    high nibbles' sum reaches 65536 * 240 * 127 ~ 2.0e9 < 2^31. The product must be exact."""
+    K, N = 131072, 16
+    w = np.ones((N, K), np.float32)
+    w[1::2] *= -1.0                                                   # and rows of -1 (nibble 1)
+    x = np.ones((M, K), np.float32)
+    qw = attnkit.quantize_linear(w, dtype="int4", group_size=K)
+    y = attnkit.linear(x, qw)
+    np.testing.assert_allclose(y, x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-6)
+
+
 @pytest.mark.parametrize("qdtype,group", [("int8", None), ("int4", 32), ("int4", 128)], ids=["int8", "int4g32", "int4g128"])
 @pytest.mark.parametrize("N", [1, 15, 16, 17, 33, 100])
 @pytest.mark.parametrize("K", [1, 5, 64, 75, 129, 300])
