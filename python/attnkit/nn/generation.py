@@ -280,8 +280,8 @@ def _topk(x: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest entries of each row, largest first (ties: lower index first).
 
     Long rows through _topk_long; otherwise the k-th largest value t of each row by a partition, then one
-    pass picks the entries above t and, in index order, as many equal to t as are missing. A row holding NaN
-    is ranked by a partition of all its entries (NaN last)."""
+    pass picks the entries above t and, in index order, as many equal to t as are missing. Scores holding
+    NaN are ranked by a partition instead (NaN last; entries tied at the k-th place then in any order)."""
     R, N = x.shape
     k = min(k, N)
     if N >= 64 * _TOPK_GROUPS and k <= 64:
