@@ -79,7 +79,6 @@ template <class T>
 struct DotRun {
   const GemmRun<T>* run;
   const T* rows[kDotRows];  // A's rows (gemm_row_offset: any row strides)
-  int64_t nacc;             // vectors per item's buffer: M rounded up to kDotA, x kDotW, rounded up to W
 };
 
 template <class T, int RA>
@@ -174,8 +173,9 @@ DotsStatus gemm_dots(const GemmProblem& p, GemmRun<T>& run, int nt) {
       DotRun<T> dr;
       dr.run = &run;
       for (int64_t m = 0; m < p.M; ++m) dr.rows[m] = run.a + gemm_row_offset(p, m);
-      dr.nacc = ceil_div(ceil_div(p.M, kDotA) * kDotA * kDotW, Simd<T>::W) * Simd<T>::W;
-      if (!run.ws.alloc(nt, sizeof(typename Simd<T>::V) * static_cast<size_t>(dr.nacc))) return kDotsNoMemory;
+      // a thread's accumulator vectors: M rounded up to kDotA, x kDotW, rounded up to W (the lane sums' reach)
+      const int64_t nacc = ceil_div(ceil_div(p.M, kDotA) * kDotA * kDotW, Simd<T>::W) * Simd<T>::W;
+      if (!run.ws.alloc(nt, sizeof(typename Simd<T>::V) * static_cast<size_t>(nacc))) return kDotsNoMemory;
       parallel_for(ceil_div(p.N, kDotW), 4, dot_rows_task<T>, &dr, nt);
       return kDotsDone;
     }
