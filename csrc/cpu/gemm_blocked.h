@@ -192,6 +192,18 @@ void gemm_pack_task(void* ctx, int64_t begin, int64_t end, int) {
   }
 }
 
+// A one-row item's panels [p0, p1) as kRowStreams runs of consecutive panels (lengths differing by at
+// most one), read side by side: step i takes panel i of every run that still has one.
+struct RowStreams {
+  int64_t p0, n, steps;
+  RowStreams(int64_t p0_, int64_t p1) : p0(p0_), n(p1 - p0_), steps(ceil_div(p1 - p0_, kRowStreams)) {}
+  int64_t start(int j) const { return n * j / kRowStreams; }
+  int64_t len(int j) const { return start(j + 1) - start(j); }
+  int64_t at(int j, int64_t i) const { return p0 + start(j) + i; }
+  bool full(int64_t i) const { return i < n / kRowStreams; }       // every run has a panel i
+  int64_t last(int64_t i) const { return at(kRowStreams - 1, i); }  // the step's highest panel
+};
+
 // Work item `it` of the panel GEMM: rows m0 .. m0 + mlen, panels pn0 .. pn1.
 struct GemmItem { int64_t m0, mlen, pn0, pn1; };
 template <class T>
@@ -228,7 +240,7 @@ void gemm_task(void* ctx, int64_t begin, int64_t end, int tid) {
         }
       }
       const T* bk = run.bpack + kc * kGemmKC * run.npan * NR;
-      for (int64_t pn = pn0; pn < pn1; ++pn) {
+      auto panel = [&](int64_t pn) {
         const int64_t cols = imin(NR, p.N - pn * NR);
         const T* b = bk + pn * klen * NR;
         // the next panel (contiguous after this one) comes from memory while this one is used:
@@ -265,6 +277,33 @@ void gemm_task(void* ctx, int64_t begin, int64_t end, int tid) {
           if (last) gemm_epilogue(run, c, rows, cols, pn * NR);
           if (last && run.gated) gated_epilogue(run, c, rows, m0 + ip * kMR, pn);
         }
+      };
+      if (mlen > 1 || !run.a_direct || pn1 - pn0 < kRowStreams) {
+        for (int64_t pn = pn0; pn < pn1; ++pn) panel(pn);
+        continue;
+      }
+      // one row: the item's panels split into kRowStreams runs of consecutive panels, read side by side
+      const RowStreams st(pn0, pn1);
+      const T* a = run.a + m0 * run.lda + k0;
+      for (int64_t i = 0; i < st.steps; ++i) {
+        if (!st.full(i) || (st.last(i) + 1) * NR > p.N) {  // a run already done, or a partial panel
+          for (int j = 0; j < kRowStreams; ++j)
+            if (i < st.len(j)) panel(st.at(j, i));
+          continue;
+        }
+        const T* b[kRowStreams];
+        T* c[kRowStreams];
+        for (int j = 0; j < kRowStreams; ++j) {
+          b[j] = bk + st.at(j, i) * klen * NR;
+          c[j] = run.out + m0 * p.ldc + st.at(j, i) * NR;
+        }
+        if (first) micro_row_panels<T, kRowStreams, false>(klen, a, b, c);
+        else micro_row_panels<T, kRowStreams, true>(klen, a, b, c);
+        if (last)
+          for (int j = 0; j < kRowStreams; ++j) {
+            gemm_epilogue(run, c[j], 1, NR, st.at(j, i) * NR);
+            if (run.gated) gated_epilogue(run, c[j], 1, m0, st.at(j, i));
+          }
       }
     }
   }
@@ -299,8 +338,9 @@ void gemm_blocks(const GemmProblem& p, GemmRun<T>& run, int nt, int64_t max_pane
     run.nmb = ceil_div(p.M, run.mc);
   }
   // split N only when M is short; a single row block into 8 items a thread, so that a thread that
-  // joins late (a worker waking from sleep) still finds a share of a short call
-  run.nnb = imin(run.npan, imax(1, run.nmb == 1 ? 8 * nt : ceil_div(2 * nt, run.nmb)));
+  // joins late (a worker waking from sleep) still finds a share of a short call; a single row into
+  // kRowItems a thread, each read as kRowStreams streams (gemm_task)
+  run.nnb = imin(run.npan, imax(1, run.nmb == 1 ? (p.M == 1 ? kRowItems : 8) * nt : ceil_div(2 * nt, run.nmb)));
   run.pan_per_nb = imin(ceil_div(run.npan, run.nnb), imax(1, max_panels));
   run.nnb = ceil_div(run.npan, run.pan_per_nb);
 }

@@ -24,6 +24,12 @@ constexpr int kMR = 6;
 #endif
 constexpr int kNV = 2;  // vectors per micro-tile row
 
+// One-row GEMMs (decoding, a weight read once from memory): kRowItems work items a thread, each item's
+// panels read as kRowStreams interleaved streams: more of memory's lines in flight than one panel after
+// the other (Marian-base greedy decoding 5-8 % faster; bench/NOTES.md, session 7).
+constexpr int kRowStreams = 4;
+constexpr int64_t kRowItems = 2;
+
 // GEMM (gemm_blocked.h): an A block of kGemmMC rows x kGemmKC depth stays in L2 while a kGemmKC x NR
 // panel of W^T stays in L1. Up to kGemvRows rows, dot products that read W once, in place.
 constexpr int64_t kGemmMC = 192, kGemmKC = 512;

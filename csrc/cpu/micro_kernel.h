@@ -57,6 +57,32 @@ inline void micro(int64_t K, const T* a, int64_t lda, const BT* b, int64_t ldb, 
     for (int v = 0; v < kNV; ++v) vstore(c + r * ldc + v * W, acc[r][v]);
 }
 
+// One row of A against NP panels of B read as NP separate streams (decoding: a single row, a weight
+// larger than the caches): C_j[1 x NR] (+)= a[1 x K] * B_j[K x NR] for j < NP, B_j's rows NR apart.
+// NP streams keep more of memory's lines in flight than one panel after the other.
+template <class T, int NP, bool ACC, class BT = T>
+inline void micro_row_panels(int64_t K, const T* a, const BT* const* b, T* const* c) {
+  typedef typename Simd<T>::V V;
+  constexpr int W = Simd<T>::W, NR = kNV * W;
+  V acc[NP][kNV];
+#pragma GCC unroll 4
+  for (int j = 0; j < NP; ++j)
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v) acc[j][v] = ACC ? vload(c[j] + v * W) : V{};
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < K; ++k) {
+    const V ar = vset(a[k]);
+#pragma GCC unroll 4
+    for (int j = 0; j < NP; ++j)
+#pragma GCC unroll 4
+      for (int v = 0; v < kNV; ++v) acc[j][v] += ar * vload_as<T>(b[j] + k * NR + v * W);
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < NP; ++j)
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v) vstore(c[j] + v * W, acc[j][v]);
+}
+
 // The same for a run-time row count 1..kMR.
 template <class T, bool ACOL, bool ACC, class BT = T>
 inline void micro_rows(int rows, int64_t K, const T* a, int64_t lda, const BT* b, int64_t ldb, T* c, int64_t ldc) {

@@ -436,6 +436,35 @@ inline void q_amx_block(const uint8_t* a, int64_t lda, const int8_t* const* b, i
 }
 #endif
 
+// One row on AVX-512 VNNI (decoding): the item's panels [P0, P1) as kRowStreams runs read side by side
+// (RowStreams, gemm_blocked.h), one register tile of kRowStreams panels a step; a run already done
+// repeats its last panel (in cache) and stores nothing.
+template <class S>
+void q_row_streams(const QRun& run, int64_t m0, int64_t P0, int64_t P1, int32_t* acc, float* facc) {
+  constexpr int NS = kRowStreams;
+  const RowStreams st(P0, P1);
+  const uint8_t* a = run.aq + m0 * run.kp;
+  for (int64_t i = 0; i < st.steps; ++i) {
+    int64_t q[NS];
+    for (int j = 0; j < NS; ++j) q[j] = st.at(j, imin(i, st.len(j) - 1));
+    if (run.int4) {
+      const uint8_t* b[NS];
+      const float* sc[NS];
+      for (int j = 0; j < NS; ++j) {
+        b[j] = run.wb + q[j] * (run.kp / 2) * kQuantCols;
+        sc[j] = run.ws + q[j] * run.ng * kQuantCols;
+      }
+      qdot4<1, NS>(a, run.kp, b, sc, run.asum + m0 * run.ng, run.ng, run.group, facc);
+    } else {
+      const int8_t* b[NS];
+      for (int j = 0; j < NS; ++j) b[j] = reinterpret_cast<const int8_t*>(run.wb) + q[j] * run.kp * kQuantCols;
+      qdot8<1, NS>(a, run.kp, b, run.kp / 4, acc);
+    }
+    for (int j = 0; j < NS; ++j)
+      if (i < st.len(j)) q_epilogue<S>(run, run.int4 ? nullptr : acc + 16 * j, facc + 16 * j, 1, m0, q[j], 1);
+  }
+}
+
 template <class S>
 void q_task(void* ctx, int64_t begin, int64_t end, int) {
   const QRun& run = *static_cast<const QRun*>(ctx);
@@ -448,6 +477,12 @@ void q_task(void* ctx, int64_t begin, int64_t end, int) {
   for (int64_t it = begin; it < end; ++it) {
     const int64_t m0 = it / run.nnb * run.mc, mlen = imin(run.mc, p.M - m0);
     const int64_t pp0 = it % run.nnb * run.pp_per_nb, pp1 = imin(run.npp, pp0 + run.pp_per_nb);
+    if constexpr (kQPanels == 2) {
+      if (mlen == 1 && !run.amx && imin(run.npan, 2 * pp1) - 2 * pp0 >= kRowStreams) {
+        q_row_streams<S>(run, m0, 2 * pp0, imin(run.npan, 2 * pp1), acc, facc);
+        continue;
+      }
+    }
     for (int64_t pp = pp0; pp < pp1; ++pp) {
       const int64_t pn = 2 * pp;
       const int np = static_cast<int>(imin(2, run.npan - pn));
@@ -531,7 +566,7 @@ int qgemm_impl(const GemmProblem& p) {
   const int64_t nmb = nmb0 > 1 ? ceil_div(nmb0, nt) * nt : 1;
   run.mc = imin(imax(unit, ceil_div(ceil_div(p.M, nmb), unit) * unit), ceil_div(p.M, unit) * unit);
   run.nmb = ceil_div(p.M, run.mc);
-  run.nnb = imin(run.npp, imax(1, run.nmb == 1 ? 8 * nt : ceil_div(2 * nt, run.nmb)));
+  run.nnb = imin(run.npp, imax(1, run.nmb == 1 ? (p.M == 1 ? kRowItems : 8) * nt : ceil_div(2 * nt, run.nmb)));
   run.pp_per_nb = ceil_div(run.npp, run.nnb);
   run.nnb = ceil_div(run.npp, run.pp_per_nb);
   parallel_for(run.nmb * run.nnb, 1, q_task<S>, &run, nt);
