@@ -1,5 +1,5 @@
-"""One-row GEMMs (decoding): each work item's panels are read as several streams side by side (the
-float panel GEMM and the AVX-512 VNNI quantized one). Enumerated here: every count of panels per
+"""One-row GEMMs (decoding): each work item's panels (packed weights: the float panel GEMM, the AVX-512
+VNNI quantized one) or rows (an unpacked float weight) are read as several streams side by side. Enumerated here: every count of panels per
 work item from 1 to past three times the stream count (so every remainder of the split), a partial
 last panel, one and several depth blocks, bias / activation / SwiGLU epilogues, 1-3 threads (the
 work items change with them), on every CPU path; against the float64 oracle, and the quantized
@@ -53,6 +53,29 @@ def test_float_one_row(isa, threads, dtype, K, rng):
             attnkit.set_num_threads(t)
             got = attnkit.linear(x, packed, activation=act)
             assert_close(got, want, dtype, scale=gemm_scale(x, w, bias), what=f"N={N} threads={t}")
+
+
+# unpacked W at one row: items of up to 32 x threads, each split into 4 runs of rows; these counts give runs
+# of 1 row, of equal and unequal lengths (a step with only some runs left), and items of different sizes
+ROWS_N = list(range(1, 13)) + [63, 64, 65, 255, 256, 257, 1000, 1003, 2050]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("layout", ["contiguous", "row_stride", "reversed"])
+def test_unpacked_float_one_row(isa, threads, dtype, layout, rng):
+    for K in (1, 15, 16, 17, 31, 32, 33, 100, 1030):    # around one and two vectors (8 or 16 lanes), long
+        big = rng.standard_normal((max(ROWS_N), K + 3)).astype(dtype)
+        x = rng.standard_normal((1, K)).astype(dtype)
+        for N in ROWS_N:
+            w = {"contiguous": np.ascontiguousarray(big[:N, :K]), "row_stride": big[:N, :K],
+                 "reversed": big[:N, :K][::-1]}[layout]
+            b = rng.standard_normal(N).astype(dtype) if N % 2 else None
+            act = ("gelu", None, "relu")[N % 3]
+            want = ref.linear(as64(x), as64(w), None if b is None else as64(b), activation=act)
+            for t in THREADS:
+                attnkit.set_num_threads(t)
+                assert_close(attnkit.linear(x, w, b, activation=act), want, dtype, scale=gemm_scale(x, w, b),
+                             what=f"K={K} N={N} threads={t}")
 
 
 @pytest.mark.parametrize("K", [7, 600], ids=lambda k: f"K{k}")

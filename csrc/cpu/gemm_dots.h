@@ -79,6 +79,7 @@ template <class T>
 struct DotRun {
   const GemmRun<T>* run;
   const T* rows[kDotRows];  // A's rows (gemm_row_offset: any row strides)
+  int64_t per_item = 0;     // row_runs_task: W rows an item
 };
 
 template <class T, int RA>
@@ -162,6 +163,56 @@ void dot_rows_task(void* ctx, int64_t begin, int64_t end, int tid) {
   }
 }
 
+// One row of A (decoding) with an unpacked float W: item `it`, a range of W's rows, split into kRowStreams
+// runs of consecutive rows read side by side (RowStreams), a row of each run a step, two accumulators a
+// row; a run's last row past the others' by itself.
+template <class T>
+void row_runs_task(void* ctx, int64_t begin, int64_t end, int) {
+  typedef typename Simd<T>::V V;
+  constexpr int W = Simd<T>::W, NS = kRowStreams;
+  const DotRun<T>& dr = *static_cast<const DotRun<T>*>(ctx);
+  const GemmRun<T>& run = *dr.run;
+  const GemmProblem& p = *run.p;
+  const T* x = dr.rows[0];
+  const int64_t kv = p.K / (2 * W) * (2 * W);
+  for (int64_t it = begin; it < end; ++it) {
+    const int64_t r0 = imin(p.N, it * dr.per_item);
+    const RowStreams st(r0, imin(p.N, r0 + dr.per_item));
+    for (int64_t i = 0; i < st.steps; ++i) {
+      if (!st.full(i)) {
+        for (int j = 0; j < NS; ++j) {
+          if (i >= st.len(j)) continue;
+          T d;
+          dots(run.w + st.at(j, i) * p.w_n, &x, 1, p.K, &d);
+          gemv_store(run, 0, st.at(j, i), d);
+        }
+        continue;
+      }
+      const T* w[NS];
+      V a0[NS], a1[NS];
+      for (int j = 0; j < NS; ++j) {
+        w[j] = run.w + st.at(j, i) * p.w_n;
+        a0[j] = a1[j] = V{};
+      }
+      for (int64_t k = 0; k < kv; k += 2 * W) {
+        const V x0 = vload(x + k), x1 = vload(x + k + W);
+#pragma GCC unroll 8
+        for (int j = 0; j < NS; ++j) {
+          a0[j] += vload(w[j] + k) * x0;
+          a1[j] += vload(w[j] + k + W) * x1;
+        }
+      }
+      for (int j = 0; j < NS; ++j) {
+        const V t = a0[j] + a1[j];
+        T d = 0;
+        for (int l = 0; l < W; ++l) d += t[l];
+        for (int64_t k = kv; k < p.K; ++k) d += x[k] * w[j][k];
+        gemv_store(run, 0, st.at(j, i), d);
+      }
+    }
+  }
+}
+
 // Strided W with few rows or few columns: dot products (dot_rows_task, gemv_task,
 // gemv_columns_task). kDotsNone: not this problem; kDotsDone; kDotsNoMemory.
 enum DotsStatus { kDotsNone, kDotsDone, kDotsNoMemory };
@@ -173,6 +224,12 @@ DotsStatus gemm_dots(const GemmProblem& p, GemmRun<T>& run, int nt) {
       DotRun<T> dr;
       dr.run = &run;
       for (int64_t m = 0; m < p.M; ++m) dr.rows[m] = run.a + gemm_row_offset(p, m);
+      if (p.M == 1) {
+        const int64_t items = imin(ceil_div(p.N, kRowStreams), kDotRowItems * nt);
+        dr.per_item = ceil_div(p.N, items);
+        parallel_for(ceil_div(p.N, dr.per_item), 1, row_runs_task<T>, &dr, nt);
+        return kDotsDone;
+      }
       // a thread's accumulator vectors: M rounded up to kDotA, x kDotW, rounded up to W (the lane sums' reach)
       const int64_t nacc = ceil_div(ceil_div(p.M, kDotA) * kDotA * kDotW, Simd<T>::W) * Simd<T>::W;
       if (!run.ws.alloc(nt, sizeof(typename Simd<T>::V) * static_cast<size_t>(nacc))) return kDotsNoMemory;

@@ -29,6 +29,9 @@ constexpr int kNV = 2;  // vectors per micro-tile row
 // the other (Marian-base greedy decoding 5-8 % faster; bench/NOTES.md, session 7).
 constexpr int kRowStreams = 4;
 constexpr int64_t kRowItems = 2;
+// ... and with an unpacked float W (gemm_dots.h, row_runs_task) kDotRowItems items a thread, each item's W
+// rows as kRowStreams runs: 58101 x 512 and 11008 x 4096 at 1 row 5-20 % faster than 6-row dot tiles.
+constexpr int64_t kDotRowItems = 32;
 
 // GEMM (gemm_blocked.h): an A block of kGemmMC rows x kGemmKC depth stays in L2 while a kGemmKC x NR
 // panel of W^T stays in L1. Up to kGemvRows rows, dot products that read W once, in place.

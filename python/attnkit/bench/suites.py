@@ -275,7 +275,11 @@ def linear(opts: Options) -> list[Case]:
         return quick if opts.quick else inference
     if opts.quick:
         return [case(4096, 1024, 3072)] + quick
-    return [case(4096, 1024, 3072), case(4096, 1024, 3072, True, "gelu"), case(512, 768, 768, True)] + inference
+    # an unpacked weight at few rows (what a user who compares with NumPy calls first): BERT widths at
+    # 1-32 rows, and at 1 row two weights past the caches (Marian's 58101 x 512 head, a Llama-7B FFN)
+    unpacked = [case(M, 768, 3072) for M in (1, 8, 32)] + [case(1, 512, 58101), case(1, 4096, 11008)]
+    return ([case(4096, 1024, 3072), case(4096, 1024, 3072, True, "gelu"), case(512, 768, 768, True)] + inference
+            + unpacked)
 
 
 def memory(opts: Options) -> list[Case]:
