@@ -171,31 +171,34 @@ inline void qdot8(const uint8_t* a, int64_t lda, const int8_t* const* b, int64_t
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < NP; ++j) _mm512_storeu_si512(acc + r * kTileCols + j * 16, c[r][j]);
 #elif defined(__AVX2__)
-  static_assert(NP == 1, "256-bit levels work one panel at a time");
-  __m256i c[R][2] = {};
-  for (int r = 0; r < R; ++r) c[r][0] = c[r][1] = _mm256_setzero_si256();
+  __m256i c[R][NP][2] = {};
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NP; ++j) c[r][j][0] = c[r][j][1] = _mm256_setzero_si256();
 #if !defined(__AVXVNNI__)
   const __m256i ones = _mm256_set1_epi16(1);
 #endif
   for (int64_t k4 = 0; k4 < k4n; ++k4) {
-    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[0] + k4 * 64));
-    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[0] + k4 * 64 + 32));
-    for (int r = 0; r < R; ++r) {
-      const __m256i av = _mm256_set1_epi32(load_i32(a + r * lda + 4 * k4));
+    for (int j = 0; j < NP; ++j) {
+      const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[j] + k4 * 64));
+      const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[j] + k4 * 64 + 32));
+      for (int r = 0; r < R; ++r) {
+        const __m256i av = _mm256_set1_epi32(load_i32(a + r * lda + 4 * k4));
 #if defined(__AVXVNNI__)
-      c[r][0] = _mm256_dpbusd_avx_epi32(c[r][0], av, b0);
-      c[r][1] = _mm256_dpbusd_avx_epi32(c[r][1], av, b1);
+        c[r][j][0] = _mm256_dpbusd_avx_epi32(c[r][j][0], av, b0);
+        c[r][j][1] = _mm256_dpbusd_avx_epi32(c[r][j][1], av, b1);
 #else
-      const __m256i ua = _mm256_abs_epi8(av);  // |x_q| <= 127, and x_q's sign onto q: no int16 saturation
-      c[r][0] = _mm256_add_epi32(c[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(ua, _mm256_sign_epi8(b0, av)), ones));
-      c[r][1] = _mm256_add_epi32(c[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(ua, _mm256_sign_epi8(b1, av)), ones));
+        const __m256i ua = _mm256_abs_epi8(av);  // |x_q| <= 127, and x_q's sign onto q: no int16 saturation
+        c[r][j][0] = _mm256_add_epi32(c[r][j][0], _mm256_madd_epi16(_mm256_maddubs_epi16(ua, _mm256_sign_epi8(b0, av)), ones));
+        c[r][j][1] = _mm256_add_epi32(c[r][j][1], _mm256_madd_epi16(_mm256_maddubs_epi16(ua, _mm256_sign_epi8(b1, av)), ones));
 #endif
+      }
     }
   }
-  for (int r = 0; r < R; ++r) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kTileCols), c[r][0]);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kTileCols + 8), c[r][1]);
-  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NP; ++j) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kTileCols + j * 16), c[r][j][0]);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kTileCols + j * 16 + 8), c[r][j][1]);
+    }
 #else
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < NP; ++j)
@@ -251,45 +254,51 @@ inline void qdot4(const uint8_t* a, int64_t lda, const uint8_t* const* b, const 
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < NP; ++j) _mm512_storeu_ps(facc + r * kTileCols + j * 16, f[r][j]);
 #elif defined(__AVX2__)
-  static_assert(NP == 1, "256-bit levels work one panel at a time");
-  __m256 f[R][2] = {};
-  for (int r = 0; r < R; ++r) f[r][0] = f[r][1] = _mm256_setzero_ps();
+  __m256 f[R][NP][2] = {};
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NP; ++j) f[r][j][0] = f[r][j][1] = _mm256_setzero_ps();
   const __m256i mask = _mm256_set1_epi8(0x0f);
 #if !defined(__AVXVNNI__)
   const __m256i ones = _mm256_set1_epi16(1);
 #endif
   for (int64_t g = 0; g < ng; ++g) {
-    __m256i c[R][2] = {};
-    for (int r = 0; r < R; ++r) c[r][0] = c[r][1] = _mm256_setzero_si256();
+    __m256i c[R][NP][2] = {};
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < NP; ++j) c[r][j][0] = c[r][j][1] = _mm256_setzero_si256();
     for (int64_t ch = g * group / 8; ch < (g + 1) * group / 8; ++ch) {
-      const __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[0] + ch * 64));
-      const __m256i r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[0] + ch * 64 + 32));
-      const __m256i lo0 = _mm256_and_si256(r0, mask), lo1 = _mm256_and_si256(r1, mask);
-      const __m256i hi0 = _mm256_and_si256(_mm256_srli_epi16(r0, 4), mask), hi1 = _mm256_and_si256(_mm256_srli_epi16(r1, 4), mask);
-      for (int r = 0; r < R; ++r) {
-        const __m256i a0 = _mm256_set1_epi32(load_i32(a + r * lda + 8 * ch));
-        const __m256i a1 = _mm256_set1_epi32(load_i32(a + r * lda + 8 * ch + 4));
+      for (int j = 0; j < NP; ++j) {
+        const __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[j] + ch * 64));
+        const __m256i r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[j] + ch * 64 + 32));
+        const __m256i lo0 = _mm256_and_si256(r0, mask), lo1 = _mm256_and_si256(r1, mask);
+        const __m256i hi0 = _mm256_and_si256(_mm256_srli_epi16(r0, 4), mask), hi1 = _mm256_and_si256(_mm256_srli_epi16(r1, 4), mask);
+        for (int r = 0; r < R; ++r) {
+          const __m256i a0 = _mm256_set1_epi32(load_i32(a + r * lda + 8 * ch));
+          const __m256i a1 = _mm256_set1_epi32(load_i32(a + r * lda + 8 * ch + 4));
 #if defined(__AVXVNNI__)
-        c[r][0] = _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(c[r][0], lo0, a0), hi0, a1);
-        c[r][1] = _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(c[r][1], lo1, a0), hi1, a1);
+          c[r][j][0] = _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(c[r][j][0], lo0, a0), hi0, a1);
+          c[r][j][1] = _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(c[r][j][1], lo1, a0), hi1, a1);
 #else  // nibbles (u8 <= 15) x s8: pairs <= 2 * 15 * 127, no saturation
-        const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(lo0, a0), _mm256_maddubs_epi16(hi0, a1));
-        const __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(lo1, a0), _mm256_maddubs_epi16(hi1, a1));
-        c[r][0] = _mm256_add_epi32(c[r][0], _mm256_madd_epi16(p0, ones));
-        c[r][1] = _mm256_add_epi32(c[r][1], _mm256_madd_epi16(p1, ones));
+          const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(lo0, a0), _mm256_maddubs_epi16(hi0, a1));
+          const __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(lo1, a0), _mm256_maddubs_epi16(hi1, a1));
+          c[r][j][0] = _mm256_add_epi32(c[r][j][0], _mm256_madd_epi16(p0, ones));
+          c[r][j][1] = _mm256_add_epi32(c[r][j][1], _mm256_madd_epi16(p1, ones));
 #endif
+        }
       }
     }
     for (int r = 0; r < R; ++r) {
       const __m256i corr = _mm256_set1_epi32(8 * asum[r * ng + g]);
-      f[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(c[r][0], corr)), _mm256_loadu_ps(sc[0] + g * 16), f[r][0]);
-      f[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(c[r][1], corr)), _mm256_loadu_ps(sc[0] + g * 16 + 8), f[r][1]);
+      for (int j = 0; j < NP; ++j) {
+        f[r][j][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(c[r][j][0], corr)), _mm256_loadu_ps(sc[j] + g * 16), f[r][j][0]);
+        f[r][j][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(c[r][j][1], corr)), _mm256_loadu_ps(sc[j] + g * 16 + 8), f[r][j][1]);
+      }
     }
   }
-  for (int r = 0; r < R; ++r) {
-    _mm256_storeu_ps(facc + r * kTileCols, f[r][0]);
-    _mm256_storeu_ps(facc + r * kTileCols + 8, f[r][1]);
-  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NP; ++j) {
+      _mm256_storeu_ps(facc + r * kTileCols + j * 16, f[r][j][0]);
+      _mm256_storeu_ps(facc + r * kTileCols + j * 16 + 8, f[r][j][1]);
+    }
 #else
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < NP; ++j)
@@ -436,7 +445,7 @@ inline void q_amx_block(const uint8_t* a, int64_t lda, const int8_t* const* b, i
 }
 #endif
 
-// One row on AVX-512 VNNI (decoding): the item's panels [P0, P1) as kRowStreams runs read side by side
+// One row (decoding): the item's panels [P0, P1) as kRowStreams runs read side by side
 // (RowStreams, gemm_blocked.h), one register tile of kRowStreams panels a step; a run already done
 // repeats its last panel (in cache) and stores nothing.
 template <class S>
@@ -477,11 +486,9 @@ void q_task(void* ctx, int64_t begin, int64_t end, int) {
   for (int64_t it = begin; it < end; ++it) {
     const int64_t m0 = it / run.nnb * run.mc, mlen = imin(run.mc, p.M - m0);
     const int64_t pp0 = it % run.nnb * run.pp_per_nb, pp1 = imin(run.npp, pp0 + run.pp_per_nb);
-    if constexpr (kQPanels == 2) {
-      if (mlen == 1 && !run.amx && imin(run.npan, 2 * pp1) - 2 * pp0 >= kRowStreams) {
-        q_row_streams<S>(run, m0, 2 * pp0, imin(run.npan, 2 * pp1), acc, facc);
-        continue;
-      }
+    if (mlen == 1 && !run.amx && imin(run.npan, 2 * pp1) - 2 * pp0 >= kRowStreams) {
+      q_row_streams<S>(run, m0, 2 * pp0, imin(run.npan, 2 * pp1), acc, facc);
+      continue;
     }
     for (int64_t pp = pp0; pp < pp1; ++pp) {
       const int64_t pn = 2 * pp;
