@@ -165,7 +165,7 @@ void dot_rows_task(void* ctx, int64_t begin, int64_t end, int tid) {
 
 // One row of A (decoding) with an unpacked float W: item `it`, a range of W's rows, split into kRowStreams
 // runs of consecutive rows read side by side (RowStreams), a row of each run a step, two accumulators a
-// row; a run's last row past the others' by itself.
+// row, each run's bytes asked for kRowPrefetchBytes ahead; a run's last row past the others' by itself.
 template <class T>
 void row_runs_task(void* ctx, int64_t begin, int64_t end, int) {
   typedef typename Simd<T>::V V;
@@ -196,6 +196,10 @@ void row_runs_task(void* ctx, int64_t begin, int64_t end, int) {
       }
       for (int64_t k = 0; k < kv; k += 2 * W) {
         const V x0 = vload(x + k), x1 = vload(x + k + W);
+#pragma GCC unroll 8
+        for (int j = 0; j < NS; ++j)  // each run asked for kRowPrefetchBytes ahead (into the run's next row)
+          for (size_t off = 0; off < 2 * sizeof(V); off += 64)
+            __builtin_prefetch(reinterpret_cast<const char*>(w[j] + k) + kRowPrefetchBytes + off);
 #pragma GCC unroll 8
         for (int j = 0; j < NS; ++j) {
           a0[j] += vload(w[j] + k) * x0;

@@ -32,6 +32,9 @@ constexpr int64_t kRowItems = 2;
 // ... and with an unpacked float W (gemm_dots.h, row_runs_task) kDotRowItems items a thread, each item's W
 // rows as kRowStreams runs: 58101 x 512 and 11008 x 4096 at 1 row 5-20 % faster than 6-row dot tiles.
 constexpr int64_t kDotRowItems = 32;
+// ... there each run prefetched 512 bytes ahead: 58101 x 512 and 11008 x 4096 another 7 % faster, 512 B
+// ahead better than 1 or 2 KiB (bench/NOTES.md, session 7).
+constexpr int kRowPrefetchBytes = 512;
 
 // GEMM (gemm_blocked.h): an A block of kGemmMC rows x kGemmKC depth stays in L2 while a kGemmKC x NR
 // panel of W^T stays in L1. Up to kGemvRows rows, dot products that read W once, in place.
