@@ -71,6 +71,10 @@ struct QRun {
   const float* ws = nullptr;     // scales
   const int32_t* wsum = nullptr; // int8: csum
   int64_t mc = 0, nmb = 0, npp = 0, pp_per_nb = 0, nnb = 0;
+  // panel q: its int8 bytes ([kp / 4][16][4]), its int4 bytes (two a byte), its int4 group scales
+  const int8_t* q8(int64_t q) const { return reinterpret_cast<const int8_t*>(wb) + q * kp * kQuantCols; }
+  const uint8_t* q4(int64_t q) const { return wb + q * (kp / 2) * kQuantCols; }
+  const float* scales4(int64_t q) const { return ws + q * ng * kQuantCols; }
   ~QRun() { std::free(aq); std::free(as); std::free(asum); std::free(biasf); }
 };
 
@@ -460,13 +464,13 @@ void q_row_streams(const QRun& run, int64_t m0, int64_t P0, int64_t P1, int32_t*
       const uint8_t* b[NS];
       const float* sc[NS];
       for (int j = 0; j < NS; ++j) {
-        b[j] = run.wb + q[j] * (run.kp / 2) * kQuantCols;
-        sc[j] = run.ws + q[j] * run.ng * kQuantCols;
+        b[j] = run.q4(q[j]);
+        sc[j] = run.scales4(q[j]);
       }
       qdot4<1, NS>(a, run.kp, b, sc, run.asum + m0 * run.ng, run.ng, run.group, facc);
     } else {
       const int8_t* b[NS];
-      for (int j = 0; j < NS; ++j) b[j] = reinterpret_cast<const int8_t*>(run.wb) + q[j] * run.kp * kQuantCols;
+      for (int j = 0; j < NS; ++j) b[j] = run.q8(q[j]);
       qdot8<1, NS>(a, run.kp, b, run.kp / 4, acc);
     }
     for (int j = 0; j < NS; ++j)
@@ -498,8 +502,8 @@ void q_task(void* ctx, int64_t begin, int64_t end, int) {
         const float* sc[2];
         for (int j = 0; j < 2; ++j) {
           const int64_t q = pn + imin(j, np - 1);
-          b[j] = run.wb + q * (run.kp / 2) * kQuantCols;
-          sc[j] = run.ws + q * run.ng * kQuantCols;
+          b[j] = run.q4(q);
+          sc[j] = run.scales4(q);
         }
         for (int64_t r0 = 0; r0 < mlen; r0 += kQRows4) {
           const int rows = static_cast<int>(imin(kQRows4, mlen - r0));
@@ -510,7 +514,7 @@ void q_task(void* ctx, int64_t begin, int64_t end, int) {
         continue;
       }
       const int8_t* b[2];
-      for (int j = 0; j < 2; ++j) b[j] = reinterpret_cast<const int8_t*>(run.wb) + (pn + imin(j, np - 1)) * run.kp * kQuantCols;
+      for (int j = 0; j < 2; ++j) b[j] = run.q8(pn + imin(j, np - 1));
       int64_t r0 = 0;
 #if defined(ATTNKIT_AMX)
       if (run.amx)
