@@ -1,29 +1,23 @@
-"""One-row GEMMs (decoding): each work item's panels (packed weights: the float panel GEMM, the AVX-512
-VNNI quantized one) or rows (an unpacked float weight) are read as several streams side by side. Enumerated here: every count of panels per
-work item from 1 to past three times the stream count (so every remainder of the split), a partial
-last panel, one and several depth blocks, bias / activation / SwiGLU epilogues, 1-3 threads (the
-work items change with them), on every CPU path; against the float64 oracle, and the quantized
-results bit for bit against the same row computed among others (the multi-row kernels)."""
+"""One-row GEMMs (decoding): each work item's panels (a packed float or quantized weight) or rows (an
+unpacked float weight) are read as several streams side by side, on every CPU path. Enumerated here:
+every count of panels per work item from 1 to past three times the stream count (so every remainder of
+the split), a partial last panel, one and several depth blocks, bias / activation / SwiGLU epilogues,
+1-3 threads (the work items change with them); against the float64 oracle, and the quantized results
+bit for bit against the same row computed among others (the multi-row kernels)."""
 import numpy as np
 import pytest
 
 import attnkit
 from attnkit import reference as ref
-from conftest import as64, assert_close, on_cpu_path
+from conftest import as64, assert_close
 
-from test_quant import QDTYPES, QPATHS, check, make, quant_error_bound
+from test_packed import gemm_scale, isa  # noqa: F401  (isa: a fixture)
+from test_quant import QDTYPES, check, make, qpath, quant_error_bound  # noqa: F401  (qpath: a fixture)
 
 THREADS = (1, 2, 3)
 # float panels are 8, 16 or 32 columns wide by path, quantized ones 16; these widths give items of
 # 1 ... 13 panels at 1-3 threads (two items a thread), full or with a partial last panel
 WIDTHS = sorted({c * n - r for c in (16, 32) for n in range(1, 27) for r in (0, 5) if c * n - r > 0})
-
-
-@pytest.fixture
-def isa(backend):
-    if not backend.name.startswith("cpu:"):
-        pytest.skip(f"{backend.name}: prepacked weights are for the CPU kernels")
-    return backend.isa
 
 
 @pytest.fixture
@@ -33,10 +27,6 @@ def threads():
     attnkit.set_num_threads(before)
 
 
-def gemm_scale(x, w, b):
-    return 1.13 * (np.abs(as64(x)) @ np.abs(as64(w)).T + (0 if b is None else np.abs(as64(b))))
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("K", [5, 1030], ids=lambda k: f"K{k}")   # one depth block; three (512 + 512 + 6)
 def test_float_one_row(isa, threads, dtype, K, rng):
@@ -44,10 +34,9 @@ def test_float_one_row(isa, threads, dtype, K, rng):
     B = rng.standard_normal(max(WIDTHS)).astype(dtype)
     x = rng.standard_normal((1, K)).astype(dtype)
     for N in WIDTHS:
-        w, b = W[:N], B[:N]
+        w, bias = W[:N], B[:N] if N % 2 else None
         act = ("relu", "gelu", None)[N % 3]
-        packed = attnkit.pack_linear(w, b if N % 2 else None)
-        bias = b if N % 2 else None
+        packed = attnkit.pack_linear(w, bias)
         want = ref.linear(as64(x), as64(w), None if bias is None else as64(bias), activation=act)
         for t in THREADS:
             attnkit.set_num_threads(t)
@@ -92,12 +81,6 @@ def test_swiglu_one_row(isa, threads, K, rng):
         for t in THREADS:
             attnkit.set_num_threads(t)
             assert_close(attnkit.linear(x, packed), want, np.float32, scale=scale, what=f"F={f} threads={t}")
-
-
-@pytest.fixture(params=QPATHS, ids=[f"cpu:{p}" for p in QPATHS])
-def qpath(request):
-    with on_cpu_path(request.param):
-        yield request.param
 
 
 @QDTYPES
